@@ -1,0 +1,172 @@
+"""One HTTP server on 127.0.0.1 that serves every vendor emulator, plus start/stop/status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+import uvicorn
+from fastapi import FastAPI, Request
+
+from sandbox import hubspot, mixpanel
+from sandbox.state import SandboxState, write_json_private
+
+HOST = "127.0.0.1"
+
+
+def create_app(state: SandboxState) -> FastAPI:
+    """The sandbox application: vendor routers plus a small control API under /_sandbox."""
+    app = FastAPI(title="PQL sandbox", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.sandbox = state
+    app.include_router(mixpanel.router(state))
+    app.include_router(hubspot.router(state))
+
+    @app.get("/_sandbox/health")
+    def health():
+        return {"status": "ok", "root": str(state.root)}
+
+    @app.post("/_sandbox/faults")
+    async def faults(request: Request):
+        body = await request.json()
+        state.queue_fault(body["target"], int(body["status"]), int(body.get("count", 1)))
+        return {"queued": body}
+
+    @app.post("/_sandbox/settings")
+    async def settings(request: Request):
+        state.settings.update(await request.json())
+        return state.settings
+
+    return app
+
+
+def _bind(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((HOST, port))
+    return sock
+
+
+def _server(state: SandboxState) -> uvicorn.Server:
+    config = uvicorn.Config(create_app(state), log_level="warning", access_log=False)
+    return uvicorn.Server(config)
+
+
+@contextmanager
+def running(root: Path, settings: dict | None = None):
+    """Run the sandbox in a thread of this process on a free port; yields the SandboxState.
+
+    The base URL is `state.base_url`. Used by tests, which need no separate process.
+    """
+    state = SandboxState.open(root)
+    if settings:
+        state.settings.update(settings)
+    sock = _bind(0)
+    server = _server(state)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    state.base_url = f"http://{HOST}:{sock.getsockname()[1]}"
+    _wait_healthy(state.base_url, timeout=15)
+    try:
+        yield state
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+def _wait_healthy(base_url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if requests.get(f"{base_url}/_sandbox/health", timeout=1).ok:
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"sandbox at {base_url} did not become healthy in {timeout:.0f}s")
+        time.sleep(0.1)
+
+
+def _pidfile(root: Path) -> Path:
+    return Path(root) / "server.json"
+
+
+def status(root: Path) -> dict | None:
+    """The running sandbox's pid and URL, or None when it is not running."""
+    info_path = _pidfile(root)
+    if not info_path.exists():
+        return None
+    info = json.loads(info_path.read_text())
+    try:
+        os.kill(info["pid"], 0)
+        requests.get(f"{info['base_url']}/_sandbox/health", timeout=2).raise_for_status()
+    except (OSError, requests.RequestException):
+        return None
+    return info
+
+
+def start(root: Path, port: int = 0) -> dict:
+    """Start the sandbox as a background process (idempotent); returns its pid and URL."""
+    root = Path(root).resolve()
+    SandboxState.open(root)
+    info = status(root)
+    if info:
+        return info
+    if port == 0:
+        with _bind(0) as s:
+            port = s.getsockname()[1]
+    log = open(root / "server.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sandbox.server", "--root", str(root), "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    info = {"pid": proc.pid, "base_url": f"http://{HOST}:{port}", "root": str(root)}
+    try:
+        _wait_healthy(info["base_url"], timeout=30)
+    except RuntimeError:
+        proc.kill()
+        raise RuntimeError(f"sandbox failed to start; see {root / 'server.log'}") from None
+    write_json_private(_pidfile(root), info)
+    return info
+
+
+def stop(root: Path) -> bool:
+    """Stop the background sandbox; True if one was running."""
+    info = status(root)
+    _pidfile(root).unlink(missing_ok=True)
+    if not info:
+        return False
+    os.kill(info["pid"], signal.SIGTERM)
+    for _ in range(50):
+        try:
+            os.kill(info["pid"], 0)
+        except OSError:
+            return True
+        time.sleep(0.1)
+    os.kill(info["pid"], signal.SIGKILL)
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run the PQL sandbox server in the foreground.")
+    parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    state = SandboxState.open(args.root)
+    _server(state).run(sockets=[_bind(args.port)])
+
+
+if __name__ == "__main__":
+    main()

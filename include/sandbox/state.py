@@ -1,0 +1,141 @@
+"""Sandbox state: one folder holding credentials, settings, the SQLite CRM store and event files."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import threading
+from collections import deque
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_SETTINGS = {
+    # HubSpot Free/Starter tier: 100 requests per rolling 10 s, 250k per day; search 5 per second.
+    "hubspot_requests_per_10s": 100,
+    "hubspot_daily_limit": 250_000,
+    "hubspot_search_per_second": 5,
+    # Mixpanel raw export: 60 queries per hour and 3 per second, per project.
+    "mixpanel_queries_per_hour": 60,
+    "mixpanel_queries_per_second": 3,
+}
+
+
+def default_state_dir() -> Path:
+    """Where the sandbox keeps its state unless PQL_SANDBOX_DIR says otherwise."""
+    return Path(os.environ.get("PQL_SANDBOX_DIR", "var/sandbox")).resolve()
+
+
+def new_credentials() -> dict:
+    """Random credentials in the vendors' own formats (sandbox only, never real)."""
+    return {
+        "mixpanel": {
+            "project_id": 3141592,
+            "username": f"pql-sandbox.{secrets.token_hex(3)}.mp-service-account",
+            "secret": secrets.token_urlsafe(24),
+        },
+        "hubspot": {"access_token": f"pat-na1-{secrets.token_hex(16)}"},
+    }
+
+
+class RollingLimiter:
+    """Counts calls in a rolling window; `hit()` answers whether a call is still allowed."""
+
+    def __init__(self, limit: int, window_s: float):
+        self.limit, self.window_s = limit, window_s
+        self._calls: deque[float] = deque()
+        self._lock = threading.Lock()
+
+    def hit(self, now: float) -> bool:
+        with self._lock:
+            while self._calls and now - self._calls[0] >= self.window_s:
+                self._calls.popleft()
+            if len(self._calls) >= self.limit:
+                return False
+            self._calls.append(now)
+            return True
+
+    def remaining(self, now: float) -> int:
+        with self._lock:
+            live = sum(1 for t in self._calls if now - t < self.window_s)
+            return max(0, self.limit - live)
+
+
+@dataclass
+class SandboxState:
+    """Everything the emulators share: paths, credentials, settings, limiters and queued faults."""
+
+    root: Path
+    credentials: dict
+    settings: dict
+    base_url: str = ""
+    limiters: dict[str, RollingLimiter] = field(default_factory=dict)
+    _faults: dict[str, deque] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def db_path(self) -> Path:
+        return self.root / "sandbox.db"
+
+    @property
+    def events_dir(self) -> Path:
+        return self.root / "events"
+
+    @classmethod
+    def open(cls, root: Path) -> SandboxState:
+        """Open (creating if needed) the state folder at `root`."""
+        root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
+        cred_path = root / "credentials.json"
+        if not cred_path.exists():
+            write_json_private(cred_path, new_credentials())
+        settings = dict(DEFAULT_SETTINGS)
+        settings_path = root / "settings.json"
+        if settings_path.exists():
+            settings.update(json.loads(settings_path.read_text()))
+        return cls(root=root, credentials=json.loads(cred_path.read_text()), settings=settings)
+
+    def limiter(self, name: str, limit: int, window_s: float) -> RollingLimiter:
+        with self._lock:
+            lim = self.limiters.get(name)
+            if lim is None or lim.limit != limit:
+                lim = self.limiters[name] = RollingLimiter(limit, window_s)
+            return lim
+
+    def queue_fault(self, target: str, status: int, count: int = 1) -> None:
+        """Make the next `count` requests to `target` (e.g. 'hubspot') answer `status`."""
+        with self._lock:
+            self._faults.setdefault(target, deque()).extend([status] * count)
+
+    def take_fault(self, target: str) -> int | None:
+        with self._lock:
+            q = self._faults.get(target)
+            return q.popleft() if q else None
+
+    @contextmanager
+    def db(self):
+        """A SQLite connection in WAL mode, committed on success."""
+        conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        finally:
+            conn.close()
+
+
+def write_json_private(path: Path, data: dict) -> None:
+    """Write JSON readable by the owner only, atomically."""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
