@@ -1,0 +1,319 @@
+"""config/pql.yaml as pydantic models, with errors that name the key path, the line and what is allowed."""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "pql.yaml"
+
+FREE_EMAIL_DOMAINS = (
+    "gmail.com googlemail.com yahoo.com yahoo.co.uk hotmail.com outlook.com live.com msn.com "
+    "icloud.com me.com mac.com aol.com proton.me protonmail.com gmx.com gmx.de web.de mail.com "
+    "yandex.ru mail.ru qq.com 163.com zoho.com fastmail.com hey.com"
+).split()
+
+Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
+CrmField = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=100)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Lake(Strict):
+    root: Path = Path("../var/lake")
+
+
+class MixpanelSource(Strict):
+    name: Name = "mixpanel"
+    kind: Literal["mixpanel"]
+    connection_id: str = "mixpanel_default"
+    project_id: int = Field(gt=0)
+    residency: Literal["us", "eu", "in"] = "us"
+    schedule: str = "0 3 * * *"
+    bad_line_threshold: float = Field(0.01, ge=0, le=1)
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        if len(v.split()) != 5:
+            raise ValueError("must be a 5-field cron expression such as '0 3 * * *'")
+        return v
+
+
+Source = Annotated[MixpanelSource, Field(discriminator="kind")]
+
+
+class Identity(Strict):
+    email_properties: list[str] = ["$email", "email"]
+    account_properties: list[str] = ["company_id"]
+    free_email_domains: list[str] = Field(default_factory=lambda: list(FREE_EMAIL_DOMAINS))
+
+
+class Enrichment(Strict):
+    provider: Literal["crm", "file", "none"] = "crm"
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _file_needed(self):
+        if self.provider == "file" and self.file is None:
+            raise ValueError("provider 'file' needs 'file': a CSV or Parquet path")
+        return self
+
+
+class EventSignal(Strict):
+    kind: Literal["event"]
+    event: str = Field(min_length=1)
+    window_days: int = Field(gt=0, le=365)
+    points_each: float
+    max_points: float | None = None
+    reason: str = "{event} {n} times in the last {window_days} days"
+
+
+class ActiveDaysSignal(Strict):
+    kind: Literal["active_days"]
+    window_days: int = Field(gt=0, le=365)
+    points_each: float
+    max_points: float | None = None
+    reason: str = "active {n} of the last {window_days} days"
+
+
+class FirmographicSignal(Strict):
+    kind: Literal["firmographic"]
+    field: Literal["employees", "industry", "country"]
+    at_least: float | None = None
+    one_of: list[str] | None = None
+    points: float
+    reason: str = "{value} {field}"
+
+    @model_validator(mode="after")
+    def _one_test(self):
+        if (self.at_least is None) == (self.one_of is None):
+            raise ValueError("give exactly one of 'at_least' (numbers) or 'one_of' (a list)")
+        if self.field == "employees" and self.one_of is not None:
+            raise ValueError("'employees' is a number: use 'at_least'")
+        if self.field != "employees" and self.at_least is not None:
+            raise ValueError(f"'{self.field}' is text: use 'one_of'")
+        return self
+
+
+class FreeEmailSignal(Strict):
+    kind: Literal["free_email"]
+    points: float = Field(le=0)
+    reason: str = "signed up with a free email address"
+
+
+Signal = Annotated[
+    EventSignal | ActiveDaysSignal | FirmographicSignal | FreeEmailSignal,
+    Field(discriminator="kind"),
+]
+
+
+class WeightedModel(Strict):
+    kind: Literal["weighted"]
+    version: str = Field(min_length=1, max_length=80)
+    threshold: float = Field(gt=0, le=100)
+    max_reasons: int = Field(3, ge=1, le=10)
+    signals: list[Signal] = Field(min_length=1)
+
+    @property
+    def lookback(self) -> timedelta:
+        """How far back the longest windowed signal reads."""
+        days = [s.window_days for s in self.signals if hasattr(s, "window_days")]
+        return timedelta(days=max(days, default=1))
+
+
+Model = Annotated[WeightedModel, Field(discriminator="kind")]
+
+
+class CrmFields(Strict):
+    score: CrmField = "pql_score"
+    flag: CrmField = "pql_flag"
+    qualified_at: CrmField = "pql_qualified_at"
+    reasons: CrmField = "pql_reasons"
+    model_version: CrmField = "pql_model_version"
+
+
+class HubSpotTarget(Strict):
+    kind: Literal["hubspot"]
+    connection_id: str = "hubspot_default"
+    property_group: CrmField = "pql"
+    fields: CrmFields = CrmFields()
+    create_missing: bool = True
+    max_failed_share: float = Field(0.05, ge=0, le=1)
+
+
+Crm = Annotated[HubSpotTarget, Field(discriminator="kind")]
+
+
+class Outcomes(Strict):
+    schedule: str = "0 6 * * 1"
+    attribution_window_days: int = Field(90, gt=0, le=730)
+
+
+class Config(Strict):
+    """The whole of config/pql.yaml."""
+
+    lake: Lake = Lake()
+    sources: list[Source] = Field(min_length=1)
+    identity: Identity = Identity()
+    enrichment: Enrichment = Enrichment()
+    model: Model
+    crm: Crm
+    outcomes: Outcomes = Outcomes()
+
+    @model_validator(mode="after")
+    def _unique_sources(self):
+        names = [s.name for s in self.sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+    def source(self, name: str) -> Source:
+        for s in self.sources:
+            if s.name == name:
+                return s
+        raise KeyError(f"no source named {name!r}; configured: {[s.name for s in self.sources]}")
+
+
+class ConfigError(Exception):
+    """Every mistake in a config file, each with its key path, line and what is allowed."""
+
+    def __init__(self, path: Path, problems: list[str]):
+        self.path, self.problems = path, problems
+        super().__init__(f"{path}: {len(problems)} problem(s)\n" + "\n".join(problems))
+
+
+def load(path: str | os.PathLike | None = None) -> Config:
+    """Load and validate a config file (default: $PQL_CONFIG, else config/pql.yaml).
+
+    Relative paths inside it are resolved against the file's folder; $PQL_LAKE overrides lake.root.
+    """
+    path = Path(path or os.environ.get("PQL_CONFIG") or DEFAULT_CONFIG).resolve()
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(path, [f"cannot read the file: {e.strerror}"]) from None
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise ConfigError(path, [f"{where}not valid YAML: {getattr(e, 'problem', e)}"]) from None
+    if not isinstance(data, dict):
+        raise ConfigError(path, ["the file must be a mapping of sections (lake, sources, ...)"])
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        lines = _line_index(node)
+        raise ConfigError(path, [_describe(err, lines) for err in e.errors()]) from None
+    root = Path(os.environ.get("PQL_LAKE") or (path.parent / cfg.lake.root)).resolve()
+    enrichment = cfg.enrichment
+    if enrichment.file is not None:
+        enrichment = enrichment.model_copy(update={"file": (path.parent / enrichment.file)})
+    return cfg.model_copy(update={"lake": Lake(root=root), "enrichment": enrichment})
+
+
+def _line_index(node, prefix=()) -> dict[tuple, int]:
+    """Map each key path in the YAML document to its 1-based line."""
+    index: dict[tuple, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            path = (*prefix, key.value)
+            index[path] = key.start_mark.line + 1
+            index.update(_line_index(value, path))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            index[(*prefix, i)] = item.start_mark.line + 1
+            index.update(_line_index(item, (*prefix, i)))
+    return index
+
+
+def _describe(err: dict[str, Any], lines: dict[tuple, int]) -> str:
+    raw = list(err["loc"])
+    loc = _strip_tags(raw)
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "(top)"
+    line = next(
+        (lines[tuple(loc[:n])] for n in range(len(loc), 0, -1) if tuple(loc[:n]) in lines), None
+    )
+    where = f"line {line}: " if line else ""
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        model = _walk(raw[:-1])
+        allowed = ", ".join(model.model_fields) if model else "see config/pql.yaml"
+        msg = f"unknown key; allowed here: {allowed}"
+    elif kind == "missing":
+        msg = "required key is missing"
+    elif kind in ("union_tag_invalid", "union_tag_not_found"):
+        tags = err["ctx"].get("expected_tags") or ", ".join(_tags(_walk_annotation(raw)))
+        msg = f"'kind' must be one of: {tags}"
+    elif kind == "string_pattern_mismatch":
+        msg = "must be lower-case letters, digits and underscores, starting with a letter"
+    else:
+        msg = msg.removeprefix("Value error, ")
+    if kind not in ("missing", "extra_forbidden") and not isinstance(err.get("input"), dict | list):
+        msg += f" (got {err.get('input')!r})"
+    return f"{where}{key}: {msg}"
+
+
+def _members(annotation) -> list:
+    """The pydantic models inside an annotation (through Annotated, list and unions)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found = []
+    for arg in getattr(annotation, "__args__", ()):
+        found += _members(arg)
+    return found
+
+
+def _tags(annotation) -> list[str]:
+    return [m.model_fields["kind"].annotation.__args__[0] for m in _members(annotation)
+            if "kind" in m.model_fields]
+
+
+def _resolve(loc: list) -> tuple[list, Any]:
+    """Follow a pydantic error location down the Config annotations.
+
+    Returns the location without the union tags pydantic inserts (model.weighted.signals →
+    model.signals) and the annotation found there (None when the path leaves the schema).
+    """
+    kept: list = []
+    annotation: Any = Config
+    for part in loc:
+        if isinstance(part, int):
+            kept.append(part)
+            continue
+        concrete = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        members = _members(annotation)
+        tagged = [m for m in members if part in _tags(m)]
+        if tagged and not (concrete and part in annotation.model_fields):
+            annotation = tagged[0]
+            continue
+        kept.append(part)
+        model = annotation if concrete else (members[0] if len(members) == 1 else None)
+        if model is None or part not in model.model_fields:
+            return kept, None
+        annotation = model.model_fields[part].annotation
+    return kept, annotation
+
+
+def _walk_annotation(loc: list):
+    return _resolve(loc)[1]
+
+
+def _walk(loc: list) -> type[BaseModel] | None:
+    members = _members(_walk_annotation(loc))
+    return members[0] if len(members) == 1 else None
+
+
+def _strip_tags(loc: list) -> list:
+    return _resolve(loc)[0]

@@ -1,0 +1,37 @@
+"""Account firmographics (employees, industry, country) by domain, from the CRM or a file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+COLUMNS = ["domain", "employees", "industry", "country"]
+
+
+def from_file(path: Path) -> pd.DataFrame:
+    """Read a CSV or Parquet file with at least a 'domain' column."""
+    if not path.exists():
+        raise FileNotFoundError(f"enrichment file {path} does not exist (config enrichment.file)")
+    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    if "domain" not in df.columns:
+        raise ValueError(f"{path}: needs a 'domain' column; found {', '.join(df.columns)}")
+    return normalise(df)
+
+
+def normalise(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per lower-cased domain with the known columns; missing values stay missing."""
+    df = df.copy()
+    for col in COLUMNS:
+        if col not in df.columns:
+            df[col] = None
+    df["domain"] = df["domain"].astype("string").str.strip().str.lower()
+    df["employees"] = pd.to_numeric(df["employees"], errors="coerce").astype("Int64")
+    df = df[df["domain"].notna() & (df["domain"] != "")]
+    return df[COLUMNS].drop_duplicates("domain", keep="last").reset_index(drop=True)
+
+
+def join(users: pd.DataFrame, accounts: pd.DataFrame) -> pd.DataFrame:
+    """Attach firmographics to users through their email domain (missing → NaN, not an error)."""
+    merged = users.merge(accounts, how="left", left_on="email_domain", right_on="domain")
+    return merged.drop(columns=["domain"])

@@ -1,0 +1,1 @@
+"""Product events: vendor exports in, canonical deduplicated Parquet out."""

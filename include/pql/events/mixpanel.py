@@ -1,0 +1,281 @@
+"""Mixpanel raw export → raw file in the lake → canonical events (one UTC day per partition)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import requests
+
+from pql.events.canonical import Counts, Quarantine, RowBuffer, dedupe
+from pql.lake import Lake, atomic_dir
+
+log = logging.getLogger(__name__)
+
+HOSTS = {
+    "us": "https://data.mixpanel.com",
+    "eu": "https://data-eu.mixpanel.com",
+    "in": "https://data-in.mixpanel.com",
+}
+# Mixpanel's own deduplication key (event, distinct_id, time, $insert_id).
+DEDUP_KEY = ["event_name", "user_key", "ts", "event_id"]
+TRUNCATED_MARKER = "terminated early"
+
+
+class ExportError(Exception):
+    """The export could not be fetched; the message says why and what to do."""
+
+
+class CredentialsError(ExportError):
+    """The vendor rejected the credentials: retrying will not help."""
+
+
+class IncompleteExport(ExportError):
+    """The server cut the export short; the whole window must be fetched again."""
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    project_id: int
+    day: date
+    base_url: str  # e.g. https://data.mixpanel.com, or the sandbox
+
+    def params(self) -> dict:
+        d = self.day.isoformat()
+        return {"project_id": self.project_id, "from_date": d, "to_date": d}
+
+
+def base_url(residency: str, host: str | None = None) -> str:
+    """The export host: the connection's host when set (sandbox, proxy), else by residency."""
+    return host.rstrip("/") if host else HOSTS[residency]
+
+
+def download(
+    session: requests.Session,
+    req: ExportRequest,
+    dest: Path,
+    *,
+    attempts: int = 6,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Stream one day's export to `dest` (gzip, as received); returns compressed bytes written.
+
+    Retries 429 and 5xx with exponential backoff, honouring Retry-After.
+    """
+    url = f"{req.base_url}/api/2.0/export"
+    for attempt in range(1, attempts + 1):
+        try:
+            resp = session.get(url, params=req.params(), stream=True, timeout=(10, 600),
+                               headers={"Accept-Encoding": "gzip"})
+        except requests.ConnectionError as e:
+            if attempt == attempts:
+                raise ExportError(f"cannot reach {url}: {e}") from e
+            sleep(_backoff(attempt, None))
+            continue
+        with resp:
+            if resp.status_code == 200:
+                return _save(resp, dest)
+            body = resp.text[:500]
+            if resp.status_code in (401, 403):
+                raise CredentialsError(
+                    f"Mixpanel refused the credentials ({resp.status_code}: {body}). Check the "
+                    "connection's service-account username/secret and that the account may read "
+                    f"project {req.project_id}."
+                )
+            if resp.status_code == 429 or resp.status_code >= 500:
+                if attempt == attempts:
+                    raise ExportError(f"Mixpanel export kept failing with {resp.status_code}: {body}")
+                wait = _backoff(attempt, resp.headers.get("Retry-After"))
+                log.warning("Mixpanel answered %s; retrying in %.0fs", resp.status_code, wait)
+                sleep(wait)
+                continue
+            raise ExportError(f"Mixpanel rejected the export request ({resp.status_code}): {body}")
+    raise ExportError("unreachable")
+
+
+def _backoff(attempt: int, retry_after: str | None) -> float:
+    if retry_after and retry_after.isdigit():
+        return float(retry_after)
+    return min(60.0, 2.0 ** attempt)
+
+
+def _save(resp: requests.Response, dest: Path) -> int:
+    """Copy the body as received; bodies Mixpanel did not compress are compressed here."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    gzipped = resp.headers.get("Content-Encoding", "").lower() == "gzip"
+    written = 0
+    with open(dest, "wb") as raw:
+        sink = raw if gzipped else gzip.GzipFile(fileobj=raw, mode="wb")
+        for chunk in resp.raw.stream(1 << 20, decode_content=False):
+            sink.write(chunk)
+            written += len(chunk)
+        if not gzipped:
+            sink.close()
+    return written
+
+
+def read_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Numbered text lines of a gzip file; a truncated stream ends with a marker line."""
+    with gzip.open(path, "rt", encoding="utf-8", errors="replace") as f:
+        n = 0
+        try:
+            for n, line in enumerate(f, start=1):  # noqa: B007 (n is used after the loop)
+                yield n, line.rstrip("\n")
+        except (EOFError, zlib.error, OSError) as e:
+            yield n + 1, f"\x00truncated gzip stream: {e}"
+
+
+def to_canonical(
+    raw_path: Path,
+    out_dir: Path,
+    quarantine_dir: Path,
+    *,
+    source: str,
+    email_properties: list[str],
+    account_properties: list[str],
+) -> Counts:
+    """Parse a raw export into deduplicated canonical Parquet in `out_dir`; returns the counts."""
+    counts = Counts()
+    staged = out_dir / "_staged.parquet"
+    rows = RowBuffer(staged)
+    quarantine = Quarantine(quarantine_dir / "lines.jsonl.gz", counts)
+    received = datetime.now(UTC)
+    try:
+        for line_no, line in read_lines(raw_path):
+            if not line.strip():
+                continue
+            if line == TRUNCATED_MARKER:
+                raise IncompleteExport(f"{raw_path}: export ends with '{TRUNCATED_MARKER}'")
+            counts.raw += 1
+            row, reason = parse_line(line, source, email_properties, account_properties, received)
+            if row is None:
+                quarantine.add(line_no, reason, line)
+            else:
+                rows.append(row)
+    finally:
+        rows.close()
+        quarantine.close()
+    staged_rows = counts.raw - counts.quarantined
+    if staged_rows:
+        counts.canonical = dedupe(staged, out_dir / "part-0.parquet", DEDUP_KEY)
+    staged.unlink(missing_ok=True)
+    counts.duplicates = staged_rows - counts.canonical
+    counts.check()
+    return counts
+
+
+def parse_line(line, source, email_properties, account_properties, received):
+    """One export line → (canonical row, None) or (None, reason it was quarantined)."""
+    if line.startswith("\x00"):
+        return None, line[1:].split(":")[0]
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None, "not valid JSON"
+    if not isinstance(obj, dict) or not isinstance(obj.get("properties"), dict):
+        return None, "no 'properties' object"
+    name, props = obj.get("event"), dict(obj["properties"])
+    if not isinstance(name, str) or not name:
+        return None, "missing event name"
+    t = props.pop("time", None)
+    if isinstance(t, bool) or not isinstance(t, int | float):
+        return None, "missing or non-numeric 'time'"
+    user = props.pop("distinct_id", None)
+    if not isinstance(user, str | int) or user == "":
+        return None, "missing distinct_id"
+    seconds = t / 1000 if t > 10_000_000_000 else t  # time_in_ms exports
+    insert_id = props.pop("$insert_id", None)
+    processed = props.get("mp_processing_time_ms")
+    return {
+        "source": source,
+        "event_id": str(insert_id) if insert_id else _content_id(name, user, t, props),
+        "event_name": name,
+        "user_key": str(user),
+        "device_id": _str(props.get("$device_id")),
+        "email": _first(props, email_properties, lower=True),
+        "account_key": _first(props, account_properties),
+        "ts": datetime.fromtimestamp(seconds, UTC),
+        "received_at": datetime.fromtimestamp(processed / 1000, UTC)
+        if isinstance(processed, int | float) and not isinstance(processed, bool) else received,
+        "properties": json.dumps(props, separators=(",", ":"), ensure_ascii=False),
+    }, None
+
+
+def _content_id(*parts) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _str(v) -> str | None:
+    return None if v is None or v == "" else str(v)
+
+
+def _first(props: dict, keys: list[str], lower: bool = False) -> str | None:
+    for k in keys:
+        v = props.get(k)
+        if isinstance(v, list):
+            v = v[0] if v else None
+        if isinstance(v, str | int) and not isinstance(v, bool) and str(v).strip():
+            v = str(v).strip()
+            return v.lower() if lower else v
+    return None
+
+
+def extract_day(
+    session: requests.Session,
+    lake: Lake,
+    *,
+    source: str,
+    project_id: int,
+    base: str,
+    day: date,
+    email_properties: list[str],
+    account_properties: list[str],
+    bad_line_threshold: float,
+    attempts: int = 3,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict:
+    """Export one UTC day and replace its raw, canonical and quarantine partitions atomically.
+
+    Returns counts and paths (small enough for an XCom).
+    """
+    req = ExportRequest(project_id=project_id, day=day, base_url=base)
+    for attempt in range(1, attempts + 1):
+        try:
+            with atomic_dir(lake.raw(source, day)) as raw_dir, \
+                 atomic_dir(lake.events(source, day)) as ev_dir, \
+                 atomic_dir(lake.quarantine(source, day)) as q_dir:
+                raw_path = raw_dir / "export.jsonl.gz"
+                size = download(session, req, raw_path, sleep=sleep)
+                counts = to_canonical(raw_path, ev_dir, q_dir, source=source,
+                                      email_properties=email_properties,
+                                      account_properties=account_properties)
+            break
+        except IncompleteExport:
+            if attempt == attempts:
+                raise
+            log.warning("export for %s was cut short by the server; fetching it again", day)
+    log.info("mixpanel %s: %s raw lines = %s canonical + %s duplicates + %s quarantined (%s bytes)",
+             day, counts.raw, counts.canonical, counts.duplicates, counts.quarantined, size)
+    # Checked after the partitions are in place, so the quarantined lines are kept for inspection.
+    _fail_if_too_bad(counts, bad_line_threshold, lake.quarantine(source, day), day)
+    return {"day": day.isoformat(), **counts.as_dict(), "raw_bytes": size,
+            "events_path": str(lake.events(source, day))}
+
+
+def _fail_if_too_bad(counts: Counts, threshold: float, q_dir: Path, day: date) -> None:
+    if counts.raw and counts.quarantined / counts.raw > threshold:
+        reasons = ", ".join(f"{k}: {v}" for k, v in sorted(counts.reasons.items()))
+        raise ExportError(
+            f"{day}: {counts.quarantined} of {counts.raw} lines could not be parsed "
+            f"({counts.quarantined / counts.raw:.1%} > bad_line_threshold {threshold:.1%}); "
+            f"reasons: {reasons}. The lines are kept in {q_dir}: fix the tracking or raise the "
+            "threshold, then re-run the day."
+        )

@@ -1,0 +1,68 @@
+"""Point-in-time user features in DuckDB: as of T, only events before T are read."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import duckdb
+import pandas as pd
+
+from pql.config import ActiveDaysSignal, EventSignal, WeightedModel
+
+
+def signal_column(i: int) -> str:
+    return f"s{i}"
+
+
+def user_features(
+    events_glob: str,
+    as_of: datetime,
+    model: WeightedModel,
+    free_email_domains: list[str],
+) -> pd.DataFrame:
+    """One row per identified user seen before `as_of`, with identity and one column per signal.
+
+    Identity: the user's latest known email; account = group key, else the email's domain
+    unless it is a free-mail domain. Anonymous device-only users ('$device:...') are left out.
+    """
+    selects, params = [], [as_of]
+    for i, s in enumerate(model.signals):
+        col = signal_column(i)
+        if isinstance(s, EventSignal):
+            selects.append(f"count(*) FILTER (WHERE event_name = ? AND ts >= ?) AS {col}")
+            params += [s.event, as_of - pd.Timedelta(days=s.window_days)]
+        elif isinstance(s, ActiveDaysSignal):
+            selects.append(
+                f"count(DISTINCT CAST(ts AS DATE)) FILTER (WHERE ts >= ?) AS {col}")
+            params.append(as_of - pd.Timedelta(days=s.window_days))
+    signal_sql = "".join(f",\n               {s}" for s in selects)
+    sql = f"""
+        WITH ev AS (
+            SELECT user_key, email, account_key, event_name, ts
+            FROM read_parquet(?, hive_partitioning = true, union_by_name = true)
+            WHERE ts < ? AND user_key NOT LIKE '$device:%'
+        ), u AS (
+            SELECT user_key,
+                   arg_max(email, ts) FILTER (WHERE email IS NOT NULL) AS email,
+                   arg_max(account_key, ts) FILTER (WHERE account_key IS NOT NULL) AS group_key,
+                   min(ts) AS first_seen,
+                   max(ts) AS last_seen{signal_sql}
+            FROM ev GROUP BY user_key
+        )
+        SELECT u.*,
+               split_part(email, '@', 2) AS email_domain,
+               coalesce(email IS NOT NULL AND list_contains(?, split_part(email, '@', 2)), false)
+                   AS free_email,
+               coalesce(group_key,
+                        CASE WHEN NOT list_contains(?, split_part(email, '@', 2))
+                             THEN split_part(email, '@', 2) END) AS account_key
+        FROM u ORDER BY user_key
+    """
+    # Parameters bind in order: the glob and cut-off of `ev`, then each signal's, then the lists.
+    ordered = [events_glob, as_of] + params[1:] + [free_email_domains, free_email_domains]
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        return con.execute(sql, ordered).df()
+    finally:
+        con.close()

@@ -1,0 +1,95 @@
+"""The lake: a folder of partitions, each written under a temporary name and renamed into place."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Lake:
+    """Partition paths under one root (see DESIGN.md, "The lake")."""
+
+    root: Path
+
+    def raw(self, source: str, day: date) -> Path:
+        return self.root / "raw" / source / f"date={day:%Y-%m-%d}"
+
+    def events(self, source: str, day: date) -> Path:
+        return self.root / "events" / f"source={source}" / f"date={day:%Y-%m-%d}"
+
+    def events_glob(self) -> str:
+        return str(self.root / "events" / "source=*" / "date=*" / "*.parquet")
+
+    def quarantine(self, source: str, day: date) -> Path:
+        return self.root / "quarantine" / source / f"date={day:%Y-%m-%d}"
+
+    def scores(self, day: date) -> Path:
+        return self.root / "scores" / f"date={day:%Y-%m-%d}"
+
+    def accounts(self) -> Path:
+        return self.root / "enrichment" / "accounts"
+
+    def sync(self, crm: str) -> Path:
+        return self.root / "sync" / crm
+
+    def outcomes(self, week: date) -> Path:
+        return self.root / "outcomes" / f"week={week:%Y-%m-%d}"
+
+    def reports(self, week: date) -> Path:
+        return self.root / "reports" / f"week={week:%Y-%m-%d}"
+
+    def partitions(self, kind: str) -> list[tuple[date, Path]]:
+        """Existing date/week partitions of a top-level area (e.g. 'scores'), oldest first."""
+        base = self.root / kind
+        found = []
+        for p in base.glob("*=*") if base.exists() else []:
+            try:
+                found.append((date.fromisoformat(p.name.split("=", 1)[1]), p))
+            except ValueError:
+                continue
+        return sorted(found)
+
+
+@contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder that replaces `final` whole when the block succeeds.
+
+    A crash leaves either the old partition or the new one, never half of either.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = None
+        if final.exists():
+            old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+            os.replace(final, old)
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+@contextmanager
+def atomic_file(final: Path, mode: str = "wb"):
+    """Open a temporary file that is renamed to `final` when the block succeeds."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
