@@ -1,9 +1,8 @@
-"""config/pql.yaml as pydantic models, with errors that name the key path, the line and what is allowed."""
+"""config/pql.yaml as pydantic models; errors name the key path, the line and what is allowed."""
 
 from __future__ import annotations
 
 import os
-import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -13,11 +12,33 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "pql.yaml"
 
-FREE_EMAIL_DOMAINS = (
-    "gmail.com googlemail.com yahoo.com yahoo.co.uk hotmail.com outlook.com live.com msn.com "
-    "icloud.com me.com mac.com aol.com proton.me protonmail.com gmx.com gmx.de web.de mail.com "
-    "yandex.ru mail.ru qq.com 163.com zoho.com fastmail.com hey.com"
-).split()
+FREE_EMAIL_DOMAINS = [
+    "gmail.com",
+    "googlemail.com",
+    "yahoo.com",
+    "yahoo.co.uk",
+    "hotmail.com",
+    "outlook.com",
+    "live.com",
+    "msn.com",
+    "icloud.com",
+    "me.com",
+    "mac.com",
+    "aol.com",
+    "proton.me",
+    "protonmail.com",
+    "gmx.com",
+    "gmx.de",
+    "web.de",
+    "mail.com",
+    "yandex.ru",
+    "mail.ru",
+    "qq.com",
+    "163.com",
+    "zoho.com",
+    "fastmail.com",
+    "hey.com",
+]
 
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
 CrmField = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=100)]
@@ -276,8 +297,11 @@ def _members(annotation) -> list:
 
 
 def _tags(annotation) -> list[str]:
-    return [m.model_fields["kind"].annotation.__args__[0] for m in _members(annotation)
-            if "kind" in m.model_fields]
+    return [
+        m.model_fields["kind"].annotation.__args__[0]
+        for m in _members(annotation)
+        if "kind" in m.model_fields
+    ]
 
 
 def _resolve(loc: list) -> tuple[list, Any]:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from pql.lake import Lake, atomic_dir
+
 COLUMNS = ["domain", "employees", "industry", "country"]
 
 
@@ -35,3 +37,16 @@ def join(users: pd.DataFrame, accounts: pd.DataFrame) -> pd.DataFrame:
     """Attach firmographics to users through their email domain (missing → NaN, not an error)."""
     merged = users.merge(accounts, how="left", left_on="email_domain", right_on="domain")
     return merged.drop(columns=["domain"])
+
+
+def write(lake: Lake, accounts: pd.DataFrame) -> Path:
+    """Keep this run's enrichment table in the lake (atomically)."""
+    with atomic_dir(lake.accounts()) as tmp:
+        normalise(accounts).to_parquet(tmp / "accounts.parquet", index=False)
+    return lake.accounts() / "accounts.parquet"
+
+
+def read(lake: Lake) -> pd.DataFrame:
+    """The enrichment table kept by the last enrich step (empty when there is none)."""
+    path = lake.accounts() / "accounts.parquet"
+    return pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=COLUMNS)

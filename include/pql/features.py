@@ -32,8 +32,7 @@ def user_features(
             selects.append(f"count(*) FILTER (WHERE event_name = ? AND ts >= ?) AS {col}")
             params += [s.event, as_of - pd.Timedelta(days=s.window_days)]
         elif isinstance(s, ActiveDaysSignal):
-            selects.append(
-                f"count(DISTINCT CAST(ts AS DATE)) FILTER (WHERE ts >= ?) AS {col}")
+            selects.append(f"count(DISTINCT CAST(ts AS DATE)) FILTER (WHERE ts >= ?) AS {col}")
             params.append(as_of - pd.Timedelta(days=s.window_days))
     signal_sql = "".join(f",\n               {s}" for s in selects)
     sql = f"""

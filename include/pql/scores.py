@@ -16,8 +16,19 @@ from pql.scoring import weighted
 log = logging.getLogger(__name__)
 
 SNAPSHOT_COLUMNS = [
-    "user_key", "email", "account_key", "first_seen", "last_seen", "employees", "industry",
-    "score", "flag", "qualified_at", "reasons", "model_version", "as_of",
+    "user_key",
+    "email",
+    "account_key",
+    "first_seen",
+    "last_seen",
+    "employees",
+    "industry",
+    "score",
+    "flag",
+    "qualified_at",
+    "reasons",
+    "model_version",
+    "as_of",
 ]
 
 
@@ -40,10 +51,19 @@ def score_day(cfg: Config, day: date, accounts: pd.DataFrame) -> dict:
     with atomic_dir(lake.scores(day)) as tmp:
         snapshot.to_parquet(tmp / "scores.parquet", index=False)
     flagged = int(snapshot["flag"].sum())
-    log.info("scored %s users as of %s: %s PQLs (%.1f%%)", len(snapshot), as_of, flagged,
-             100 * flagged / max(len(snapshot), 1))
-    return {"day": day.isoformat(), "users": len(snapshot), "pqls": flagged,
-            "scores_path": str(lake.scores(day) / "scores.parquet")}
+    log.info(
+        "scored %s users as of %s: %s PQLs (%.1f%%)",
+        len(snapshot),
+        as_of,
+        flagged,
+        100 * flagged / max(len(snapshot), 1),
+    )
+    return {
+        "day": day.isoformat(),
+        "users": len(snapshot),
+        "pqls": flagged,
+        "scores_path": str(lake.scores(day) / "scores.parquet"),
+    }
 
 
 def _qualified_at(scored: pd.DataFrame, previous: pd.DataFrame | None, as_of) -> pd.Series:

@@ -11,18 +11,20 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA = pa.schema([
-    ("source", pa.string()),
-    ("event_id", pa.string()),
-    ("event_name", pa.string()),
-    ("user_key", pa.string()),
-    ("device_id", pa.string()),
-    ("email", pa.string()),
-    ("account_key", pa.string()),
-    ("ts", pa.timestamp("us", tz="UTC")),
-    ("received_at", pa.timestamp("us", tz="UTC")),
-    ("properties", pa.string()),
-])
+SCHEMA = pa.schema(
+    [
+        ("source", pa.string()),
+        ("event_id", pa.string()),
+        ("event_name", pa.string()),
+        ("user_key", pa.string()),
+        ("device_id", pa.string()),
+        ("email", pa.string()),
+        ("account_key", pa.string()),
+        ("ts", pa.timestamp("us", tz="UTC")),
+        ("received_at", pa.timestamp("us", tz="UTC")),
+        ("properties", pa.string()),
+    ]
+)
 BATCH_ROWS = 50_000
 
 
@@ -41,8 +43,12 @@ class Counts:
             raise AssertionError(f"lines lost: {self}")
 
     def as_dict(self) -> dict:
-        return {"raw": self.raw, "canonical": self.canonical, "duplicates": self.duplicates,
-                "quarantined": self.quarantined}
+        return {
+            "raw": self.raw,
+            "canonical": self.canonical,
+            "duplicates": self.duplicates,
+            "quarantined": self.quarantined,
+        }
 
 
 class RowBuffer:
@@ -83,7 +89,7 @@ class Quarantine:
 
     def add(self, line_no: int, reason: str, line: str) -> None:
         if self._f is None:
-            self._f = gzip.open(self.path, "wt", encoding="utf-8")
+            self._f = gzip.open(self.path, "wt", encoding="utf-8")  # noqa: SIM115 (closed in close())
         self._f.write(json.dumps({"line": line_no, "reason": reason, "raw": line}) + "\n")
         self.counts.quarantined += 1
         self.counts.reasons[reason] = self.counts.reasons.get(reason, 0) + 1

@@ -73,8 +73,13 @@ def download(
     url = f"{req.base_url}/api/2.0/export"
     for attempt in range(1, attempts + 1):
         try:
-            resp = session.get(url, params=req.params(), stream=True, timeout=(10, 600),
-                               headers={"Accept-Encoding": "gzip"})
+            resp = session.get(
+                url,
+                params=req.params(),
+                stream=True,
+                timeout=(10, 600),
+                headers={"Accept-Encoding": "gzip"},
+            )
         except requests.ConnectionError as e:
             if attempt == attempts:
                 raise ExportError(f"cannot reach {url}: {e}") from e
@@ -92,7 +97,9 @@ def download(
                 )
             if resp.status_code == 429 or resp.status_code >= 500:
                 if attempt == attempts:
-                    raise ExportError(f"Mixpanel export kept failing with {resp.status_code}: {body}")
+                    raise ExportError(
+                        f"Mixpanel export kept failing with {resp.status_code}: {body}"
+                    )
                 wait = _backoff(attempt, resp.headers.get("Retry-After"))
                 log.warning("Mixpanel answered %s; retrying in %.0fs", resp.status_code, wait)
                 sleep(wait)
@@ -104,7 +111,7 @@ def download(
 def _backoff(attempt: int, retry_after: str | None) -> float:
     if retry_after and retry_after.isdigit():
         return float(retry_after)
-    return min(60.0, 2.0 ** attempt)
+    return min(60.0, 2.0**attempt)
 
 
 def _save(resp: requests.Response, dest: Path) -> int:
@@ -204,7 +211,8 @@ def parse_line(line, source, email_properties, account_properties, received):
         "account_key": _first(props, account_properties),
         "ts": datetime.fromtimestamp(seconds, UTC),
         "received_at": datetime.fromtimestamp(processed / 1000, UTC)
-        if isinstance(processed, int | float) and not isinstance(processed, bool) else received,
+        if isinstance(processed, int | float) and not isinstance(processed, bool)
+        else received,
         "properties": json.dumps(props, separators=(",", ":"), ensure_ascii=False),
     }, None
 
@@ -249,25 +257,43 @@ def extract_day(
     req = ExportRequest(project_id=project_id, day=day, base_url=base)
     for attempt in range(1, attempts + 1):
         try:
-            with atomic_dir(lake.raw(source, day)) as raw_dir, \
-                 atomic_dir(lake.events(source, day)) as ev_dir, \
-                 atomic_dir(lake.quarantine(source, day)) as q_dir:
+            with (
+                atomic_dir(lake.raw(source, day)) as raw_dir,
+                atomic_dir(lake.events(source, day)) as ev_dir,
+                atomic_dir(lake.quarantine(source, day)) as q_dir,
+            ):
                 raw_path = raw_dir / "export.jsonl.gz"
                 size = download(session, req, raw_path, sleep=sleep)
-                counts = to_canonical(raw_path, ev_dir, q_dir, source=source,
-                                      email_properties=email_properties,
-                                      account_properties=account_properties)
+                counts = to_canonical(
+                    raw_path,
+                    ev_dir,
+                    q_dir,
+                    source=source,
+                    email_properties=email_properties,
+                    account_properties=account_properties,
+                )
             break
         except IncompleteExport:
             if attempt == attempts:
                 raise
             log.warning("export for %s was cut short by the server; fetching it again", day)
-    log.info("mixpanel %s: %s raw lines = %s canonical + %s duplicates + %s quarantined (%s bytes)",
-             day, counts.raw, counts.canonical, counts.duplicates, counts.quarantined, size)
+    log.info(
+        "mixpanel %s: %s raw lines = %s canonical + %s duplicates + %s quarantined (%s bytes)",
+        day,
+        counts.raw,
+        counts.canonical,
+        counts.duplicates,
+        counts.quarantined,
+        size,
+    )
     # Checked after the partitions are in place, so the quarantined lines are kept for inspection.
     _fail_if_too_bad(counts, bad_line_threshold, lake.quarantine(source, day), day)
-    return {"day": day.isoformat(), **counts.as_dict(), "raw_bytes": size,
-            "events_path": str(lake.events(source, day))}
+    return {
+        "day": day.isoformat(),
+        **counts.as_dict(),
+        "raw_bytes": size,
+        "events_path": str(lake.events(source, day)),
+    }
 
 
 def _fail_if_too_bad(counts: Counts, threshold: float, q_dir: Path, day: date) -> None:

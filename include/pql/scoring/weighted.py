@@ -46,12 +46,15 @@ def score(features: pd.DataFrame, model: WeightedModel) -> pd.DataFrame:
     """Score, flag and reasons per user, in the order of `features`."""
     points = contributions(features, model)
     total = points.sum(axis=1).clip(0, 100).round().astype(int)
-    return pd.DataFrame({
-        "score": total,
-        "flag": total >= model.threshold,
-        "reasons": reasons(features, points, model),
-        "model_version": model.version,
-    }, index=features.index)
+    return pd.DataFrame(
+        {
+            "score": total,
+            "flag": total >= model.threshold,
+            "reasons": reasons(features, points, model),
+            "model_version": model.version,
+        },
+        index=features.index,
+    )
 
 
 def reasons(features: pd.DataFrame, points: pd.DataFrame, model: WeightedModel) -> list[str]:
@@ -70,8 +73,9 @@ def reasons(features: pd.DataFrame, points: pd.DataFrame, model: WeightedModel) 
 
 def _say(signal, row: pd.Series, col: str) -> str:
     if isinstance(signal, EventSignal):
-        return signal.reason.format(n=int(row[col]), event=signal.event,
-                                    window_days=signal.window_days)
+        return signal.reason.format(
+            n=int(row[col]), event=signal.event, window_days=signal.window_days
+        )
     if isinstance(signal, ActiveDaysSignal):
         return signal.reason.format(n=int(row[col]), window_days=signal.window_days)
     if isinstance(signal, FirmographicSignal):

@@ -1,0 +1,300 @@
+"""HubSpot through hubspot-api-client: provisioning, diff-based contact upserts, reads."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pandas as pd
+from hubspot import HubSpot
+from hubspot.crm.contacts import (
+    BatchInputSimplePublicObjectBatchInputUpsert,
+    SimplePublicObjectBatchInputUpsert,
+)
+from hubspot.crm.properties import PropertyCreate, PropertyGroupCreate
+from urllib3.util.retry import Retry
+
+from pql.config import HubSpotTarget
+from pql.lake import Lake, atomic_dir
+
+log = logging.getLogger(__name__)
+
+BATCH = 100  # HubSpot's maximum inputs per batch call
+API_HOST = "https://api.hubapi.com"
+
+
+class SyncError(Exception):
+    """Too many records were rejected, or the CRM could not be reached."""
+
+
+def client(access_token: str, host: str | None = None) -> HubSpot:
+    """A HubSpot client that retries 429 and 5xx with backoff (POSTs included)."""
+    retry = Retry(
+        total=8,
+        backoff_factor=0.5,
+        status_forcelist=(429, 500, 502, 503, 504),
+        allowed_methods=None,
+        raise_on_status=False,
+        respect_retry_after_header=True,
+    )
+    return HubSpot(access_token=access_token, host=(host or API_HOST).rstrip("/"), retry=retry)
+
+
+def property_specs(target: HubSpotTarget) -> list[dict]:
+    """The custom contact properties the sync writes, with HubSpot's type/fieldType pairs."""
+    f = target.fields
+    return [
+        {"name": f.score, "label": "PQL score", "type": "number", "field_type": "number"},
+        {
+            "name": f.flag,
+            "label": "PQL",
+            "type": "bool",
+            "field_type": "booleancheckbox",
+            "options": [
+                {"label": "Yes", "value": "true", "displayOrder": 0},
+                {"label": "No", "value": "false", "displayOrder": 1},
+            ],
+        },
+        {
+            "name": f.qualified_at,
+            "label": "PQL qualified at",
+            "type": "datetime",
+            "field_type": "date",
+        },
+        {"name": f.reasons, "label": "PQL reasons", "type": "string", "field_type": "textarea"},
+        {
+            "name": f.model_version,
+            "label": "PQL model version",
+            "type": "string",
+            "field_type": "text",
+        },
+    ]
+
+
+def ensure_properties(
+    hs: HubSpot, target: HubSpotTarget, object_type: str = "contacts"
+) -> list[str]:
+    """Create the property group and any missing custom properties; returns what was created."""
+    created = []
+    groups = {g.name for g in hs.crm.properties.groups_api.get_all(object_type=object_type).results}
+    if target.property_group not in groups:
+        hs.crm.properties.groups_api.create(
+            object_type=object_type,
+            property_group_create=PropertyGroupCreate(
+                name=target.property_group, label="Product-qualified lead", display_order=-1
+            ),
+        )
+        created.append(f"group {target.property_group}")
+    existing = {p.name for p in hs.crm.properties.core_api.get_all(object_type=object_type).results}
+    for spec in property_specs(target):
+        if spec["name"] in existing:
+            continue
+        hs.crm.properties.core_api.create(
+            object_type=object_type,
+            property_create=PropertyCreate(group_name=target.property_group, **spec),
+        )
+        created.append(spec["name"])
+    if created:
+        log.info("created in HubSpot %s: %s", object_type, ", ".join(created))
+    return created
+
+
+def desired_values(scores: pd.DataFrame, target: HubSpotTarget) -> pd.DataFrame:
+    """HubSpot property values (strings, as on the wire) per email, from a scores snapshot."""
+    f = target.fields
+    s = scores[scores["email"].notna()].drop_duplicates("email", keep="last")
+    qualified = pd.to_datetime(s["qualified_at"], utc=True)
+    return pd.DataFrame(
+        {
+            "email": s["email"].str.lower(),
+            f.score: s["score"].astype(int).astype(str),
+            f.flag: s["flag"].map({True: "true", False: "false"}),
+            f.qualified_at: qualified.dt.strftime("%Y-%m-%dT%H:%M:%S.000Z").fillna(""),
+            f.reasons: s["reasons"].fillna(""),
+            f.model_version: s["model_version"],
+        }
+    ).reset_index(drop=True)
+
+
+def changed(desired: pd.DataFrame, ledger: pd.DataFrame | None) -> pd.DataFrame:
+    """Rows of `desired` whose values differ from what the ledger says was last written."""
+    if ledger is None or ledger.empty:
+        return desired
+    fields = [c for c in desired.columns if c != "email"]
+    last = ledger.set_index("email")["values"]
+    now = desired.apply(lambda r: json.dumps({k: r[k] for k in fields}, sort_keys=True), axis=1)
+    return desired[now.ne(desired["email"].map(last))]
+
+
+def upsert_contacts(hs: HubSpot, rows: pd.DataFrame) -> Iterator[dict]:
+    """Upsert rows (email + properties) in batches of 100; yields one result per record."""
+    fields = [c for c in rows.columns if c != "email"]
+    records = rows.to_dict("records")
+    for start in range(0, len(records), BATCH):
+        yield from _upsert_batch(hs, records[start : start + BATCH], fields)
+
+
+def _upsert_batch(hs: HubSpot, batch: list[dict], fields: list[str]) -> Iterator[dict]:
+    inputs = [
+        SimplePublicObjectBatchInputUpsert(
+            id_property="email", id=r["email"], properties={k: r[k] for k in fields}
+        )
+        for r in batch
+    ]
+    try:
+        resp = hs.crm.contacts.batch_api.upsert(
+            batch_input_simple_public_object_batch_input_upsert=(
+                BatchInputSimplePublicObjectBatchInputUpsert(inputs=inputs)
+            )
+        )
+    except Exception as e:  # each hubspot package has its own ApiException class
+        status = getattr(e, "status", None)
+        if status == 400 and len(batch) > 1:
+            # A batch with one invalid record is rejected whole: split it to isolate the record.
+            mid = len(batch) // 2
+            yield from _upsert_batch(hs, batch[:mid], fields)
+            yield from _upsert_batch(hs, batch[mid:], fields)
+            return
+        if status is None:
+            raise
+        message = _error_message(getattr(e, "body", None)) or str(e)
+        for r in batch:
+            yield {
+                "email": r["email"],
+                "status": "failed",
+                "http_status": status,
+                "message": message,
+                "transient": status == 429 or status >= 500,
+            }
+        return
+    if resp is None:
+        raise SyncError("HubSpot answered the batch upsert with an unexpected status")
+    failed: dict[str, str] = {}
+    for err in getattr(resp, "errors", None) or []:
+        for rid in (err.context or {}).get("ids", []):
+            failed[rid.lower()] = err.message
+    done = {(r.properties or {}).get("email", "").lower(): r for r in resp.results or []}
+    for r in batch:
+        email = r["email"]
+        if email in failed or email not in done:
+            yield {
+                "email": email,
+                "status": "failed",
+                "http_status": 207,
+                "message": failed.get(email, "not in HubSpot's answer"),
+                "transient": False,
+            }
+        else:
+            yield {
+                "email": email,
+                "status": "written",
+                "http_status": 200,
+                "message": "",
+                "transient": False,
+                "hubspot_id": done[email].id,
+            }
+
+
+def _error_message(body) -> str | None:
+    try:
+        return json.loads(body).get("message")
+    except (TypeError, ValueError):
+        return None
+
+
+def load_ledger(lake: Lake) -> pd.DataFrame | None:
+    path = lake.sync("hubspot") / "ledger" / "ledger.parquet"
+    return pd.read_parquet(path) if path.exists() else None
+
+
+def sync(
+    hs: HubSpot, lake: Lake, target: HubSpotTarget, scores: pd.DataFrame, *, dry_run: bool = False
+) -> dict:
+    """Write changed scores to HubSpot contacts; record every result; update the ledger.
+
+    Only records whose values differ from the ledger are sent, so an unchanged re-run makes
+    no write calls. Failed records stay out of the ledger and are sent again next run.
+    """
+    desired = desired_values(scores, target)
+    ledger = load_ledger(lake)
+    todo = changed(desired, ledger)
+    counts = {
+        "candidates": len(desired),
+        "unchanged": len(desired) - len(todo),
+        "skipped_no_email": int(scores["email"].isna().sum()),
+    }
+    if dry_run:
+        return {**counts, "would_write": len(todo)}
+    ensure_properties(hs, target)
+    results = pd.DataFrame(
+        list(upsert_contacts(hs, todo)),
+        columns=["email", "status", "http_status", "message", "transient", "hubspot_id"],
+    )
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    with atomic_dir(lake.sync("hubspot") / f"run={run_id}") as tmp:
+        results.to_parquet(tmp / "results.parquet", index=False)
+    written = results[results["status"] == "written"]
+    _update_ledger(lake, ledger, todo[todo["email"].isin(written["email"])])
+    failed = results[results["status"] == "failed"]
+    counts.update(written=len(written), failed=len(failed), run=run_id)
+    log.info(
+        "HubSpot sync: %(written)s written, %(unchanged)s unchanged, %(failed)s failed", counts
+    )
+    if len(todo) and len(failed) / len(todo) > target.max_failed_share:
+        sample = "; ".join(f"{r.email}: {r.message}" for r in failed.head(5).itertuples())
+        raise SyncError(
+            f"{len(failed)} of {len(todo)} records were rejected (more than "
+            f"max_failed_share {target.max_failed_share:.0%}); e.g. {sample}. "
+            f"All results: {lake.sync('hubspot') / f'run={run_id}'}"
+        )
+    return counts
+
+
+def _update_ledger(lake: Lake, ledger: pd.DataFrame | None, written: pd.DataFrame) -> None:
+    fields = [c for c in written.columns if c != "email"]
+    now = datetime.now(UTC)
+    fresh = pd.DataFrame(
+        {
+            "email": written["email"],
+            "values": written.apply(
+                lambda r: json.dumps({k: r[k] for k in fields}, sort_keys=True), axis=1
+            )
+            if len(written)
+            else pd.Series(dtype=str),
+            "synced_at": now,
+        }
+    )
+    merged = (
+        fresh
+        if ledger is None
+        else pd.concat([ledger, fresh]).drop_duplicates("email", keep="last")
+    )
+    with atomic_dir(lake.sync("hubspot") / "ledger") as tmp:
+        merged.to_parquet(tmp / "ledger.parquet", index=False)
+
+
+def read_companies(hs: HubSpot) -> pd.DataFrame:
+    """All companies' firmographics (domain, employees, industry, country), paging through."""
+    rows = []
+    after = None
+    while True:
+        page = hs.crm.companies.basic_api.get_page(
+            limit=100,
+            after=after,
+            properties=["domain", "numberofemployees", "industry", "country"],
+        )
+        for c in page.results:
+            p = c.properties or {}
+            rows.append(
+                {
+                    "domain": p.get("domain"),
+                    "employees": p.get("numberofemployees"),
+                    "industry": p.get("industry"),
+                    "country": p.get("country"),
+                }
+            )
+        after = page.paging.next.after if page.paging and page.paging.next else None
+        if not after:
+            return pd.DataFrame(rows, columns=["domain", "employees", "industry", "country"])

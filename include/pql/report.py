@@ -1,0 +1,37 @@
+"""The weekly conversion report: CSV files and a self-contained HTML page per week."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from pathlib import Path
+
+import pandas as pd
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from pql.lake import Lake, atomic_dir
+
+_env = Environment(loader=PackageLoader("pql", "templates"), autoescape=select_autoescape())
+
+
+def write(
+    lake: Lake,
+    week: date,
+    cohorts: pd.DataFrame,
+    overall: pd.DataFrame,
+    *,
+    generated_at: datetime,
+    window_days: int,
+) -> Path:
+    """Write reports/week=W/{cohorts.csv, totals.csv, index.html}; returns the HTML path."""
+    html = _env.get_template("report.html").render(
+        week=week,
+        generated_at=generated_at.strftime("%Y-%m-%d %H:%M UTC"),
+        window_days=window_days,
+        totals=overall.to_dict("records"),
+        cohorts=cohorts.to_dict("records"),
+    )
+    with atomic_dir(lake.reports(week)) as tmp:
+        cohorts.to_csv(tmp / "cohorts.csv", index=False)
+        overall.to_csv(tmp / "totals.csv", index=False)
+        (tmp / "index.html").write_text(html)
+    return lake.reports(week) / "index.html"
