@@ -1,4 +1,4 @@
-"""Outcomes from the CRM (meetings, won deals) joined to PQL history: conversion by weekly cohort."""
+"""CRM outcomes (meetings, won deals) joined to PQL history: conversion by weekly cohort."""
 
 from __future__ import annotations
 

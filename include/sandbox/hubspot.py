@@ -1,3 +1,5 @@
 from fastapi import APIRouter
+
+
 def router(state):
     return APIRouter()

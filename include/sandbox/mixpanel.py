@@ -28,12 +28,14 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import gzip
 import hmac
 import json
 import os
 import re
 import secrets
+import shutil
 import threading
 import time
 import zlib
@@ -70,7 +72,6 @@ UNSUPPORTED_ENGAGE_PARAMS = ("filter_by_cohort", "behaviors", "data_group_id")
 _EPOCH = date(1970, 1, 1)
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _INT_RE = re.compile(r"-?\d+")
-_JSON_SEPARATORS = (",", ":")
 
 
 class MixpanelError(Exception):
@@ -94,20 +95,26 @@ def event_file(state: SandboxState, day: date) -> Path:
 
 def project_day(stored_time: float) -> date:
     """The project day of a stored `time` value (UTC seconds, or local wall-clock seconds)."""
-    return _EPOCH + timedelta(days=int(stored_time // 86400))
+    return _epoch_day(int(stored_time // 86400))
 
 
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=_JSON_SEPARATORS, ensure_ascii=False)
+@functools.lru_cache(maxsize=8192)
+def _epoch_day(days: int) -> date:
+    return _EPOCH + timedelta(days=days)
+
+
+# One shared encoder: json.dumps with options builds a new encoder per call (hot in the writer).
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 class DayWriter:
     """Appends export lines to per-day gzip files while streaming; finalizes them atomically.
 
-    Lines go to a temporary file beside each day's file and replace it on `close()`, so readers
-    never see a half-written day. Only `max_open` days stay open; an evicted day is reopened in
-    append mode, which adds a gzip member (readers handle multi-member files). With
-    `append=True` the existing day's content is kept and new lines are added after it.
+    Lines are buffered per day and appended to a temporary file beside the day's file as whole
+    gzip members (readers handle multi-member files), so no file stays open however many days
+    are in flight. A day is flushed when its buffer reaches `day_flush_bytes`, and every day when
+    all buffers together exceed `buffer_bytes`. `close()` moves each file into place, so readers
+    never see a half-written day. With `append=True` a day's existing lines are kept.
     Not thread-safe; use one writer per project at a time.
     """
 
@@ -116,12 +123,15 @@ class DayWriter:
         state: SandboxState,
         *,
         append: bool = False,
-        max_open: int = 64,
+        buffer_bytes: int = 32 * 2**20,
+        day_flush_bytes: int = 2**20,
         compresslevel: int = 5,
     ):
-        self._state, self._append = state, append
-        self._max_open, self._level = max_open, compresslevel
-        self._open: OrderedDict[date, tuple[gzip.GzipFile, list[str]]] = OrderedDict()
+        self._state, self._append, self._level = state, append, compresslevel
+        self._buffer_bytes, self._day_flush_bytes = buffer_bytes, day_flush_bytes
+        self._pending: dict[date, list[str]] = {}
+        self._pending_size: dict[date, int] = {}
+        self._total_pending = 0
         self._temps: dict[date, Path] = {}
         self.counts: dict[date, int] = {}
 
@@ -133,16 +143,19 @@ class DayWriter:
 
     def write_raw(self, day: date, text: str) -> None:
         """Add a verbatim line, e.g. half of a deliberately split record."""
-        _, pending = self._day(day)
-        pending.append(text + "\n")
+        text += "\n"
+        self._pending.setdefault(day, []).append(text)
+        size = self._pending_size[day] = self._pending_size.get(day, 0) + len(text)
+        self._total_pending += len(text)
         self.counts[day] = self.counts.get(day, 0) + 1
-        if len(pending) >= 256:
+        if size >= self._day_flush_bytes:
             self._flush(day)
+        elif self._total_pending > self._buffer_bytes:
+            self._flush_all()
 
     def close(self) -> dict[date, int]:
-        """Finish every file and move it into place; returns the lines written per day."""
-        for day in list(self._open):
-            self._evict(day)
+        """Flush, then move every day's file into place; returns the lines written per day."""
+        self._flush_all()
         for day, tmp in self._temps.items():
             os.replace(tmp, event_file(self._state, day))
         self._temps.clear()
@@ -150,9 +163,7 @@ class DayWriter:
 
     def abort(self) -> None:
         """Discard everything written by this writer."""
-        for gz, _ in self._open.values():
-            gz.close()
-        self._open.clear()
+        self._pending.clear()
         for tmp in self._temps.values():
             tmp.unlink(missing_ok=True)
         self._temps.clear()
@@ -166,39 +177,26 @@ class DayWriter:
         else:
             self.abort()
 
-    def _day(self, day: date) -> tuple[gzip.GzipFile, list[str]]:
-        entry = self._open.get(day)
-        if entry is not None:
-            self._open.move_to_end(day)
-            return entry
-        if len(self._open) >= self._max_open:
-            self._evict(next(iter(self._open)))
+    def _flush_all(self) -> None:
+        for day in list(self._pending):
+            self._flush(day)
+
+    def _flush(self, day: date) -> None:
+        data = "".join(self._pending.pop(day)).encode("utf-8")
+        self._total_pending -= self._pending_size.pop(day)
         tmp = self._temps.get(day) or self._new_temp(day)
-        # Kept open across calls on purpose; `_evict` and `abort` close it.
-        gz = gzip.open(tmp, "ab", compresslevel=self._level)  # noqa: SIM115
-        entry = self._open[day] = (gz, [])
-        return entry
+        with open(tmp, "ab") as f:
+            f.write(gzip.compress(data, self._level, mtime=0))  # mtime=0: reproducible files
 
     def _new_temp(self, day: date) -> Path:
         final = event_file(self._state, day)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._temps[day] = final.with_name(f".{final.name}.{os.getpid()}.tmp")
         if self._append and final.exists():
-            tmp.write_bytes(final.read_bytes())  # gzip members concatenate: keep the old lines
+            shutil.copyfile(final, tmp)  # gzip members concatenate: keep the old lines
         else:
             tmp.unlink(missing_ok=True)
         return tmp
-
-    def _flush(self, day: date) -> None:
-        gz, pending = self._open[day]
-        # One write per batch: GzipFile has no write buffer of its own on Python 3.11.
-        gz.write("".join(pending).encode("utf-8"))
-        pending.clear()
-
-    def _evict(self, day: date) -> None:
-        self._flush(day)
-        gz, _ = self._open.pop(day)
-        gz.close()
 
 
 def write_events(state: SandboxState, lines: Iterable[dict], *, append: bool = False) -> dict:

@@ -46,15 +46,29 @@ INDUSTRIES = (
     ("Consulting", 0.08),
 )
 TARGET_INDUSTRIES = {"Software", "Financial Services", "Healthcare"}
-COUNTRIES = (("US", 0.45), ("GB", 0.12), ("DE", 0.10), ("FR", 0.07), ("CA", 0.08),
-             ("AU", 0.05), ("IN", 0.08), ("BR", 0.05))
+COUNTRIES = (
+    ("US", 0.45),
+    ("GB", 0.12),
+    ("DE", 0.10),
+    ("FR", 0.07),
+    ("CA", 0.08),
+    ("AU", 0.05),
+    ("IN", 0.08),
+    ("BR", 0.05),
+)
 FREE_DOMAINS = ("gmail.com", "outlook.com", "yahoo.com", "hotmail.com", "icloud.com", "proton.me")
-FIRST = ("ana bo chen dara eli fatima gus hana ivan jo kai lena mo nia omar pia quinn raj sara tom "
-         "uma vic wen xia yara zoe").split()
-LAST = ("smith garcia chen muller rossi kim patel silva novak cohen okafor berg costa ito "
-        "larsen dubois nowak reyes").split()
-WORDS = ("acme blue north lumen pixel orbit cedar delta vertex harbor summit nimbus quartz "
-         "atlas ember falcon granite juniper kinetic meadow").split()
+FIRST = (
+    "ana bo chen dara eli fatima gus hana ivan jo kai lena mo nia omar pia quinn raj sara tom "
+    "uma vic wen xia yara zoe"
+).split()
+LAST = (
+    "smith garcia chen muller rossi kim patel silva novak cohen okafor berg costa ito "
+    "larsen dubois nowak reyes"
+).split()
+WORDS = (
+    "acme blue north lumen pixel orbit cedar delta vertex harbor summit nimbus quartz "
+    "atlas ember falcon granite juniper kinetic meadow"
+).split()
 FEATURES = ("dashboards", "automations", "workflows", "reports", "sheets")
 INTEGRATIONS = ("slack", "salesforce", "hubspot", "github", "jira", "google-drive", "zapier")
 
@@ -118,7 +132,7 @@ class Outcome:
     amount: float | None
 
 
-def _rng(spec: WorldSpec, *key) -> random.Random:
+def rng_for(spec: WorldSpec, *key) -> random.Random:
     digest = hashlib.blake2b(repr((spec.seed, *key)).encode(), digest_size=8).digest()
     return random.Random(int.from_bytes(digest, "big"))
 
@@ -131,17 +145,19 @@ def accounts(spec: WorldSpec) -> list[Account]:
     """The companies users work at (a few hundred: small enough to hold)."""
     out = []
     for i in range(spec.accounts):
-        rng = _rng(spec, "account", i)
+        rng = rng_for(spec, "account", i)
         a, b = rng.sample(WORDS, 2)
         employees = max(1, int(rng.lognormvariate(math.log(35), 1.5)))
-        out.append(Account(
-            key=f"acct_{i:05d}",
-            domain=f"{a}{b}{i}.{rng.choice(('com', 'io', 'co', 'dev'))}",
-            name=f"{a.title()} {b.title()}",
-            employees=min(employees, 50_000),
-            industry=_weighted(rng, INDUSTRIES),
-            country=_weighted(rng, COUNTRIES),
-        ))
+        out.append(
+            Account(
+                key=f"acct_{i:05d}",
+                domain=f"{a}{b}{i}.{rng.choice(('com', 'io', 'co', 'dev'))}",
+                name=f"{a.title()} {b.title()}",
+                employees=min(employees, 50_000),
+                industry=_weighted(rng, INDUSTRIES),
+                country=_weighted(rng, COUNTRIES),
+            )
+        )
     return out
 
 
@@ -150,9 +166,12 @@ def users(spec: WorldSpec, accts: list[Account] | None = None) -> Iterator[User]
     accts = accts or accounts(spec)
     span = spec.days * 86400
     for i in range(spec.users):
-        rng = _rng(spec, "user", i)
-        acct = accts[min(int(rng.paretovariate(1.2)) - 1, len(accts) - 1) if rng.random() < 0.3
-                     else rng.randrange(len(accts))]
+        rng = rng_for(spec, "user", i)
+        acct = accts[
+            min(int(rng.paretovariate(1.2)) - 1, len(accts) - 1)
+            if rng.random() < 0.3
+            else rng.randrange(len(accts))
+        ]
         first, last = rng.choice(FIRST), rng.choice(LAST)
         free = rng.random() < spec.free_email_share
         domain = rng.choice(FREE_DOMAINS) if free else acct.domain
@@ -162,8 +181,8 @@ def users(spec: WorldSpec, accts: list[Account] | None = None) -> Iterator[User]
         # Some non-buyers are power users without budget: they make PQL precision realistic.
         if buyer:
             engagement = rng.uniform(0.9, 2.4)
-        elif rng.random() < 0.12:
-            engagement = rng.uniform(0.8, 2.0)
+        elif rng.random() < 0.07:
+            engagement = rng.uniform(0.8, 1.8)
         else:
             engagement = rng.uniform(0.0, 0.7)
         yield User(
@@ -183,11 +202,11 @@ def users(spec: WorldSpec, accts: list[Account] | None = None) -> Iterator[User]
 
 def outcome(spec: WorldSpec, user: User) -> Outcome:
     """Sample the user's true sales outcome from intent, engagement and fit (all dates, even future)."""
-    rng = _rng(spec, "outcome", user.user_id)
+    rng = rng_for(spec, "outcome", user.user_id)
     fit = user.account.fit
     if user.buyer:
         p_meeting = (0.45 + 0.4 * fit) * (0.6 if user.free_email else 1.0)
-        p_won = 0.40 + 0.35 * fit
+        p_won = 0.45 + 0.35 * fit
         delay = 4 + rng.gammavariate(2.0, 5.0)
     else:
         p_meeting = 0.015 + 0.03 * fit * min(user.engagement, 1.0)
@@ -199,7 +218,9 @@ def outcome(spec: WorldSpec, user: User) -> Outcome:
     deal_created_at = meeting_at + timedelta(hours=rng.uniform(2, 48))
     won_at = None
     if rng.random() < p_won:
-        won_at = _business_time(rng, deal_created_at + timedelta(days=7 + rng.gammavariate(2.0, 6.0)))
+        won_at = _business_time(
+            rng, deal_created_at + timedelta(days=7 + rng.gammavariate(2.0, 6.0))
+        )
     seats = max(3, min(user.account.employees, 500) // rng.choice((2, 3, 5)))
     return Outcome(user.user_id, meeting_at, deal_created_at, won_at, float(seats * 240))
 
@@ -210,7 +231,7 @@ def _business_time(rng: random.Random, t: datetime) -> datetime:
 
 def events(spec: WorldSpec, user: User) -> Iterator[dict]:
     """The user's events as Mixpanel export lines, in time order, up to the end of the world."""
-    rng = _rng(spec, "events", user.user_id)
+    rng = rng_for(spec, "events", user.user_id)
     end = spec.end
     base = {
         "distinct_id": user.user_id,
@@ -227,8 +248,13 @@ def events(spec: WorldSpec, user: User) -> Iterator[dict]:
         t = user.signup_at - timedelta(minutes=rng.uniform(5, 60 * 24 * 5))
         name = "Pricing Page Viewed" if rng.random() < 0.3 else "Page Viewed"
         yield _line(rng, name, t, base, {"$current_url": "https://example.app/pricing"})
-    yield _line(rng, "Signed Up", user.signup_at, base,
-                {"email": user.email, "signup_method": rng.choice(("google", "email"))})
+    yield _line(
+        rng,
+        "Signed Up",
+        user.signup_at,
+        base,
+        {"email": user.email, "signup_method": rng.choice(("google", "email"))},
+    )
     day0 = user.signup_at.replace(hour=0, minute=0, second=0, microsecond=0)
     e = user.engagement
     for d in range((end - day0).days):
@@ -288,20 +314,28 @@ def _poisson(rng: random.Random, lam: float) -> int:
 def _line(rng: random.Random, name: str, t: datetime, base: dict, extra: dict) -> dict:
     ts = int(t.timestamp())
     # Most events are processed within seconds; a few arrive late (offline clients).
-    lag_ms = rng.randrange(200, 5000) if rng.random() > 0.01 else rng.randrange(3600, 86400 * 3) * 1000
-    props = {"time": ts, **base, "$insert_id": f"{rng.getrandbits(64):016x}",
-             "mp_processing_time_ms": ts * 1000 + lag_ms, **extra}
+    lag_ms = (
+        rng.randrange(200, 5000) if rng.random() > 0.01 else rng.randrange(3600, 86400 * 3) * 1000
+    )
+    props = {
+        "time": ts,
+        **base,
+        "$insert_id": f"{rng.getrandbits(64):016x}",
+        "mp_processing_time_ms": ts * 1000 + lag_ms,
+        **extra,
+    }
     return {"event": name, "properties": props}
 
 
 def anonymous_events(spec: WorldSpec) -> Iterator[dict]:
     """Visitors who never sign up: device ids only, never an email (they must never be scored)."""
     for i in range(spec.anonymous_visitors):
-        rng = _rng(spec, "visitor", i)
+        rng = rng_for(spec, "visitor", i)
         device = f"{rng.getrandbits(48):012x}"
         base = {"distinct_id": f"$device:{device}", "$device_id": device, "mp_lib": "web"}
         t0 = datetime.combine(spec.start, datetime.min.time(), UTC) + timedelta(
-            seconds=rng.randrange(spec.days * 86400))
+            seconds=rng.randrange(spec.days * 86400)
+        )
         for k in range(rng.randrange(1, 6)):
             name = rng.choice(("Page Viewed", "Page Viewed", "Pricing Page Viewed"))
             t = t0 + timedelta(minutes=3 * k)

@@ -32,7 +32,9 @@ def contributions(features: pd.DataFrame, model: WeightedModel) -> pd.DataFrame:
             if values is None:
                 hit = pd.Series(False, index=features.index)
             elif s.at_least is not None:
-                hit = pd.to_numeric(values, errors="coerce").fillna(-np.inf) >= s.at_least
+                hit = (pd.to_numeric(values, errors="coerce").astype(float) >= s.at_least).fillna(
+                    False
+                )
             else:
                 allowed = {v.lower() for v in s.one_of}
                 hit = values.fillna("").astype(str).str.lower().isin(allowed)

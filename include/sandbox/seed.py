@@ -1,0 +1,208 @@
+"""Build a synthetic world into the sandbox: event files, Engage profiles, and the CRM."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sandbox import mixpanel, world
+from sandbox.hubspot import HubSpotStore
+from sandbox.state import SandboxState
+from sandbox.world import WorldSpec
+
+Progress = Callable[[int], None]
+
+
+def _iso(t) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def build(state: SandboxState, spec: WorldSpec, progress: Progress | None = None) -> dict:
+    """Write the world's events, profiles and CRM records into the sandbox; returns counts.
+
+    Events stream to per-day files one user at a time. The true outcomes of every user go to
+    world/truth.parquet so tests can check the pipeline against them.
+    """
+    accts = world.accounts(spec)
+    dup_rng = world.rng_for(spec, "duplicates")
+    truth, n_events, n_dupes = [], 0, 0
+    with mixpanel.DayWriter(state) as writer:
+        for user in world.users(spec, accts):
+            for line in world.events(spec, user):
+                writer.write(line)
+                n_events += 1
+                if dup_rng.random() < spec.duplicate_share:
+                    writer.write(line)  # the same 4-field key again: Mixpanel exports these
+                    n_dupes += 1
+            o = world.outcome(spec, user)
+            truth.append(
+                {**_user_row(user), **{k: v for k, v in asdict(o).items() if k != "user_id"}}
+            )
+            if progress:
+                progress(1)
+        for line in world.anonymous_events(spec):
+            writer.write(line)
+            n_events += 1
+    mixpanel.upsert_profiles(
+        state,
+        (
+            (
+                t["user_id"],
+                {
+                    "$email": t["email"],
+                    "$name": f"{t['first_name']} {t['last_name']}",
+                    "$created": t["signup_at"].strftime("%Y-%m-%dT%H:%M:%S"),
+                },
+            )
+            for t in truth
+        ),
+    )
+    crm = _seed_crm(state, spec, accts, truth)
+    _write_truth(state, spec, truth)
+    return {
+        "users": len(truth),
+        "accounts": len(accts),
+        "events": n_events + n_dupes,
+        "duplicates": n_dupes,
+        **crm,
+    }
+
+
+def _user_row(u: world.User) -> dict:
+    return {
+        "user_id": u.user_id,
+        "email": u.email,
+        "first_name": u.first_name,
+        "last_name": u.last_name,
+        "account_domain": u.account.domain,
+        "employees": u.account.employees,
+        "industry": u.account.industry,
+        "free_email": u.free_email,
+        "signup_at": u.signup_at,
+        "buyer": u.buyer,
+        "engagement": u.engagement,
+    }
+
+
+def _seed_crm(state: SandboxState, spec: WorldSpec, accts, truth: list[dict]) -> dict:
+    """Companies for every account; contacts for most sign-ups; meetings and deals that happened."""
+    store = HubSpotStore(state)
+    company_ids = dict(
+        zip(
+            [a.domain for a in accts],
+            store.create(
+                "companies",
+                [
+                    {
+                        "domain": a.domain,
+                        "name": a.name,
+                        "numberofemployees": str(a.employees),
+                        "industry": a.industry,
+                        "country": a.country,
+                    }
+                    for a in accts
+                ],
+            ),
+            strict=True,
+        )
+    )
+    rng = world.rng_for(spec, "crm")
+    end = spec.end
+    # Form capture misses some sign-ups; anyone who met sales is in the CRM.
+    in_crm = [
+        t
+        for t in truth
+        if rng.random() < 0.9 or (t["meeting_at"] is not None and t["meeting_at"] < end)
+    ]
+    contact_ids = dict(
+        store.upsert(
+            "contacts",
+            [
+                {
+                    "email": t["email"],
+                    "firstname": t["first_name"],
+                    "lastname": t["last_name"],
+                    "lifecyclestage": "lead",
+                }
+                for t in in_crm
+            ],
+            id_property="email",
+        )
+    )
+    by_email = {t["email"]: t for t in in_crm}
+    ids = dict(
+        zip(
+            [t["email"] for t in in_crm], [contact_ids.get(t["email"]) for t in in_crm], strict=True
+        )
+    )
+    for email, cid in ids.items():
+        t = by_email[email]
+        if not t["free_email"]:
+            store.associate("contacts", cid, "companies", company_ids[t["account_domain"]])
+    meetings = deals = won = 0
+    for email, cid in ids.items():
+        t = by_email[email]
+        if t["meeting_at"] is None or t["meeting_at"] >= end:
+            continue
+        company = None if t["free_email"] else company_ids[t["account_domain"]]
+        (mid,) = store.create(
+            "meetings",
+            [
+                {
+                    "hs_timestamp": _iso(t["meeting_at"]),
+                    "hs_meeting_title": "Intro call",
+                    "hs_meeting_outcome": "COMPLETED",
+                    "hs_meeting_start_time": _iso(t["meeting_at"]),
+                }
+            ],
+        )
+        store.associate("meetings", mid, "contacts", cid)
+        if company:
+            store.associate("meetings", mid, "companies", company)
+        meetings += 1
+        if t["deal_created_at"] is None or t["deal_created_at"] >= end:
+            continue
+        is_won = t["won_at"] is not None and t["won_at"] < end
+        (did,) = store.create(
+            "deals",
+            [
+                {
+                    "dealname": f"{t['account_domain']} — {t['first_name']} {t['last_name']}",
+                    "amount": str(t["amount"]),
+                    "pipeline": "default",
+                    "dealstage": "closedwon" if is_won else "qualifiedtobuy",
+                    "closedate": _iso(t["won_at"]) if is_won else _iso(t["deal_created_at"]),
+                }
+            ],
+        )
+        store.associate("deals", did, "contacts", cid)
+        if company:
+            store.associate("deals", did, "companies", company)
+        deals += 1
+        won += is_won
+    return {
+        "companies": len(accts),
+        "contacts": len(ids),
+        "meetings": meetings,
+        "deals": deals,
+        "won_deals": won,
+    }
+
+
+def _write_truth(state: SandboxState, spec: WorldSpec, truth: list[dict]) -> None:
+    out = state.root / "world"
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(truth), out / "truth.parquet")
+    spec_doc = {**asdict(spec), "start": spec.start.isoformat(), "end": spec.end.isoformat()}
+    (out / "spec.json").write_text(json.dumps(spec_doc, indent=2))
+
+
+def truth(state: SandboxState):
+    """The world's true users and outcomes (pandas DataFrame)."""
+    import pandas as pd
+
+    return pd.read_parquet(state.root / "world" / "truth.parquet")
