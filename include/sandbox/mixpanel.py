@@ -13,8 +13,9 @@ Endpoints (shapes follow Mixpanel's docs and observed behaviour):
 
 * ``GET /api/2.0/export``: Basic auth with a service account (``project_id`` required) or the
   legacy project secret; dates are project days, ``to_date`` may not be later than today in the
-  project timezone (setting ``mixpanel_project_timezone``, default UTC); JSON-lines body streamed
-  in chunks, gzip-compressed when asked for and larger than 1400 bytes.
+  project timezone (setting ``mixpanel_project_timezone``, default UTC; set it only for a legacy
+  project, since a modern project's dates are UTC days whatever its display timezone); JSON-lines
+  body streamed in chunks, gzip-compressed when asked for and larger than 1400 bytes.
 * ``GET|POST /api/2.0/engage`` and ``/api/query/engage``: paged profile query with
   ``session_id``/``page``/``total`` semantics that mixpanel-utils relies on.
 
@@ -496,9 +497,9 @@ def _authenticate(state: SandboxState, request: Request, params: dict) -> None:
     user, password = pair
     if _same(user, creds["username"]) and _same(password, creds["secret"]):
         _check_project_id(params.get("project_id"), creds["project_id"])
+    # The legacy secret belongs to one project, so it needs (and checks) no project_id.
     elif not (_same(user, creds["secret"]) and password == ""):
         raise MixpanelError(401, "Unable to authenticate request")
-    # The legacy secret belongs to one project, so it needs (and checks) no project_id.
 
 
 def _check_project_id(raw: str | None, project_id: int) -> None:

@@ -1,0 +1,48 @@
+"""Extract DAGs, one per source in config/pql.yaml: each run exports the previous UTC day."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import CronDataIntervalTimetable, dag, task
+from pql.config import load
+from pql_airflow.assets import CANONICAL_EVENTS
+
+CFG = load()
+
+
+def build(source_name: str, schedule: str, conn_id: str):
+    @dag(
+        dag_id=f"pql_extract_{source_name}",
+        description=f"{source_name} export → canonical events in the lake, one UTC day per run",
+        schedule=CronDataIntervalTimetable(schedule, timezone="UTC"),
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        max_active_runs=1,
+        tags=["pql", "extract"],
+        default_args={
+            "retries": 3,
+            "retry_delay": timedelta(minutes=2),
+            "retry_exponential_backoff": True,
+            "execution_timeout": timedelta(hours=2),
+        },
+    )
+    def extract():
+        @task(outlets=[CANONICAL_EVENTS])
+        def export_day(data_interval_end=None, outlet_events=None) -> dict:
+            from pql import jobs
+            from pql_airflow.hooks import MixpanelExportHook
+
+            day = jobs.day_before(data_interval_end)
+            session, host = MixpanelExportHook(conn_id).session_and_host()
+            result = jobs.extract(load(), source_name, day, session, host)
+            outlet_events[CANONICAL_EVENTS].extra = {"source": source_name, "day": result["day"]}
+            return result
+
+        export_day()
+
+    return extract()
+
+
+for _src in CFG.sources:
+    globals()[f"pql_extract_{_src.name}"] = build(_src.name, _src.schedule, _src.connection_id)

@@ -1,0 +1,86 @@
+"""Score and sync: on new canonical events, enrich accounts, score users, write changes to the CRM."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import Param, dag, task
+from pql.config import load
+from pql_airflow.assets import CANONICAL_EVENTS, SCORES
+
+CFG = load()
+
+
+@dag(
+    dag_id="pql_score_sync",
+    description="features → weighted score with reasons → CRM (only what changed)",
+    schedule=[CANONICAL_EVENTS],
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["pql", "score", "crm"],
+    params={
+        "day": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            description="Score as of the end of this UTC day (default: newest day extracted)",
+        )
+    },
+    default_args={
+        "retries": 2,
+        "retry_delay": timedelta(minutes=2),
+        "retry_exponential_backoff": True,
+        "execution_timeout": timedelta(hours=1),
+    },
+)
+def pql_score_sync():
+    @task
+    def enrich() -> dict:
+        from pql import jobs
+        from pql_airflow.hooks import HubSpotHook
+
+        cfg = load()
+        hs = (
+            HubSpotHook(cfg.crm.connection_id).get_conn()
+            if cfg.enrichment.provider == "crm"
+            else None
+        )
+        return jobs.refresh_accounts(cfg, hs)
+
+    @task(outlets=[SCORES])
+    def score(enriched: dict, params=None, triggering_asset_events=None) -> dict:
+        from datetime import date
+
+        from pql import jobs
+
+        cfg = load()
+        days = [
+            e.extra["day"]
+            for events in (triggering_asset_events or {}).values()
+            for e in events
+            if e.extra and "day" in e.extra
+        ]
+        if params and params.get("day"):
+            day = date.fromisoformat(params["day"])
+        elif days:
+            day = date.fromisoformat(max(days))
+        else:
+            day = jobs.newest_events_day(cfg)
+        return jobs.score(cfg, day)
+
+    @task
+    def sync(scored: dict) -> dict:
+        from datetime import date
+
+        from pql import jobs
+        from pql_airflow.hooks import HubSpotHook
+
+        cfg = load()
+        hs = HubSpotHook(cfg.crm.connection_id).get_conn()
+        return jobs.sync(cfg, date.fromisoformat(scored["day"]), hs)
+
+    sync(score(enrich()))
+
+
+pql_score_sync()

@@ -1,0 +1,40 @@
+"""Weekly outcomes: meetings and won deals from the CRM → PQL→meeting and PQL→won report."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import CronDataIntervalTimetable, dag, task
+from pql.config import load
+
+CFG = load()
+
+
+@dag(
+    dag_id="pql_weekly_outcomes",
+    description="CRM meetings + won deals joined to PQL history → conversion report (HTML + CSV)",
+    schedule=CronDataIntervalTimetable(CFG.outcomes.schedule, timezone="UTC"),
+    start_date=datetime(2026, 1, 5),
+    catchup=False,
+    max_active_runs=1,
+    tags=["pql", "report"],
+    default_args={
+        "retries": 2,
+        "retry_delay": timedelta(minutes=5),
+        "execution_timeout": timedelta(hours=1),
+    },
+)
+def pql_weekly_outcomes():
+    @task
+    def report(data_interval_end=None) -> dict:
+        from pql import jobs, outcomes
+        from pql_airflow.hooks import HubSpotHook
+
+        cfg = load()
+        week = outcomes.week_start(jobs.day_before(data_interval_end))
+        return jobs.weekly_report(cfg, week, HubSpotHook(cfg.crm.connection_id).get_conn())
+
+    report()
+
+
+pql_weekly_outcomes()

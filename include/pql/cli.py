@@ -1,0 +1,275 @@
+"""The `pql` command: validate config, run the sandbox, run the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from datetime import date, timedelta
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from pql import config as config_mod
+
+ROOT = Path(__file__).resolve().parents[2]
+console = Console()
+
+
+@click.group()
+def main() -> None:
+    """Product-qualified leads: product events → scores in the CRM → conversion reports."""
+
+
+@main.command()
+@click.option(
+    "--config",
+    "path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Config file (default: $PQL_CONFIG or config/pql.yaml).",
+)
+def validate(path: Path | None) -> None:
+    """Check a config file; print every mistake with its key path and line."""
+    try:
+        cfg = config_mod.load(path)
+    except config_mod.ConfigError as e:
+        console.print(f"[red]{e.path}: {len(e.problems)} problem(s)[/red]")
+        for p in e.problems:
+            console.print(f"  - {p}", markup=False, highlight=False)
+        sys.exit(1)
+    console.print(
+        f"[green]ok[/green]: {len(cfg.sources)} source(s), model "
+        f"{cfg.model.kind} {cfg.model.version} ({len(cfg.model.signals)} signals), "
+        f"CRM {cfg.crm.kind}, lake {cfg.lake.root}"
+    )
+
+
+# --- sandbox -------------------------------------------------------------------------------
+
+
+def _sandbox_root(root: Path | None) -> Path:
+    from sandbox.state import default_state_dir
+
+    return (root or default_state_dir()).resolve()
+
+
+root_option = click.option(
+    "--root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Sandbox state folder (default: $PQL_SANDBOX_DIR or var/sandbox).",
+)
+
+
+@main.group()
+def sandbox() -> None:
+    """Local emulators of Mixpanel and HubSpot, seeded with a synthetic world."""
+
+
+@sandbox.command("start")
+@root_option
+@click.option("--seed", default=42, show_default=True, help="World seed.")
+@click.option("--users", default=2000, show_default=True)
+@click.option("--days", default=42, show_default=True, help="Days of history, ending yesterday.")
+@click.option("--port", default=0, help="Port on 127.0.0.1 (default: a free one).")
+def sandbox_start(root, seed, users, days, port) -> None:
+    """Start the sandbox server (building a world first if the folder has none)."""
+    info = _start_sandbox(_sandbox_root(root), seed, users, days, port)
+    console.print(
+        f"sandbox running at {info['base_url']} (pid {info['pid']}, state {info['root']})"
+    )
+    console.print('point the pipeline at it with:  eval "$(pql sandbox env)"')
+
+
+def _start_sandbox(root: Path, seed: int, users: int, days: int, port: int = 0) -> dict:
+    from sandbox import seed as seeding
+    from sandbox import server
+    from sandbox.state import SandboxState
+    from sandbox.world import WorldSpec
+
+    if not (root / "world" / "truth.parquet").exists():
+        spec = WorldSpec(
+            seed=seed, users=users, days=days, start=date.today() - timedelta(days=days + 1)
+        )
+        with Progress(console=console, transient=True) as bar:
+            job = bar.add_task(f"building world (seed {seed})", total=users)
+            counts = seeding.build(
+                SandboxState.open(root), spec, progress=lambda n: bar.advance(job, n)
+            )
+        console.print("world: " + ", ".join(f"{v:,} {k}" for k, v in counts.items()))
+    return server.start(root, port)
+
+
+@sandbox.command("stop")
+@root_option
+def sandbox_stop(root) -> None:
+    """Stop the sandbox server (its state stays for inspection)."""
+    from sandbox import server
+
+    console.print("stopped" if server.stop(_sandbox_root(root)) else "not running")
+
+
+@sandbox.command("status")
+@root_option
+def sandbox_status(root) -> None:
+    """Is the sandbox running, where, and what does its CRM hold."""
+    from sandbox import server
+
+    info = server.status(_sandbox_root(root))
+    if not info:
+        console.print("not running")
+        sys.exit(3)
+    console.print(f"running at {info['base_url']} (pid {info['pid']}, state {info['root']})")
+
+
+@sandbox.command("env")
+@root_option
+def sandbox_env(root) -> None:
+    """Print AIRFLOW_CONN_* exports that point the pipeline at the running sandbox."""
+    from sandbox import server
+    from sandbox.state import SandboxState, connection_env
+
+    r = _sandbox_root(root)
+    info = server.status(r)
+    if not info:
+        raise click.ClickException("the sandbox is not running: pql sandbox start")
+    for k, v in connection_env(SandboxState.open(r), info["base_url"]).items():
+        click.echo(f"export {k}='{v}'")
+
+
+@sandbox.command("crm")
+@root_option
+@click.argument(
+    "object_type",
+    default="contacts",
+    type=click.Choice(["contacts", "companies", "deals", "meetings"]),
+)
+@click.option("--pql-only", is_flag=True, help="Only contacts flagged as PQLs.")
+@click.option("--limit", default=20, show_default=True)
+def sandbox_crm(root, object_type, pql_only, limit) -> None:
+    """Show what the sandbox CRM holds (read straight from its SQLite file)."""
+    from sandbox.hubspot import HubSpotStore
+    from sandbox.state import SandboxState
+
+    rows = HubSpotStore(SandboxState.open(_sandbox_root(root))).list(object_type)
+    if pql_only:
+        rows = [r for r in rows if r["properties"].get("pql_flag") == "true"]
+    rows.sort(key=lambda r: -float(r["properties"].get("pql_score") or -1))
+    columns = {
+        "contacts": ["email", "pql_score", "pql_flag", "pql_qualified_at", "pql_reasons"],
+        "companies": ["domain", "name", "numberofemployees", "industry", "country"],
+        "deals": ["dealname", "dealstage", "amount", "closedate"],
+        "meetings": ["hs_timestamp", "hs_meeting_title", "hs_meeting_outcome"],
+    }[object_type]
+    table = Table(
+        title=f"{object_type}: {len(rows):,} record(s)" + (" flagged PQL" if pql_only else "")
+    )
+    for c in ["id", *columns]:
+        table.add_column(c, overflow="fold")
+    for r in rows[:limit]:
+        table.add_row(str(r["id"]), *[r["properties"].get(c) or "" for c in columns])
+    console.print(table)
+
+
+# --- demo ----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--seed", default=42, show_default=True)
+@click.option("--users", default=1500, show_default=True)
+@click.option("--days", default=28, show_default=True, help="Simulated days to run.")
+@click.option("--keep-running", is_flag=True, help="Leave the sandbox up afterwards.")
+def demo(seed, users, days, keep_running) -> None:
+    """Build a world, run extract + score/sync for each day and the weekly report, summarise."""
+    from sandbox import server
+    from sandbox.state import SandboxState, connection_env
+
+    base = ROOT / "var" / "demo"
+    if base.exists():
+        server.stop(base / "sandbox")
+        shutil.rmtree(base)
+    root, lake, home = base / "sandbox", base / "lake", base / "airflow"
+    home.mkdir(parents=True)
+    info = _start_sandbox(root, seed, users, days)
+    start = date.today() - timedelta(days=days + 1)
+    env = {
+        **os.environ,
+        **connection_env(SandboxState.open(root), info["base_url"]),
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
+        "PQL_LAKE": str(lake),
+    }
+    summary_file = base / "summary.json"
+    console.print(f"running the DAGs with dag.test() over {days} days ({start} onwards)...")
+    try:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pql_airflow.demo",
+                "--start",
+                start.isoformat(),
+                "--days",
+                str(days),
+                "--summary",
+                str(summary_file),
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=None,
+            stderr=open(base / "airflow.log", "w"),
+        )
+        if proc.returncode != 0:
+            raise click.ClickException(f"the demo's DAG runs failed; see {base / 'airflow.log'}")
+        _print_summary(json.loads(summary_file.read_text()), lake, root, info)
+    finally:
+        if not keep_running:
+            server.stop(root)
+
+
+def _print_summary(run: dict, lake: Path, root: Path, info: dict) -> None:
+    import duckdb
+    import pandas as pd
+
+    from pql.lake import Lake
+
+    lk = Lake(lake)
+    events = duckdb.sql(f"SELECT count(*) FROM read_parquet('{lk.events_glob()}')").fetchone()[0]
+    scores = pd.read_parquet(lk.partitions("scores")[-1][1] / "scores.parquet")
+    ledger = pd.read_parquet(lk.sync("hubspot") / "ledger" / "ledger.parquet")
+    report_dir = lk.reports(date.fromisoformat(run["week"]))
+    totals = pd.read_csv(report_dir / "totals.csv").set_index("group")
+    table = Table(title="PQL demo summary", show_header=False)
+    table.add_row("canonical events processed", f"{events:,}")
+    table.add_row("users scored", f"{len(scores):,}")
+    table.add_row(
+        "PQLs now / ever qualified",
+        f"{int(scores['flag'].sum()):,} / {int(scores['qualified_at'].notna().sum()):,}",
+    )
+    table.add_row("CRM contacts written", f"{len(ledger):,}")
+    for g in ("PQL", "non-PQL"):
+        if g in totals.index:
+            r = totals.loc[g]
+            table.add_row(
+                f"{g} → meeting / → won",
+                f"{r['meeting_rate']:.1%} / {r['won_rate']:.1%} of {int(r['users']):,}",
+            )
+    table.add_row("report", str(report_dir / "index.html"))
+    table.add_row("DAG run time", f"{run['seconds']:.0f} s")
+    console.print(table)
+    console.print(f"Look at the sandbox CRM: pql sandbox crm contacts --pql-only --root {root}")
+    console.print(f"(start it again first with: pql sandbox start --root {root})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""The pipeline's steps, each idempotent over its day or week. DAG tasks and the CLI call these.
+
+Each takes ready-made vendor clients (built from Airflow connections by the hooks, or from the
+environment by the CLI) and returns a small dict of counts and paths.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, date, datetime, timedelta
+
+import pandas as pd
+import requests
+from hubspot import HubSpot
+
+from pql import enrich, outcomes, report, scores
+from pql.config import Config
+from pql.crm import hubspot as crm_hubspot
+from pql.events import mixpanel
+from pql.lake import Lake
+
+log = logging.getLogger(__name__)
+
+
+def day_before(moment: datetime) -> date:
+    """The last whole UTC day that ended at or before `moment` (what a daily run covers)."""
+    return moment.astimezone(UTC).date() - timedelta(days=1)
+
+
+def extract(
+    cfg: Config, source_name: str, day: date, session: requests.Session, host: str | None
+) -> dict:
+    """Export one UTC day of a source into raw, canonical and quarantine partitions."""
+    src = cfg.source(source_name)
+    return mixpanel.extract_day(
+        session,
+        Lake(cfg.lake.root),
+        source=src.name,
+        project_id=src.project_id,
+        base=mixpanel.base_url(src.residency, host),
+        day=day,
+        email_properties=cfg.identity.email_properties,
+        account_properties=cfg.identity.account_properties,
+        bad_line_threshold=src.bad_line_threshold,
+    )
+
+
+def newest_events_day(cfg: Config) -> date:
+    """The newest day any source has canonical events for."""
+    lake = Lake(cfg.lake.root)
+    days = [d for s in cfg.sources for d, _ in lake.partitions(f"events/source={s.name}")]
+    if not days:
+        raise LookupError(f"no canonical events in {cfg.lake.root}: run an extract first")
+    return max(days)
+
+
+def refresh_accounts(cfg: Config, hs: HubSpot | None) -> dict:
+    """Fetch firmographics from the configured provider and keep them in the lake."""
+    lake = Lake(cfg.lake.root)
+    provider = cfg.enrichment.provider
+    if provider == "crm":
+        accounts = crm_hubspot.read_companies(hs)
+    elif provider == "file":
+        accounts = enrich.from_file(cfg.enrichment.file)
+    else:
+        accounts = pd.DataFrame(columns=enrich.COLUMNS)
+    path = enrich.write(lake, accounts)
+    log.info("enrichment (%s): %s accounts", provider, len(accounts))
+    return {"accounts": len(accounts), "path": str(path)}
+
+
+def score(cfg: Config, day: date) -> dict:
+    """Score every user as of the end of `day` into scores/date=day."""
+    return scores.score_day(cfg, day, enrich.read(Lake(cfg.lake.root)))
+
+
+def sync(cfg: Config, day: date, hs: HubSpot, *, dry_run: bool = False) -> dict:
+    """Write the day's changed scores into the CRM."""
+    path = Lake(cfg.lake.root).scores(day) / "scores.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"no scores for {day} at {path}: run the score step first")
+    return crm_hubspot.sync(
+        hs, Lake(cfg.lake.root), cfg.crm, pd.read_parquet(path), dry_run=dry_run
+    )
+
+
+def weekly_report(cfg: Config, week: date, hs: HubSpot) -> dict:
+    """Pull outcomes up to the end of `week` and write the conversion report for it."""
+    lake = Lake(cfg.lake.root)
+    until = datetime.combine(week + timedelta(days=7), datetime.min.time(), UTC)
+    meetings, won = outcomes.pull(hs, until)
+    outcomes.save(lake, week, meetings, won)
+    snapshots = [p for d, p in lake.partitions("scores") if d < week + timedelta(days=7)]
+    if not snapshots:
+        raise LookupError(f"no scores snapshot before {until:%Y-%m-%d}: run the scoring first")
+    users = pd.read_parquet(snapshots[-1] / "scores.parquet")
+    window = cfg.outcomes.attribution_window_days
+    per_user = outcomes.attribute(users, meetings, won, window)
+    cohorts = outcomes.cohort_rates(per_user, until, window)
+    overall = outcomes.totals(per_user)
+    html = report.write(
+        lake, week, cohorts, overall, generated_at=datetime.now(UTC), window_days=window
+    )
+    pql = overall.set_index("group").to_dict("index").get("PQL", {})
+    return {
+        "week": week.isoformat(),
+        "meetings": len(meetings),
+        "won_deals": len(won),
+        "pql_meeting_rate": pql.get("meeting_rate"),
+        "pql_won_rate": pql.get("won_rate"),
+        "report": str(html),
+    }

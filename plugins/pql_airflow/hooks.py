@@ -1,0 +1,59 @@
+"""Hooks: Airflow connections → the vendor clients that include/pql works with."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from airflow.providers.http.hooks.http import HttpHook
+from airflow.sdk import BaseHook
+
+if TYPE_CHECKING:
+    import requests
+    from hubspot import HubSpot
+
+
+class MixpanelExportHook(HttpHook):
+    """Mixpanel raw export over the HTTP provider: Basic auth from the connection.
+
+    Connection: login = service-account username, password = its secret, host = optional base
+    URL (leave empty for Mixpanel's own host chosen by the source's residency in config).
+    """
+
+    conn_name_attr = "http_conn_id"
+    default_conn_name = "mixpanel_default"
+    conn_type = "http"
+    hook_name = "Mixpanel export"
+
+    def __init__(self, http_conn_id: str = default_conn_name, **kwargs):
+        super().__init__(method="GET", http_conn_id=http_conn_id, **kwargs)
+
+    def session_and_host(self) -> tuple[requests.Session, str | None]:
+        session = self.get_conn()
+        return session, (self.base_url or None)
+
+
+class HubSpotHook(BaseHook):
+    """HubSpot private-app token from a connection (password), optional host (sandbox, proxy)."""
+
+    conn_name_attr = "hubspot_conn_id"
+    default_conn_name = "hubspot_default"
+    conn_type = "http"
+    hook_name = "HubSpot"
+
+    def __init__(self, hubspot_conn_id: str = default_conn_name):
+        super().__init__()
+        self.hubspot_conn_id = hubspot_conn_id
+
+    def get_conn(self) -> HubSpot:
+        from pql.crm.hubspot import client
+
+        conn = self.get_connection(self.hubspot_conn_id)
+        if not conn.password:
+            raise ValueError(
+                f"connection {self.hubspot_conn_id!r} has no password: put the "
+                "HubSpot private-app access token there"
+            )
+        host = conn.host or None
+        if host and "://" not in host:
+            host = f"{conn.schema or 'https'}://{host}" + (f":{conn.port}" if conn.port else "")
+        return client(conn.password, host)
