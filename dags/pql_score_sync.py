@@ -1,4 +1,4 @@
-"""Score and sync: on new canonical events, enrich accounts, score users, write changes to the CRM."""
+"""Score and sync: on new events, enrich accounts, score users, write changes to the CRM."""
 
 from __future__ import annotations
 

@@ -211,33 +211,35 @@ def demo(seed, users, days, keep_running) -> None:
     }
     summary_file = base / "summary.json"
     console.print(f"running the DAGs with dag.test() over {days} days ({start} onwards)...")
+    log_path = base / "airflow.log"
     try:
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pql_airflow.demo",
-                "--start",
-                start.isoformat(),
-                "--days",
-                str(days),
-                "--summary",
-                str(summary_file),
-            ],
-            env=env,
-            cwd=ROOT,
-            stdout=None,
-            stderr=open(base / "airflow.log", "w"),
-        )
+        with open(log_path, "w") as airflow_log:
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pql_airflow.demo",
+                    "--start",
+                    start.isoformat(),
+                    "--days",
+                    str(days),
+                    "--summary",
+                    str(summary_file),
+                ],
+                env=env,
+                cwd=ROOT,
+                stderr=airflow_log,
+            )
         if proc.returncode != 0:
-            raise click.ClickException(f"the demo's DAG runs failed; see {base / 'airflow.log'}")
-        _print_summary(json.loads(summary_file.read_text()), lake, root, info)
+            tail = "".join(log_path.read_text().splitlines(keepends=True)[-30:])
+            raise click.ClickException(f"the demo's DAG runs failed; log {log_path}:\n{tail}")
+        _print_summary(json.loads(summary_file.read_text()), lake, root)
     finally:
         if not keep_running:
             server.stop(root)
 
 
-def _print_summary(run: dict, lake: Path, root: Path, info: dict) -> None:
+def _print_summary(run: dict, lake: Path, root: Path) -> None:
     import duckdb
     import pandas as pd
 

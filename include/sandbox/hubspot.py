@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -29,6 +29,7 @@ from sandbox.hubspot_store import (
     DEFAULT_ASSOCIATION_TYPE,
     HubSpotError,
     HubSpotStore,
+    InvalidValue,
     Issue,
     Record,
     StoreTx,
@@ -38,6 +39,7 @@ from sandbox.hubspot_store import (
     decode_after,
     encode_after,
     now_iso,
+    singular,
     validation_error,
     validation_message,
 )
@@ -49,6 +51,7 @@ BATCH_LIMIT = 100  # batch upsert/create/update/read inputs (§3, §4)
 ASSOCIATION_BATCH_LIMIT = 1000  # v4 associations batch read inputs (§7)
 LIST_MAX_LIMIT = 100
 SEARCH_BODY_LIMIT = 3000  # characters (§5)
+JsonBody = Annotated[dict[str, Any], Body()]  # invalid JSON -> 400 in HubSpot's shape (see _Gate)
 
 _RATE_MESSAGES = {
     "TEN_SECONDLY_ROLLING": "You have reached your ten_secondly_rolling limit.",
@@ -162,8 +165,9 @@ class _Gate:
         settings = self.state.settings
         # The window is 10 s as at HubSpot; tests may shorten it to exercise client retries fast.
         window_s = float(settings.get("hubspot_rate_window_s", 10))
-        limit, daily_limit = int(settings["hubspot_requests_per_10s"]), int(
-            settings["hubspot_daily_limit"]
+        limit, daily_limit = (
+            int(settings["hubspot_requests_per_10s"]),
+            int(settings["hubspot_daily_limit"]),
         )
         limiter = self.state.limiter(f"hubspot_rolling_{window_s:g}s", limit, window_s)
         headers = {
@@ -243,7 +247,9 @@ def _fault_response(status: int, correlation_id: str) -> Response:
 def _invalid_request(invalid: RequestValidationError) -> HubSpotError:
     first = (invalid.errors() or [{}])[0]
     where = ".".join(str(p) for p in first.get("loc", ()))
-    return HubSpotError(400, f"Invalid input JSON: {first.get('msg', 'invalid request')} at {where}")
+    return HubSpotError(
+        400, f"Invalid input JSON: {first.get('msg', 'invalid request')} at {where}"
+    )
 
 
 # ---------------------------------------------------------------- shapes
@@ -277,7 +283,7 @@ def _issues_error(issues: list[Issue], context: dict) -> dict:
 
 
 def _not_found_error(object_type: str, missing: list[str]) -> dict:
-    noun = object_type[:-1].upper() if object_type != "companies" else "COMPANY"
+    noun = singular(object_type).upper()
     message = f"Could not get some {noun} objects, they may be deleted or not exist. Check that ids are valid."  # noqa: E501
     return _record_error("OBJECT_NOT_FOUND", message, {"ids": missing})
 
@@ -334,7 +340,9 @@ def _keyed_inputs(tx: StoreTx, object_type: str, inputs: list[dict], top_id_prop
         raw_id = item.get("id")
         if raw_id is None or str(raw_id) == "":
             raise HubSpotError(400, "Invalid input JSON: every input needs an 'id'.")
-        keyed.append(_Keyed(str(raw_id), id_property, _key(defn, str(raw_id)), _properties_of(item)))
+        keyed.append(
+            _Keyed(str(raw_id), id_property, _key(defn, str(raw_id)), _properties_of(item))
+        )
     seen, duplicates = set(), []
     for k in keyed:
         marker = (k.id_property, k.key if k.key is not None else k.raw_id)
@@ -351,9 +359,7 @@ def _key(defn, raw_id: str) -> str | None:
         return raw_id if raw_id.isdigit() else None
     try:
         return coerce_value(defn, raw_id)
-    except ValueError:
-        return None
-    except Exception:  # an id that is not a valid value (e.g. a malformed email) matches nothing
+    except InvalidValue:  # an id that cannot be a value (e.g. a malformed email) matches nothing
         return None
 
 
@@ -487,7 +493,7 @@ def _read(tx: StoreTx, object_type: str, body: dict) -> tuple[list, list]:
 def _object_routes(api: APIRouter, store: HubSpotStore) -> None:
     def batch_endpoint(path: str, ok_status: int, work) -> None:
         @api.post(f"/crm/v3/objects/{{object_type}}/batch/{path}")
-        def batch(object_type: str, body: dict = Body()) -> JSONResponse:
+        def batch(object_type: str, body: JsonBody) -> JSONResponse:
             started, object_type = now_iso(), canonical_type(object_type)
             with store.transaction() as tx:
                 results, errors = work(tx, object_type, body)
@@ -499,10 +505,12 @@ def _object_routes(api: APIRouter, store: HubSpotStore) -> None:
     batch_endpoint("read", 200, _read)
 
     @api.post("/crm/v3/objects/{object_type}/search")
-    def search(object_type: str, body: dict = Body()) -> dict:
+    def search(object_type: str, body: JsonBody) -> dict:
         object_type = canonical_type(object_type)
         if len(json.dumps(body, separators=(",", ":"))) > SEARCH_BODY_LIMIT:
-            raise HubSpotError(400, f"Search request bodies are limited to {SEARCH_BODY_LIMIT} chars.")
+            raise HubSpotError(
+                400, f"Search request bodies are limited to {SEARCH_BODY_LIMIT} chars."
+            )
         requested = body.get("properties") or None
         with store.transaction() as tx:
             total, page, next_offset = tx.search(object_type, body)
@@ -557,7 +565,7 @@ def _property_routes(api: APIRouter, store: HubSpotStore) -> None:
             return {"results": tx.groups(canonical_type(object_type))}
 
     @api.post(base + "/groups", status_code=201)
-    def create_group(object_type: str, body: dict = Body()) -> dict:
+    def create_group(object_type: str, body: JsonBody) -> dict:
         with store.transaction() as tx:
             return tx.create_group(canonical_type(object_type), body)
 
@@ -575,7 +583,7 @@ def _property_routes(api: APIRouter, store: HubSpotStore) -> None:
             return {"results": [d.to_api() for d in tx.defs(canonical_type(object_type)).values()]}
 
     @api.post(base, status_code=201)
-    def create_property(object_type: str, body: dict = Body()) -> dict:
+    def create_property(object_type: str, body: JsonBody) -> dict:
         with store.transaction() as tx:
             return tx.create_property(canonical_type(object_type), body).to_api()
 
@@ -614,7 +622,7 @@ def _association_page(from_id: str, linked: dict[int, list[int]], after: str | N
 
 def _association_routes(api: APIRouter, store: HubSpotStore) -> None:
     @api.post("/crm/v4/associations/{from_type}/{to_type}/batch/read")
-    def batch_read(from_type: str, to_type: str, body: dict = Body()) -> JSONResponse:
+    def batch_read(from_type: str, to_type: str, body: JsonBody) -> JSONResponse:
         started = now_iso()
         from_type, to_type = canonical_type(from_type), canonical_type(to_type)
         inputs = _inputs(body, ASSOCIATION_BATCH_LIMIT)
@@ -630,9 +638,7 @@ def _association_routes(api: APIRouter, store: HubSpotStore) -> None:
                 errors.append(_no_associations(from_type, to_type, from_id))
         return _batch(started, results, errors, 200)
 
-    @api.put(
-        "/crm/v4/objects/{from_type}/{from_id}/associations/default/{to_type}/{to_id}"
-    )
+    @api.put("/crm/v4/objects/{from_type}/{from_id}/associations/default/{to_type}/{to_id}")
     def create_default(from_type: str, from_id: str, to_type: str, to_id: str) -> JSONResponse:
         started = now_iso()
         from_type, to_type = canonical_type(from_type), canonical_type(to_type)
@@ -649,7 +655,7 @@ def _association_routes(api: APIRouter, store: HubSpotStore) -> None:
 
 
 def _no_associations(from_type: str, to_type: str, from_id: str) -> dict:
-    message = f"No {to_type[:-1]} is associated with {from_type[:-1]} {from_id}."
+    message = f"No {singular(to_type)} is associated with {singular(from_type)} {from_id}."
     return _record_error(
         "OBJECT_NOT_FOUND",
         message,

@@ -152,6 +152,10 @@ def validation_error(issues: list[Issue]) -> HubSpotError:
     return HubSpotError(400, validation_message(issues), errors=details, context=context)
 
 
+def singular(object_type: str) -> str:
+    return _SINGULAR[object_type]
+
+
 def canonical_type(raw: str) -> str:
     """`contacts`, `contact`, `0-1`... -> `contacts`; anything else is a 400."""
     name = _TYPE_ALIASES.get(raw.lower())
@@ -347,7 +351,9 @@ BUILTIN_GROUPS = {t: BUILTIN_PROPERTIES[t][0].group_name for t in OBJECT_TYPE_ID
 # ---------------------------------------------------------------- value coercion
 
 
-class _Invalid(Exception):
+class InvalidValue(ValueError):
+    """A value that does not fit its property; `code` as HubSpot names it."""
+
     def __init__(self, code: str, message: str):
         super().__init__(message)
         self.code = code
@@ -361,7 +367,7 @@ def _as_text(raw: Any) -> str | None:
         return "true" if raw else "false"
     if isinstance(raw, int | float | str):
         return str(raw)
-    raise _Invalid("INVALID_TYPE", f"{json.dumps(raw)} is not a string value")
+    raise InvalidValue("INVALID_TYPE", f"{json.dumps(raw)} is not a string value")
 
 
 def _coerce_number(defn: PropertyDef, text: str) -> str:
@@ -370,25 +376,27 @@ def _coerce_number(defn: PropertyDef, text: str) -> str:
             return text.strip()
     except InvalidOperation:
         pass
-    raise _Invalid("INVALID_INTEGER", f'"{text}" was not a valid number.')
+    raise InvalidValue("INVALID_INTEGER", f'"{text}" was not a valid number.')
 
 
 def _coerce_bool(defn: PropertyDef, text: str) -> str:
     if text.strip().lower() in ("true", "false"):
         return text.strip().lower()
-    raise _Invalid("INVALID_BOOLEAN", f'"{text}" is not a valid boolean; use "true" or "false".')
+    raise InvalidValue(
+        "INVALID_BOOLEAN", f'"{text}" is not a valid boolean; use "true" or "false".'
+    )
 
 
 def _coerce_datetime(defn: PropertyDef, text: str) -> str:
     moment = parse_instant(text)
     if moment is None:
-        raise _Invalid(
+        raise InvalidValue(
             "INVALID_DATE", f'"{text}" is not a valid datetime (ISO-8601 or epoch milliseconds).'
         )
     if defn.type == "datetime":
         return iso_ms(moment)
     if moment.time() != datetime.min.time():
-        raise _Invalid("INVALID_DATE", f"{text} is at {moment.time()} UTC, not midnight!")
+        raise InvalidValue("INVALID_DATE", f"{text} is at {moment.time()} UTC, not midnight!")
     return moment.date().isoformat()
 
 
@@ -399,7 +407,7 @@ def _coerce_enumeration(defn: PropertyDef, text: str) -> str:
     chosen = text.split(";") if defn.field_type == "checkbox" else [text]
     for value in chosen:
         if value not in allowed:
-            raise _Invalid(
+            raise InvalidValue(
                 "INVALID_OPTION",
                 f"{value} was not one of the allowed options: [{', '.join(allowed)}]",
             )
@@ -408,10 +416,10 @@ def _coerce_enumeration(defn: PropertyDef, text: str) -> str:
 
 def _coerce_string(defn: PropertyDef, text: str) -> str:
     if len(text) > MAX_STRING_LENGTH:
-        raise _Invalid("INVALID_LENGTH", f"value is longer than {MAX_STRING_LENGTH} characters")
+        raise InvalidValue("INVALID_LENGTH", f"value is longer than {MAX_STRING_LENGTH} characters")
     if defn.hubspot_defined and defn.name == "email":
         if not _EMAIL_RE.match(text.strip()):
-            raise _Invalid("INVALID_EMAIL", f"Email address {text} is invalid")
+            raise InvalidValue("INVALID_EMAIL", f"Email address {text} is invalid")
         return text.strip().lower()  # HubSpot stores and matches emails in lower case
     return text
 
@@ -427,7 +435,7 @@ _COERCERS = {
 
 
 def coerce_value(defn: PropertyDef, raw: Any) -> str | None:
-    """Validate one value for `defn` and return its stored string (None clears); raises _Invalid."""
+    """Validate one value and return its stored string (None clears); raises InvalidValue."""
     text = _as_text(raw)
     return None if text is None else _COERCERS[defn.type](defn, text)
 
@@ -631,7 +639,7 @@ class StoreTx:
         for name, raw in values.items():
             try:
                 clean[name] = coerce_value(defs[name], raw)
-            except _Invalid as bad:
+            except InvalidValue as bad:
                 issues.append(Issue(bad.code, name, str(bad)))
         return clean, issues
 
@@ -1261,7 +1269,7 @@ class HubSpotStore:
                 raise validation_error(tx.schema_issues(object_type, [property]))
             try:
                 wanted = coerce_value(defn, value)
-            except _Invalid:
+            except InvalidValue:
                 return None
             found = tx.find(object_type, property, [wanted]) if wanted is not None else {}
             record = tx.fetch(object_type, found.values()).get(found.get(wanted, -1))
