@@ -1,10 +1,34 @@
-"""Shared fixtures: a sandbox server running in this process on a free port."""
+"""Shared fixtures. Airflow's environment is set here, before any test imports Airflow."""
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import pytest
 
-from sandbox import server
+ROOT = Path(__file__).resolve().parents[1]
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="pql-airflow-"))
+os.environ.update(
+    {
+        "AIRFLOW_HOME": str(_AIRFLOW_HOME),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_AIRFLOW_HOME / 'airflow.db'}",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
+    }
+)
+
+from sandbox import server  # noqa: E402 (after the environment is set)
+
+FAST = {
+    "hubspot_requests_per_10s": 100_000,
+    "hubspot_search_per_second": 100_000,
+    "mixpanel_queries_per_hour": 100_000,
+    "mixpanel_queries_per_second": 100_000,
+}
 
 
 @pytest.fixture
@@ -13,11 +37,5 @@ def sandbox(tmp_path):
 
     Rate limits are raised so that tests are not slowed by them unless a test lowers them.
     """
-    fast = {
-        "hubspot_requests_per_10s": 100_000,
-        "hubspot_search_per_second": 100_000,
-        "mixpanel_queries_per_hour": 100_000,
-        "mixpanel_queries_per_second": 100_000,
-    }
-    with server.running(tmp_path / "sandbox", settings=fast) as state:
+    with server.running(tmp_path / "sandbox", settings=dict(FAST)) as state:
         yield state

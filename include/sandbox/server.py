@@ -125,13 +125,13 @@ def start(root: Path, port: int = 0) -> dict:
     if port == 0:
         with _bind(0) as s:
             port = s.getsockname()[1]
-    log = open(root / "server.log", "ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sandbox.server", "--root", str(root), "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with open(root / "server.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sandbox.server", "--root", str(root), "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     info = {"pid": proc.pid, "base_url": f"http://{HOST}:{port}", "root": str(root)}
     try:
         _wait_healthy(info["base_url"], timeout=30)

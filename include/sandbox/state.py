@@ -145,9 +145,15 @@ def connection_env(state: SandboxState, base_url: str) -> dict[str, str]:
     """AIRFLOW_CONN_* variables pointing the pipeline's connections at this sandbox."""
     mp, hs = state.credentials["mixpanel"], state.credentials["hubspot"]
     return {
-        "AIRFLOW_CONN_MIXPANEL_DEFAULT": json.dumps({
-            "conn_type": "http", "host": base_url, "login": mp["username"],
-            "password": mp["secret"]}),
-        "AIRFLOW_CONN_HUBSPOT_DEFAULT": json.dumps({
-            "conn_type": "http", "host": base_url, "password": hs["access_token"]}),
+        "AIRFLOW_CONN_MIXPANEL_DEFAULT": json.dumps(
+            {
+                "conn_type": "http",
+                "host": base_url,
+                "login": mp["username"],
+                "password": mp["secret"],
+            }
+        ),
+        "AIRFLOW_CONN_HUBSPOT_DEFAULT": json.dumps(
+            {"conn_type": "http", "host": base_url, "password": hs["access_token"]}
+        ),
     }

@@ -57,18 +57,76 @@ COUNTRIES = (
     ("BR", 0.05),
 )
 FREE_DOMAINS = ("gmail.com", "outlook.com", "yahoo.com", "hotmail.com", "icloud.com", "proton.me")
-FIRST = (
-    "ana bo chen dara eli fatima gus hana ivan jo kai lena mo nia omar pia quinn raj sara tom "
-    "uma vic wen xia yara zoe"
-).split()
-LAST = (
-    "smith garcia chen muller rossi kim patel silva novak cohen okafor berg costa ito "
-    "larsen dubois nowak reyes"
-).split()
-WORDS = (
-    "acme blue north lumen pixel orbit cedar delta vertex harbor summit nimbus quartz "
-    "atlas ember falcon granite juniper kinetic meadow"
-).split()
+FIRST = [
+    "ana",
+    "bo",
+    "chen",
+    "dara",
+    "eli",
+    "fatima",
+    "gus",
+    "hana",
+    "ivan",
+    "jo",
+    "kai",
+    "lena",
+    "mo",
+    "nia",
+    "omar",
+    "pia",
+    "quinn",
+    "raj",
+    "sara",
+    "tom",
+    "uma",
+    "vic",
+    "wen",
+    "xia",
+    "yara",
+    "zoe",
+]
+LAST = [
+    "smith",
+    "garcia",
+    "chen",
+    "muller",
+    "rossi",
+    "kim",
+    "patel",
+    "silva",
+    "novak",
+    "cohen",
+    "okafor",
+    "berg",
+    "costa",
+    "ito",
+    "larsen",
+    "dubois",
+    "nowak",
+    "reyes",
+]
+WORDS = [
+    "acme",
+    "blue",
+    "north",
+    "lumen",
+    "pixel",
+    "orbit",
+    "cedar",
+    "delta",
+    "vertex",
+    "harbor",
+    "summit",
+    "nimbus",
+    "quartz",
+    "atlas",
+    "ember",
+    "falcon",
+    "granite",
+    "juniper",
+    "kinetic",
+    "meadow",
+]
 FEATURES = ("dashboards", "automations", "workflows", "reports", "sheets")
 INTEGRATIONS = ("slack", "salesforce", "hubspot", "github", "jira", "google-drive", "zapier")
 
@@ -201,7 +259,7 @@ def users(spec: WorldSpec, accts: list[Account] | None = None) -> Iterator[User]
 
 
 def outcome(spec: WorldSpec, user: User) -> Outcome:
-    """Sample the user's true sales outcome from intent, engagement and fit (all dates, even future)."""
+    """The user's true sales outcome from intent, engagement and fit (future dates included)."""
     rng = rng_for(spec, "outcome", user.user_id)
     fit = user.account.fit
     if user.buyer:
