@@ -38,7 +38,7 @@ def user_features(
     sql = f"""
         WITH ev AS (
             SELECT user_key, email, account_key, event_name, ts
-            FROM read_parquet(?, hive_partitioning = true, union_by_name = true)
+            FROM read_parquet(?, hive_partitioning = false, union_by_name = true)
             WHERE ts < ? AND user_key NOT LIKE '$device:%'
         ), u AS (
             SELECT user_key,

@@ -105,7 +105,7 @@ def dedupe(staged: Path, out: Path, key: list[str]) -> int:
     con = duckdb.connect()
     try:
         con.execute(
-            f"""COPY (SELECT * FROM read_parquet('{staged}')
+            f"""COPY (SELECT * FROM read_parquet('{staged}', hive_partitioning = false)
                       QUALIFY row_number() OVER (PARTITION BY {cols}
                                                  ORDER BY received_at DESC, event_id) = 1
                       ORDER BY ts)
