@@ -91,24 +91,18 @@ def _user_row(u: world.User) -> dict:
 def _seed_crm(state: SandboxState, spec: WorldSpec, accts, truth: list[dict]) -> dict:
     """Companies for every account; contacts for most sign-ups; meetings and deals that happened."""
     store = HubSpotStore(state)
+    company_rows = [
+        {
+            "domain": a.domain,
+            "name": a.name,
+            "numberofemployees": str(a.employees),
+            "industry": a.industry,
+            "country": a.country,
+        }
+        for a in accts
+    ]
     company_ids = dict(
-        zip(
-            [a.domain for a in accts],
-            store.create(
-                "companies",
-                [
-                    {
-                        "domain": a.domain,
-                        "name": a.name,
-                        "numberofemployees": str(a.employees),
-                        "industry": a.industry,
-                        "country": a.country,
-                    }
-                    for a in accts
-                ],
-            ),
-            strict=True,
-        )
+        zip([a.domain for a in accts], store.create("companies", company_rows), strict=True)
     )
     rng = world.rng_for(spec, "crm")
     end = spec.end
@@ -118,78 +112,76 @@ def _seed_crm(state: SandboxState, spec: WorldSpec, accts, truth: list[dict]) ->
         for t in truth
         if rng.random() < 0.9 or (t["meeting_at"] is not None and t["meeting_at"] < end)
     ]
-    contact_ids = dict(
-        store.upsert(
-            "contacts",
-            [
-                {
-                    "email": t["email"],
-                    "firstname": t["first_name"],
-                    "lastname": t["last_name"],
-                    "lifecyclestage": "lead",
-                }
-                for t in in_crm
-            ],
-            id_property="email",
-        )
+    upserted = store.upsert(
+        "contacts",
+        [
+            {
+                "email": t["email"],
+                "firstname": t["first_name"],
+                "lastname": t["last_name"],
+                "lifecyclestage": "lead",
+            }
+            for t in in_crm
+        ],
+        id_property="email",
     )
-    by_email = {t["email"]: t for t in in_crm}
-    ids = dict(
-        zip(
-            [t["email"] for t in in_crm], [contact_ids.get(t["email"]) for t in in_crm], strict=True
-        )
+    contact = {t["email"]: rid for t, (rid, _) in zip(in_crm, upserted, strict=True)}
+    company = {t["email"]: company_ids[t["account_domain"]] for t in in_crm if not t["free_email"]}
+    store.associate_many("contacts", "companies", [(contact[e], c) for e, c in company.items()])
+
+    met = [t for t in in_crm if t["meeting_at"] is not None and t["meeting_at"] < end]
+    meeting_ids = store.create(
+        "meetings",
+        [
+            {
+                "hs_timestamp": _iso(t["meeting_at"]),
+                "hs_meeting_title": "Intro call",
+                "hs_meeting_outcome": "COMPLETED",
+                "hs_meeting_start_time": _iso(t["meeting_at"]),
+            }
+            for t in met
+        ],
     )
-    for email, cid in ids.items():
-        t = by_email[email]
-        if not t["free_email"]:
-            store.associate("contacts", cid, "companies", company_ids[t["account_domain"]])
-    meetings = deals = won = 0
-    for email, cid in ids.items():
-        t = by_email[email]
-        if t["meeting_at"] is None or t["meeting_at"] >= end:
-            continue
-        company = None if t["free_email"] else company_ids[t["account_domain"]]
-        (mid,) = store.create(
-            "meetings",
+    dealt = [
+        (t, t["won_at"] is not None and t["won_at"] < end)
+        for t in met
+        if t["deal_created_at"] is not None and t["deal_created_at"] < end
+    ]
+    deal_ids = store.create(
+        "deals",
+        [
+            {
+                "dealname": f"{t['account_domain']} - {t['first_name']} {t['last_name']}",
+                "amount": str(t["amount"]),
+                "pipeline": "default",
+                "dealstage": "closedwon" if won else "qualifiedtobuy",
+                "closedate": _iso(t["won_at"] if won else t["deal_created_at"]),
+            }
+            for t, won in dealt
+        ],
+    )
+    for kind, ids, rows in (
+        ("meetings", meeting_ids, met),
+        ("deals", deal_ids, [t for t, _ in dealt]),
+    ):
+        store.associate_many(
+            kind, "contacts", [(i, contact[t["email"]]) for i, t in zip(ids, rows, strict=True)]
+        )
+        store.associate_many(
+            kind,
+            "companies",
             [
-                {
-                    "hs_timestamp": _iso(t["meeting_at"]),
-                    "hs_meeting_title": "Intro call",
-                    "hs_meeting_outcome": "COMPLETED",
-                    "hs_meeting_start_time": _iso(t["meeting_at"]),
-                }
+                (i, company[t["email"]])
+                for i, t in zip(ids, rows, strict=True)
+                if t["email"] in company
             ],
         )
-        store.associate("meetings", mid, "contacts", cid)
-        if company:
-            store.associate("meetings", mid, "companies", company)
-        meetings += 1
-        if t["deal_created_at"] is None or t["deal_created_at"] >= end:
-            continue
-        is_won = t["won_at"] is not None and t["won_at"] < end
-        (did,) = store.create(
-            "deals",
-            [
-                {
-                    "dealname": f"{t['account_domain']} — {t['first_name']} {t['last_name']}",
-                    "amount": str(t["amount"]),
-                    "pipeline": "default",
-                    "dealstage": "closedwon" if is_won else "qualifiedtobuy",
-                    "closedate": _iso(t["won_at"]) if is_won else _iso(t["deal_created_at"]),
-                }
-            ],
-        )
-        store.associate("deals", did, "contacts", cid)
-        if company:
-            store.associate("deals", did, "companies", company)
-        deals += 1
-        won += is_won
     return {
         "companies": len(accts),
-        "contacts": len(ids),
-        "meetings": meetings,
-        "deals": deals,
-        "won_deals": won,
+        "contacts": len(contact),
+        "meetings": len(met),
+        "deals": len(dealt),
+        "won_deals": sum(won for _, won in dealt),
     }
 
 
