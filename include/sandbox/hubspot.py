@@ -165,10 +165,8 @@ class _Gate:
         settings = self.state.settings
         # The window is 10 s as at HubSpot; tests may shorten it to exercise client retries fast.
         window_s = float(settings.get("hubspot_rate_window_s", 10))
-        limit, daily_limit = (
-            int(settings["hubspot_requests_per_10s"]),
-            int(settings["hubspot_daily_limit"]),
-        )
+        limit = int(settings["hubspot_requests_per_10s"])
+        daily_limit = int(settings["hubspot_daily_limit"])
         limiter = self.state.limiter(f"hubspot_rolling_{window_s:g}s", limit, window_s)
         headers = {
             "X-HubSpot-RateLimit-Max": str(limit),
@@ -284,7 +282,10 @@ def _issues_error(issues: list[Issue], context: dict) -> dict:
 
 def _not_found_error(object_type: str, missing: list[str]) -> dict:
     noun = singular(object_type).upper()
-    message = f"Could not get some {noun} objects, they may be deleted or not exist. Check that ids are valid."  # noqa: E501
+    message = (
+        f"Could not get some {noun} objects, they may be deleted or not exist. "
+        "Check that ids are valid."
+    )
     return _record_error("OBJECT_NOT_FOUND", message, {"ids": missing})
 
 
@@ -387,26 +388,26 @@ def _upsert(tx: StoreTx, object_type: str, inputs: list[dict]) -> tuple[list, li
     """Batch upsert (§3): validation failures per record (207), the rest created or updated."""
     keyed = _keyed_inputs(tx, object_type, inputs)
     _check_schema(tx, object_type, [k.properties for k in keyed])
-    existing = {}
+    written: dict[int, Record] = {}  # so two inputs reaching one record see each other's writes
     results, errors = [], []
     for k, record in zip(keyed, _resolve(tx, object_type, keyed), strict=True):
-        clean, issues = tx.coerce(object_type, k.properties)
-        if k.key is None and k.id_property != "hs_object_id":
-            issues.append(Issue("INVALID_ID", k.id_property, f"{k.raw_id} is not a valid id"))
+        record = written.get(record.id, record) if record else None
+        if record is None and k.id_property == "hs_object_id":
+            errors.append(_not_found_error(object_type, [k.raw_id]))  # ids can't be chosen
+            continue
+        values = k.properties
+        if k.id_property != "hs_object_id":  # the input id is the key value: it wins
+            values = {**values, k.id_property: k.raw_id}
+        clean, issues = tx.coerce(object_type, values)
+        if record is None:
+            issues += tx.missing_required(object_type, clean)
         if issues:
             errors.append(_issues_error(issues, {"ids": [k.raw_id]}))
             continue
-        record = existing.get(record.id, record) if record else None
-        if record is None and k.id_property == "hs_object_id":
-            errors.append(_not_found_error(object_type, [k.raw_id]))
-            continue
-        if k.id_property != "hs_object_id":
-            clean[k.id_property] = k.key  # the input id is the key value: it wins over properties
         new = record is None
         record = tx.insert(object_type, clean) if new else tx.update(record, clean)
-        existing[record.id] = record
-        shown = tx.view(record, [*clean, k.id_property])
-        results.append(record.to_api(shown) | {"new": new})
+        written[record.id] = record
+        results.append(record.to_api(tx.view(record, list(clean))) | {"new": new})
     return results, errors
 
 

@@ -31,8 +31,7 @@ _TYPE_ALIASES = {
     "company": "companies",
 }
 _SINGULAR = {"contacts": "contact", "companies": "company", "deals": "deal", "meetings": "meeting"}
-CREATED_PROPERTY = {"contacts": "createdate", "companies": "createdate", "deals": "createdate"}
-CREATED_PROPERTY["meetings"] = "hs_createdate"
+CREATED_PROPERTY = {t: "createdate" for t in OBJECT_TYPE_IDS} | {"meetings": "hs_createdate"}
 MODIFIED_PROPERTY = {t: "hs_lastmodifieddate" for t in OBJECT_TYPE_IDS} | {
     "contacts": "lastmodifieddate"
 }
@@ -143,7 +142,7 @@ def validation_message(issues: list[Issue]) -> str:
     items = [
         {"isValid": False, "message": i.message, "error": i.code, "name": i.name} for i in issues
     ]
-    return f"Property values were not valid: {json.dumps(items)}"
+    return f"Property values were not valid: {json.dumps(items, separators=(',', ':'))}"
 
 
 def validation_error(issues: list[Issue]) -> HubSpotError:
@@ -345,7 +344,12 @@ BUILTIN_PROPERTIES = {
         ],
     ),
 }
-BUILTIN_GROUPS = {t: BUILTIN_PROPERTIES[t][0].group_name for t in OBJECT_TYPE_IDS}
+BUILTIN_GROUPS = {  # object type -> (group name, label)
+    "contacts": ("contactinformation", "Contact information"),
+    "companies": ("companyinformation", "Company information"),
+    "deals": ("dealinformation", "Deal information"),
+    "meetings": ("meeting", "Meeting information"),
+}
 
 
 # ---------------------------------------------------------------- value coercion
@@ -488,6 +492,7 @@ CREATE TABLE IF NOT EXISTS hubspot_associations (
     PRIMARY KEY (from_type, to_type, from_id, to_id, type_id));
 """
 _PROPERTY_COLUMNS = [f.name for f in dataclasses.fields(PropertyDef)]
+_PROPERTY_FLAGS = [f.name for f in dataclasses.fields(PropertyDef) if f.type == "bool"]
 
 
 def _ensure_schema(conn) -> None:
@@ -500,7 +505,7 @@ def _ensure_schema(conn) -> None:
         conn.execute(statement)
     created = now_iso()
     for object_type, defs in BUILTIN_PROPERTIES.items():
-        _insert_group(conn, object_type, BUILTIN_GROUPS[object_type], "Information", -1)
+        _insert_group(conn, object_type, *BUILTIN_GROUPS[object_type], -1)
         for defn in defs:
             _insert_property(conn, object_type, defn, created)
 
@@ -526,9 +531,8 @@ def _insert_property(conn, object_type: str, defn: PropertyDef, when: str) -> Pr
 def _row_to_property(row) -> PropertyDef:
     values = {c: row[c] for c in _PROPERTY_COLUMNS}
     values["options"] = tuple(json.loads(values["options"]))
-    for flag in ("has_unique_value", "external_options", "read_only", "hubspot_defined"):
-        values[flag] = bool(values[flag])
-    values["hidden"], values["form_field"] = bool(values["hidden"]), bool(values["form_field"])
+    for flag in _PROPERTY_FLAGS:
+        values[flag] = bool(values[flag])  # SQLite stores booleans as 0/1
     return PropertyDef(**values)
 
 
@@ -598,7 +602,7 @@ class StoreTx:
             raise HubSpotError(
                 409, f"A property group named '{name}' already exists.", "OBJECT_ALREADY_EXISTS"
             )
-        order = int(spec.get("displayOrder") or -1)
+        order = _int_field(spec, "displayOrder", -1)
         _insert_group(self.conn, object_type, name, str(spec["label"]), order)
         return self.group(object_type, name)
 
@@ -612,8 +616,9 @@ class StoreTx:
             )
         if not self.group(object_type, defn.group_name):
             raise HubSpotError(400, f"Property group '{defn.group_name}' does not exist.")
-        uniques = [d for d in self.defs(object_type).values() if d.has_unique_value]
-        if defn.has_unique_value and len(uniques) > MAX_UNIQUE_PROPERTIES:  # email is built in
+        defs = self.defs(object_type).values()
+        uniques = [d for d in defs if d.has_unique_value and not d.hubspot_defined]
+        if defn.has_unique_value and len(uniques) >= MAX_UNIQUE_PROPERTIES:
             raise HubSpotError(400, f"At most {MAX_UNIQUE_PROPERTIES} unique properties allowed.")
         defn = _insert_property(self.conn, object_type, defn, self.now)
         self._defs.pop(object_type, None)
@@ -792,8 +797,13 @@ class StoreTx:
 
     # ---- associations
 
-    def associate(self, from_type: str, to_type: str, pairs: Iterable[tuple[int, int]],
-                  type_id: int | None = None) -> int:  # fmt: skip
+    def associate(
+        self,
+        from_type: str,
+        to_type: str,
+        pairs: Iterable[tuple[int, int]],
+        type_id: int | None = None,
+    ) -> int:
         """Link records (both directions; primaries also get the unlabeled type); 400 if invalid."""
         type_ids = _association_types(from_type, to_type, type_id)
         pairs = list(pairs)
@@ -834,12 +844,27 @@ class StoreTx:
     def search(self, object_type: str, body: Mapping) -> tuple[int, list[Record], int | None]:
         """Run a CRM search request (§5): (total, this page, next offset or None)."""
         query = SearchQuery.parse(body, self.defs(object_type), object_type)
-        matches = [r for r in self.records(object_type) if query.matches(r.properties)]
-        matches = query.order(matches)
+        rows = self._slim_records(object_type, query.property_names())
+        matches = query.order([(rid, props) for rid, props in rows if query.matches(props)])
         window = min(len(matches), SEARCH_WINDOW)
         end = min(query.offset + query.limit, window)
         next_offset = end if end < window and query.limit else None
-        return len(matches), matches[query.offset : end], next_offset
+        page_ids = [rid for rid, _ in matches[query.offset : end]]
+        records = self.fetch(object_type, page_ids)
+        return len(matches), [records[rid] for rid in page_ids], next_offset
+
+    def _slim_records(self, object_type: str, names: list[str]) -> list[tuple[int, dict]]:
+        """(id, {name: value}) for live records, only the named properties: decoding whole
+        records is what makes a search over tens of thousands of them slow."""
+        columns = "".join(f", json_extract(properties, '$.{n}')" for n in names)
+        rows = self.conn.execute(
+            f"SELECT id{columns} FROM hubspot_objects WHERE object_type = ? AND archived = 0",
+            (object_type,),
+        )
+        return [
+            (row[0], {n: v for n, v in zip(names, row[1:], strict=True) if v is not None})
+            for row in rows
+        ]
 
 
 def _group_api(row) -> dict:
@@ -859,6 +884,16 @@ def _require(spec: Mapping, names: list[str]) -> None:
             for n in missing
         ]
         raise HubSpotError(400, f"Missing required fields: {', '.join(missing)}", errors=details)
+
+
+def _int_field(spec: Mapping, name: str, default: int) -> int:
+    value = spec.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise HubSpotError(400, f"{name} must be an integer, got {value!r}.") from None
 
 
 def _check_name(name: str) -> None:
@@ -892,7 +927,7 @@ def _property_from_spec(spec: Mapping) -> PropertyDef:
         field_type=field_type,
         group_name=str(spec["groupName"]),
         description=str(spec.get("description") or ""),
-        display_order=int(spec.get("displayOrder") or -1),
+        display_order=_int_field(spec, "displayOrder", -1),
         has_unique_value=bool(spec.get("hasUniqueValue")),
         options=_spec_options(type_, spec.get("options")),
         external_options=bool(spec.get("externalOptions")),
@@ -916,7 +951,7 @@ def _spec_options(type_: str, raw: Any) -> tuple[dict, ...]:
             {
                 "label": str(opt["label"]),
                 "value": str(opt["value"]),
-                "displayOrder": int(opt.get("displayOrder", i)),
+                "displayOrder": _int_field(opt, "displayOrder", i),
                 "hidden": bool(opt.get("hidden", False)),
             }
         )
@@ -972,16 +1007,22 @@ def decode_after(token: str) -> int:
 # ---------------------------------------------------------------- search
 
 
-def _keys(defn: PropertyDef, text: str) -> list:
-    """Comparable keys for a stored or filter value (checkboxes hold several, split on ';')."""
+def _keys(defn: PropertyDef, text: str, stored: bool = False) -> list:
+    """Comparable keys for a stored or filter value (checkboxes hold several, split on ';').
+
+    Datetimes compare as normalized ISO strings, whose order is chronological: stored values are
+    already normalized on write, so a search over many records parses no dates.
+    """
     parts = text.split(";") if defn.field_type == "checkbox" else [text]
     if defn.type == "number":
         return [Decimal(p.strip()) for p in parts]
     if defn.type in ("datetime", "date"):
+        if stored:
+            return [p + "T00:00:00.000Z" if defn.type == "date" else p for p in parts]
         moments = [parse_instant(p) for p in parts]
         if None in moments:
             raise ValueError(text)
-        return [epoch_ms(m) for m in moments]
+        return [iso_ms(m) for m in moments]
     return [p.casefold() for p in parts]  # HubSpot compares strings case-insensitively
 
 
@@ -990,7 +1031,7 @@ def _stored_keys(defn: PropertyDef, props: Mapping[str, str]) -> list:
     if text is None:
         return []
     try:
-        return _keys(defn, text)
+        return _keys(defn, text, stored=True)
     except (ValueError, InvalidOperation):
         return []
 
@@ -1076,7 +1117,6 @@ class SearchQuery:
     sort: tuple[PropertyDef, bool] | None  # (property, descending)
     text: list[str]
     text_properties: list[str]
-    properties: list[str] | None
     limit: int
     offset: int
 
@@ -1088,17 +1128,16 @@ class SearchQuery:
             raise HubSpotError(400, f"limit must be between 0 and {SEARCH_MAX_LIMIT}.")
         offset = _int_param(body.get("after") or 0, "after")
         if not 0 <= offset < SEARCH_WINDOW:
-            raise HubSpotError(
-                400, f"after must be below {SEARCH_WINDOW}: search returns at most "
-                f"{SEARCH_WINDOW} results per query; narrow the filters to page further."
-            )  # fmt: skip
-        properties = body.get("properties")
+            message = (
+                f"after must be below {SEARCH_WINDOW}: search returns at most {SEARCH_WINDOW} "
+                "results per query; narrow the filters (e.g. hs_object_id > last seen) instead."
+            )
+            raise HubSpotError(400, message)
         return cls(
             groups=groups,
             sort=_parse_sort(body.get("sorts") or [], defs),
             text=str(body.get("query") or "").casefold().split(),
             text_properties=_QUERY_PROPERTIES[object_type],
-            properties=[str(p) for p in properties] if properties else None,
             limit=limit,
             offset=offset,
         )
@@ -1110,16 +1149,23 @@ class SearchQuery:
                 return False
         return not self.groups or any(all(f.matches(props) for f in g) for g in self.groups)
 
-    def order(self, records: list[Record]) -> list[Record]:
-        """Sort by the one rule (ties and unset values last, both by id); default id order."""
-        records = sorted(records, key=lambda r: r.id)
+    def property_names(self) -> list[str]:
+        """The properties filters, sort and free text look at (names are validated)."""
+        names = [f.defn.name for group in self.groups for f in group]
+        names += [self.sort[0].name] if self.sort else []
+        names += self.text_properties if self.text else []
+        return list(dict.fromkeys(names))
+
+    def order(self, rows: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
+        """Sort (id, properties) rows by the one rule; ties and unset values last, by id."""
+        rows = sorted(rows, key=lambda row: row[0])
         if self.sort is None:
-            return records
+            return rows
         defn, descending = self.sort
-        keyed = [(_stored_keys(defn, r.properties), r) for r in records]
-        present = [(keys[0], r) for keys, r in keyed if keys]
+        keyed = [(_stored_keys(defn, props), (rid, props)) for rid, props in rows]
+        present = [(keys[0], row) for keys, row in keyed if keys]
         present.sort(key=lambda kr: kr[0], reverse=descending)  # stable: ties keep id order
-        return [r for _, r in present] + [r for keys, r in keyed if not keys]
+        return [row for _, row in present] + [row for keys, row in keyed if not keys]
 
 
 def _int_param(raw: Any, name: str) -> int:
@@ -1180,8 +1226,9 @@ class HubSpotStore:
             _ensure_schema(conn)
             yield StoreTx(conn)
 
-    def upsert(self, object_type: str, records: list[dict[str, str]],
-               id_property: str | None = None) -> list[tuple[str, bool]]:  # fmt: skip
+    def upsert(
+        self, object_type: str, records: list[dict[str, str]], id_property: str | None = None
+    ) -> list[tuple[str, bool]]:
         """Create or update records keyed on `id_property` -> [(id, created)] in input order.
 
         `id_property` defaults to email (contacts) / domain (companies); any property works here,
@@ -1189,8 +1236,8 @@ class HubSpotStore:
         """
         object_type = canonical_type(object_type)
         key = id_property or self.NATURAL_KEYS.get(object_type)
-        if key is None:
-            raise ValueError(f"id_property is required to upsert {object_type}")
+        if key in (None, "hs_object_id"):  # record ids can't be chosen, so there is no "insert"
+            raise ValueError(f"upserting {object_type} needs a property to key on, not {key}")
         with self.transaction() as tx:
             cleaned = [tx.check_values(object_type, r) for r in records]
             if any(c.get(key) is None for c in cleaned):
@@ -1220,14 +1267,24 @@ class HubSpotStore:
                 raise validation_error(issues)
             return [str(tx.insert(object_type, c).id) for c in cleaned]
 
-    def associate(self, from_type: str, from_id: str | int, to_type: str, to_id: str | int,
-                  type_id: int | None = None) -> None:  # fmt: skip
+    def associate(
+        self,
+        from_type: str,
+        from_id: str | int,
+        to_type: str,
+        to_id: str | int,
+        type_id: int | None = None,
+    ) -> None:
         """Associate two records (and the inverse); type_id defaults to the unlabeled type."""
         self.associate_many(from_type, to_type, [(from_id, to_id)], type_id)
 
-    def associate_many(self, from_type: str, to_type: str,
-                       pairs: Iterable[tuple[str | int, str | int]],
-                       type_id: int | None = None) -> int:  # fmt: skip
+    def associate_many(
+        self,
+        from_type: str,
+        to_type: str,
+        pairs: Iterable[tuple[str | int, str | int]],
+        type_id: int | None = None,
+    ) -> int:
         """Many associations of one type in one transaction -> how many pairs."""
         from_type, to_type = canonical_type(from_type), canonical_type(to_type)
         pairs = [(int(f), int(t)) for f, t in pairs]

@@ -18,8 +18,16 @@ DAY = date(2026, 10, 5)
 
 
 def _line(name, user, t, insert_id, **props):
-    return {"event": name, "properties": {"time": t, "distinct_id": user, "$insert_id": insert_id,
-                                          "mp_processing_time_ms": t * 1000 + 500, **props}}
+    return {
+        "event": name,
+        "properties": {
+            "time": t,
+            "distinct_id": user,
+            "$insert_id": insert_id,
+            "mp_processing_time_ms": t * 1000 + 500,
+            **props,
+        },
+    }
 
 
 def _ts(h, m=0, s=0) -> int:
@@ -51,10 +59,17 @@ def _session(state, secret=None):
 
 def _extract(state, lake, threshold=0.5, secret=None):
     return mp.extract_day(
-        _session(state, secret), lake, source="mixpanel",
-        project_id=state.credentials["mixpanel"]["project_id"], base=state.base_url, day=DAY,
-        email_properties=["$email", "email"], account_properties=["company_id"],
-        bad_line_threshold=threshold, sleep=lambda s: None)
+        _session(state, secret),
+        lake,
+        source="mixpanel",
+        project_id=state.credentials["mixpanel"]["project_id"],
+        base=state.base_url,
+        day=DAY,
+        email_properties=["$email", "email"],
+        account_properties=["company_id"],
+        bad_line_threshold=threshold,
+        sleep=lambda s: None,
+    )
 
 
 def test_counts_reconcile_dedup_and_quarantine(sandbox, tmp_path):
@@ -73,7 +88,10 @@ def test_counts_reconcile_dedup_and_quarantine(sandbox, tmp_path):
     with gzip.open(lake.quarantine("mixpanel", DAY) / "lines.jsonl.gz", "rt") as f:
         bad = [json.loads(x) for x in f]
     assert [(b["line"], b["reason"]) for b in bad] == [
-        (6, "not valid JSON"), (7, "missing or non-numeric 'time'"), (8, "missing distinct_id")]
+        (6, "not valid JSON"),
+        (7, "missing or non-numeric 'time'"),
+        (8, "missing distinct_id"),
+    ]
     assert (lake.raw("mixpanel", DAY) / "export.jsonl.gz").stat().st_size > 0
 
 
@@ -85,7 +103,8 @@ def test_rerun_replaces_the_partition(sandbox, tmp_path):
     second = _extract(sandbox, lake)
     after = pd.read_parquet(lake.events("mixpanel", DAY)).drop(columns=["received_at"])
     assert {k: v for k, v in first.items() if k != "raw_bytes"} == {
-        k: v for k, v in second.items() if k != "raw_bytes"}
+        k: v for k, v in second.items() if k != "raw_bytes"
+    }
     pd.testing.assert_frame_equal(before, after)
     assert len(list(lake.events("mixpanel", DAY).parent.iterdir())) == 1  # no temp folders left
 

@@ -17,8 +17,9 @@ from sandbox.hubspot import HubSpotStore
 
 
 def _first_lines(spec, n_users=15):
-    return [line for u in itertools.islice(world.users(spec), n_users)
-            for line in world.events(spec, u)]
+    return [
+        line for u in itertools.islice(world.users(spec), n_users) for line in world.events(spec, u)
+    ]
 
 
 def test_deterministic_from_seed():
@@ -26,7 +27,8 @@ def test_deterministic_from_seed():
     assert _first_lines(a) == _first_lines(a)
     assert _first_lines(a) != _first_lines(world.WorldSpec(seed=6, start=a.start, days=14))
     assert [o for u in world.users(a) for o in [world.outcome(a, u)]] == [
-        o for u in world.users(a) for o in [world.outcome(a, u)]]
+        o for u in world.users(a) for o in [world.outcome(a, u)]
+    ]
 
 
 def test_events_are_realistic():
@@ -36,8 +38,15 @@ def test_events_are_realistic():
     names = {line["event"] for line in lines}
     assert 10 <= len(world.EVENT_TYPES) <= 20
     assert names <= set(world.EVENT_TYPES)
-    assert {"Signed Up", "Onboarding Completed", "Core Feature Used", "Teammate Invited",
-            "Pricing Page Viewed", "Usage Limit Hit", "Integration Connected"} <= names
+    assert {
+        "Signed Up",
+        "Onboarding Completed",
+        "Core Feature Used",
+        "Teammate Invited",
+        "Pricing Page Viewed",
+        "Usage Limit Hit",
+        "Integration Connected",
+    } <= names
     assert all(spec.end > datetime.fromtimestamp(x["properties"]["time"], UTC) for x in lines)
     free = sum(u.free_email for u in users) / len(users)
     assert 0.15 < free < 0.35
@@ -61,8 +70,9 @@ def test_streams_without_holding_events():
 def test_calibrated_to_plg_benchmarks(sandbox, tmp_path):
     """The shipped weighted model, run by the real pipeline on a fresh world, lands in the
     published ranges: 5-15% of sign-ups flagged, PQLs win at 15-30%, non-PQLs far less."""
-    spec = world.WorldSpec(seed=2027, start=date.today() - timedelta(days=43), days=42,
-                           users=2500, accounts=450)
+    spec = world.WorldSpec(
+        seed=2027, start=date.today() - timedelta(days=43), days=42, users=2500, accounts=450
+    )
     counts = seed.build(sandbox, spec)
     assert counts["duplicates"] > 0 and counts["meetings"] > 0 and counts["won_deals"] > 0
     lake = Lake(tmp_path / "lake")
@@ -70,15 +80,32 @@ def test_calibrated_to_plg_benchmarks(sandbox, tmp_path):
     session = requests.Session()
     creds = sandbox.credentials["mixpanel"]
     session.auth = (creds["username"], creds["secret"])
-    accounts = enrich.normalise(pd.DataFrame([
-        {"domain": c["properties"]["domain"], "employees": c["properties"]["numberofemployees"],
-         "industry": c["properties"]["industry"], "country": c["properties"]["country"]}
-        for c in HubSpotStore(sandbox).list("companies")]))
+    accounts = enrich.normalise(
+        pd.DataFrame(
+            [
+                {
+                    "domain": c["properties"]["domain"],
+                    "employees": c["properties"]["numberofemployees"],
+                    "industry": c["properties"]["industry"],
+                    "country": c["properties"]["country"],
+                }
+                for c in HubSpotStore(sandbox).list("companies")
+            ]
+        )
+    )
     for i in range(spec.days):
         day = spec.start + timedelta(days=i)
-        mp.extract_day(session, lake, source="mixpanel", project_id=creds["project_id"],
-                       base=sandbox.base_url, day=day, email_properties=["email"],
-                       account_properties=[], bad_line_threshold=0.01)
+        mp.extract_day(
+            session,
+            lake,
+            source="mixpanel",
+            project_id=creds["project_id"],
+            base=sandbox.base_url,
+            day=day,
+            email_properties=["email"],
+            account_properties=[],
+            bad_line_threshold=0.01,
+        )
         if i >= 6 and i % 2 == 0 or i == spec.days - 1:
             scores.score_day(cfg, day, accounts)
     final = pd.read_parquet(lake.partitions("scores")[-1][1] / "scores.parquet")

@@ -1,0 +1,164 @@
+"""The three DAGs, run for real with dag.test() against the sandbox and a small synthetic world."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from datetime import UTC, date, datetime, time, timedelta
+
+import pandas as pd
+import pytest
+
+from pql.lake import Lake
+from sandbox import seed, server
+from sandbox.hubspot import HubSpotStore
+from sandbox.mixpanel import event_file
+from sandbox.state import connection_env
+from sandbox.world import WorldSpec
+from tests.conftest import FAST
+
+pytestmark = pytest.mark.dag
+
+DAYS = 28
+START = date.today() - timedelta(days=DAYS + 1)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """A seeded sandbox, connections and lake in the environment, a fresh Airflow DB, the DAGs."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    with server.running(tmp / "sandbox", settings=dict(FAST)) as state:
+        seed.build(state, WorldSpec(seed=99, start=START, days=DAYS, users=600, accounts=120))
+        saved = dict(os.environ)
+        os.environ.update(connection_env(state, state.base_url))
+        os.environ["PQL_LAKE"] = str(tmp / "lake")
+        from airflow.dag_processing.dagbag import DagBag
+        from airflow.utils.db import resetdb
+
+        resetdb()
+        bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+        assert bag.import_errors == {}
+        # Fail fast: production retries would make dag.test() wait minutes on an error.
+        for dag in bag.dags.values():
+            for task in dag.tasks:
+                task.retries = 0
+        try:
+            yield state, Lake(tmp / "lake"), bag.dags
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+def _ok(run):
+    assert run is not None and run.state == "success", run
+
+
+def _contacts(state) -> pd.DataFrame:
+    rows = HubSpotStore(state).list("contacts")
+    return pd.DataFrame([{"id": r["id"], **r["properties"]} for r in rows])
+
+
+def test_extract_dag_writes_the_day(env):
+    state, lake, dags = env
+    for i in range(DAYS):
+        day = START + timedelta(days=i)
+        # A manual run covers the whole interval that ends at its logical date.
+        run_at = datetime.combine(day + timedelta(days=1), time(3), UTC)
+        _ok(dags["pql_extract_mixpanel"].test(logical_date=run_at))
+        events = pd.read_parquet(lake.events("mixpanel", day))
+        assert len(events) > 0
+        assert (events["ts"].dt.date == day).all()
+    raw = kept = 0
+    for i in range(DAYS):
+        day = START + timedelta(days=i)
+        with gzip.open(event_file(state, day), "rt") as f:
+            raw += sum(1 for line in f if line.strip())
+        kept += len(pd.read_parquet(lake.events("mixpanel", day)))
+    assert 0 < raw - kept < raw * 0.02  # only the injected duplicates were dropped
+
+
+def test_score_sync_dag_writes_scores_flags_reasons_into_hubspot(env):
+    state, lake, dags = env
+    for i in range(7, DAYS):
+        _ok(dags["pql_score_sync"].test(run_conf={"day": (START + timedelta(days=i)).isoformat()}))
+    last = START + timedelta(days=DAYS - 1)
+    scores = pd.read_parquet(lake.scores(last) / "scores.parquet")
+    crm = _contacts(state).dropna(subset=["pql_score"]).set_index("email")
+    expected = scores.dropna(subset=["email"]).set_index("email")
+    assert set(expected.index) <= set(crm.index)  # every scored user with an email is in the CRM
+    joined = expected.join(crm, rsuffix="_crm")
+    assert (joined["score"].astype(str) == joined["pql_score"]).all()
+    assert (joined["flag"].map({True: "true", False: "false"}) == joined["pql_flag"]).all()
+    # An empty value clears a HubSpot property, so users with no reasons read back as unset.
+    assert (joined["reasons"] == joined["pql_reasons"].fillna("")).all()
+    assert (joined["pql_model_version"] == scores["model_version"].iloc[0]).all()
+    pqls = joined[joined["flag"]]
+    assert len(pqls) > 0
+    assert pqls["pql_qualified_at"].str.match(r"^\d{4}-\d\d-\d\dT").all()
+    assert pqls["pql_reasons"].str.len().gt(10).all()
+    # First qualification is kept: it is never later than the day of the latest snapshot.
+    assert (
+        pd.to_datetime(pqls["pql_qualified_at"])
+        <= pd.Timestamp(last, tz="UTC") + pd.Timedelta(days=1)
+    ).all()
+
+
+def test_unchanged_rerun_writes_nothing(env):
+    state, lake, dags = env
+    last = START + timedelta(days=DAYS - 1)
+    before = _contacts(state).set_index("id")["lastmodifieddate"]
+    _ok(dags["pql_score_sync"].test(run_conf={"day": last.isoformat()}))
+    runs = sorted((lake.sync("hubspot")).glob("run=*"))
+    latest = pd.read_parquet(runs[-1] / "results.parquet")
+    assert latest.empty
+    after = _contacts(state).set_index("id")["lastmodifieddate"]
+    pd.testing.assert_series_equal(before, after)
+
+
+def test_weekly_dag_reports_rates_that_match_the_crm(env):
+    state, lake, dags = env
+    end = START + timedelta(days=DAYS)
+    monday = end - timedelta(days=end.weekday() + 7)
+    run_at = datetime.combine(monday + timedelta(days=7), time(6), UTC)
+    _ok(dags["pql_weekly_outcomes"].test(logical_date=run_at))
+    report = lake.reports(monday)
+    html = (report / "index.html").read_text()
+    cohorts = pd.read_csv(report / "cohorts.csv")
+    totals = pd.read_csv(report / "totals.csv").set_index("group")
+    assert "PQL conversion" in html and "<table" in html
+
+    # Recompute independently: the CRM's meetings/won deals, by contact email, vs the scores.
+    store = HubSpotStore(state)
+    emails = {r["id"]: r["properties"]["email"] for r in store.list("contacts")}
+    until = pd.Timestamp(monday + timedelta(days=7), tz="UTC")
+    met, won = {}, {}
+    for kind, prop, sink in (("meetings", "hs_timestamp", met), ("deals", "closedate", won)):
+        for r in store.list(kind):
+            if kind == "deals" and r["properties"]["dealstage"] != "closedwon":
+                continue
+            t = pd.Timestamp(r["properties"][prop])
+            if t >= until:
+                continue
+            for a in store.associations(kind, r["id"], "contacts"):
+                e = emails[a["to_id"]]
+                sink[e] = min(sink.get(e, t), t)
+    snap = [p for d, p in lake.partitions("scores") if d < monday + timedelta(days=7)][-1]
+    users = pd.read_parquet(snap / "scores.parquet").dropna(subset=["email"])
+    users["start"] = users["qualified_at"].fillna(users["first_seen"])
+    window = pd.Timedelta(days=90)
+
+    def hit(sink, row):
+        t = sink.get(row["email"])
+        return t is not None and row["start"] <= t <= row["start"] + window
+
+    users["met"] = users.apply(lambda r: hit(met, r), axis=1)
+    users["won"] = users.apply(lambda r: hit(won, r), axis=1)
+    pql = users[users["qualified_at"].notna()]
+    assert totals.loc["PQL", "users"] == len(pql)
+    assert totals.loc["PQL", "meetings"] == pql["met"].sum()
+    assert totals.loc["PQL", "won"] == pql["won"].sum()
+    assert totals.loc["non-PQL", "meetings"] == users[users["qualified_at"].isna()]["met"].sum()
+    assert pql["met"].sum() > 0
+    assert cohorts["users"].sum() == len(users)
+    assert set(cohorts["group"]) == {"PQL", "non-PQL"}
+    assert not cohorts["mature"].any()  # a 90-day window cannot have closed in a 4-week world
