@@ -183,7 +183,7 @@ def sandbox_crm(root, object_type, pql_only, limit) -> None:
 @main.command()
 @click.option("--seed", default=42, show_default=True)
 @click.option("--users", default=1500, show_default=True)
-@click.option("--days", default=28, show_default=True, help="Simulated days to run.")
+@click.option("--days", default=49, show_default=True, help="Simulated days to run.")
 @click.option("--keep-running", is_flag=True, help="Leave the sandbox up afterwards.")
 def demo(seed, users, days, keep_running) -> None:
     """Build a world, run extract + score/sync for each day and the weekly report, summarise."""
@@ -210,30 +210,33 @@ def demo(seed, users, days, keep_running) -> None:
         "PQL_LAKE": str(lake),
     }
     summary_file = base / "summary.json"
-    console.print(f"running the DAGs with dag.test() over {days} days ({start} onwards)...")
     log_path = base / "airflow.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pql_airflow.demo",
+        "--start",
+        start.isoformat(),
+        "--days",
+        str(days),
+        "--summary",
+        str(summary_file),
+    ]
     try:
-        with open(log_path, "w") as airflow_log:
-            proc = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "pql_airflow.demo",
-                    "--start",
-                    start.isoformat(),
-                    "--days",
-                    str(days),
-                    "--summary",
-                    str(summary_file),
-                ],
-                env=env,
-                cwd=ROOT,
-                stderr=airflow_log,
+        with open(log_path, "w") as airflow_log, Progress(console=console) as bar:
+            job = bar.add_task(f"Airflow dag.test(): {days} days from {start}", total=days + 1)
+            # The runner sends Airflow's own logging to the log file, progress lines to us.
+            proc = subprocess.Popen(
+                cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=airflow_log, text=True
             )
+            for line in proc.stdout:
+                bar.update(job, completed=int(line.split()[0]), description=line.strip())
+            proc.wait()
         if proc.returncode != 0:
-            tail = "".join(log_path.read_text().splitlines(keepends=True)[-30:])
+            tail = "".join(log_path.read_text().splitlines(keepends=True)[-40:])
             raise click.ClickException(f"the demo's DAG runs failed; log {log_path}:\n{tail}")
         _print_summary(json.loads(summary_file.read_text()), lake, root)
+        console.print(f"Airflow's task logs: {log_path}")
     finally:
         if not keep_running:
             server.stop(root)
@@ -246,7 +249,7 @@ def _print_summary(run: dict, lake: Path, root: Path) -> None:
     from pql.lake import Lake
 
     lk = Lake(lake)
-    events = duckdb.sql(f"SELECT count(*) FROM read_parquet('{lk.events_glob()}')").fetchone()[0]
+    events = duckdb.sql(f"SELECT count(*) FROM read_parquet('{lk.events_glob()}')").fetchall()[0][0]
     scores = pd.read_parquet(lk.partitions("scores")[-1][1] / "scores.parquet")
     ledger = pd.read_parquet(lk.sync("hubspot") / "ledger" / "ledger.parquet")
     report_dir = lk.reports(date.fromisoformat(run["week"]))
@@ -266,11 +269,16 @@ def _print_summary(run: dict, lake: Path, root: Path) -> None:
                 f"{g} → meeting / → won",
                 f"{r['meeting_rate']:.1%} / {r['won_rate']:.1%} of {int(r['users']):,}",
             )
+    cohorts = pd.read_csv(report_dir / "cohorts.csv")
+    table.add_row(
+        "mature cohorts",
+        f"{int(cohorts['mature'].sum())} of {len(cohorts)} "
+        "(younger ones are still inside the attribution window: rates will rise)",
+    )
     table.add_row("report", str(report_dir / "index.html"))
     table.add_row("DAG run time", f"{run['seconds']:.0f} s")
     console.print(table)
     console.print(f"Look at the sandbox CRM: pql sandbox crm contacts --pql-only --root {root}")
-    console.print(f"(start it again first with: pql sandbox start --root {root})")
 
 
 if __name__ == "__main__":

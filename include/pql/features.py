@@ -62,6 +62,6 @@ def user_features(
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = 'UTC'")
-        return con.execute(sql, ordered).to_arrow_table().to_pandas()
+        return con.sql(sql, params=ordered).to_arrow_table().to_pandas()
     finally:
         con.close()

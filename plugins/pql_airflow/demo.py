@@ -43,7 +43,11 @@ def main() -> None:
     parser.add_argument("--days", type=int, required=True)
     parser.add_argument("--summary", type=Path, required=True)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    # Progress goes to the caller on the original stdout; Airflow logs to stdout, so point
+    # file descriptor 1 at stderr (the caller's log file) before Airflow is imported.
+    progress = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    logging.basicConfig(level=logging.INFO)
 
     from airflow.utils.db import resetdb
 
@@ -57,14 +61,15 @@ def main() -> None:
         _run(extract, logical_date=datetime.combine(day + timedelta(days=1), dtime(3), UTC))
         _run(score, run_conf={"day": day.isoformat()})
         print(
-            f"  day {i + 1}/{args.days} {day}: extracted, scored, synced "
+            f"{i + 1} day {i + 1}/{args.days} {day}: extracted, scored, synced "
             f"({time.monotonic() - t0:.0f}s)",
-            flush=True,
+            file=progress,
         )
     end = args.start + timedelta(days=args.days)
     last_monday = end - timedelta(days=end.weekday() + 7)
     report_run = datetime.combine(last_monday + timedelta(days=7), dtime(6), UTC)
     _run(dags["pql_weekly_outcomes"], logical_date=report_run)
+    print(f"{args.days + 1} weekly report for the week of {last_monday}", file=progress)
     args.summary.write_text(
         json.dumps({"week": last_monday.isoformat(), "seconds": round(time.monotonic() - t0, 1)})
     )

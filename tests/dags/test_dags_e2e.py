@@ -86,7 +86,7 @@ def test_score_sync_dag_writes_scores_flags_reasons_into_hubspot(env):
     crm = _contacts(state).dropna(subset=["pql_score"]).set_index("email")
     expected = scores.dropna(subset=["email"]).set_index("email")
     assert set(expected.index) <= set(crm.index)  # every scored user with an email is in the CRM
-    joined = expected.join(crm, rsuffix="_crm")
+    joined = expected.join(crm, suffixes=("", "_crm"))
     assert (joined["score"].astype(str) == joined["pql_score"]).all()
     assert (joined["flag"].map({True: "true", False: "false"}) == joined["pql_flag"]).all()
     # An empty value clears a HubSpot property, so users with no reasons read back as unset.

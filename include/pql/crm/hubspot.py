@@ -29,9 +29,21 @@ class SyncError(Exception):
     """Too many records were rejected, or the CRM could not be reached."""
 
 
+class _CappedRetry(Retry):
+    """urllib3 Retry that never sleeps longer than a minute on a Retry-After header.
+
+    A DAILY-limit 429 can ask to wait until midnight: better to fail the task with HubSpot's
+    message than to hold a worker slot for hours.
+    """
+
+    def get_retry_after(self, response):
+        after = super().get_retry_after(response)
+        return None if after is None else min(after, 60.0)
+
+
 def client(access_token: str, host: str | None = None) -> HubSpot:
     """A HubSpot client that retries 429 and 5xx with backoff (POSTs included)."""
-    retry = Retry(
+    retry = _CappedRetry(
         total=8,
         backoff_factor=0.5,
         status_forcelist=(429, 500, 502, 503, 504),

@@ -1,0 +1,46 @@
+"""`pql sandbox start | status | env | crm | stop` as a user runs them, real server and all."""
+
+from __future__ import annotations
+
+import json
+
+import requests
+from click.testing import CliRunner
+
+from pql import cli
+
+
+def test_sandbox_lifecycle(tmp_path):
+    runner = CliRunner()
+    root = str(tmp_path / "sbx")
+    started = runner.invoke(
+        cli.main,
+        ["sandbox", "start", "--root", root, "--users", "60", "--days", "10", "--seed", "3"],
+    )
+    assert started.exit_code == 0, started.output
+    assert "world: 60 users" in started.output
+    try:
+        status = runner.invoke(cli.main, ["sandbox", "status", "--root", root])
+        assert status.exit_code == 0 and "running at http://127.0.0.1:" in status.output
+        env = runner.invoke(cli.main, ["sandbox", "env", "--root", root])
+        exports = dict(
+            line.removeprefix("export ").split("=", 1) for line in env.output.strip().splitlines()
+        )
+        hub = json.loads(exports["AIRFLOW_CONN_HUBSPOT_DEFAULT"].strip("'"))
+        resp = requests.get(
+            f"{hub['host']}/crm/v3/objects/contacts?limit=5",
+            headers={"Authorization": f"Bearer {hub['password']}"},
+            timeout=10,
+        )
+        assert resp.status_code == 200 and len(resp.json()["results"]) == 5
+        crm = runner.invoke(
+            cli.main,
+            ["sandbox", "crm", "companies", "--root", root, "--limit", "3"],
+            terminal_width=200,
+        )
+        assert crm.exit_code == 0 and "companies:" in crm.output and "domain" in crm.output
+    finally:
+        stopped = runner.invoke(cli.main, ["sandbox", "stop", "--root", root])
+    assert "stopped" in stopped.output
+    after = runner.invoke(cli.main, ["sandbox", "status", "--root", root])
+    assert after.exit_code == 3 and "not running" in after.output
