@@ -1,0 +1,83 @@
+"""HubSpot sync against the sandbox: provisioning, diff, partial failures kept and retried."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from pql.config import HubSpotTarget
+from pql.crm import hubspot as crm
+from pql.lake import Lake
+from sandbox.hubspot import HubSpotStore
+
+TARGET = HubSpotTarget(kind="hubspot", max_failed_share=0.5)
+
+
+def _scores(emails, score=70):
+    n = len(emails)
+    return pd.DataFrame(
+        {
+            "email": emails,
+            "score": [score] * n,
+            "flag": [score >= 50] * n,
+            "qualified_at": [pd.Timestamp("2026-10-01", tz="UTC") if score >= 50 else pd.NaT] * n,
+            "reasons": ["invited 3 teammates"] * n,
+            "model_version": ["weighted-test"] * n,
+        }
+    )
+
+
+@pytest.fixture
+def hs(sandbox):
+    return crm.client(sandbox.credentials["hubspot"]["access_token"], sandbox.base_url)
+
+
+def test_provisions_writes_and_skips_unchanged(sandbox, hs, tmp_path):
+    lake = Lake(tmp_path)
+    emails = [f"user{i}@acme.io" for i in range(250)]
+    first = crm.sync(hs, lake, TARGET, _scores(emails))
+    assert (first["written"], first["failed"], first["unchanged"]) == (250, 0, 0)
+    store = HubSpotStore(sandbox)
+    assert {p["name"] for p in crm.property_specs(TARGET)} <= {
+        k for r in store.list("contacts") for k in r["properties"]
+    }
+    ana = store.get_by("contacts", "email", "user7@acme.io")["properties"]
+    assert (ana["pql_score"], ana["pql_flag"], ana["pql_reasons"]) == (
+        "70",
+        "true",
+        "invited 3 teammates",
+    )
+    assert ana["pql_qualified_at"].startswith("2026-10-01T00:00:00")
+    again = crm.sync(hs, lake, TARGET, _scores(emails))
+    assert (again["written"], again["unchanged"]) == (0, 250)
+    changed = _scores(emails)
+    changed.loc[:9, "score"] = 80
+    assert crm.sync(hs, lake, TARGET, changed)["written"] == 10
+    assert crm.sync(hs, lake, TARGET, changed, dry_run=True)["would_write"] == 0
+
+
+def test_rejected_records_are_kept_and_retried(sandbox, hs, tmp_path):
+    lake = Lake(tmp_path)
+    emails = [f"user{i}@acme.io" for i in range(30)] + ["not-an-email"]
+    result = crm.sync(hs, lake, TARGET, _scores(emails))
+    assert (result["written"], result["failed"]) == (30, 1)
+    run = pd.read_parquet(next(lake.sync("hubspot").glob("run=*")) / "results.parquet")
+    bad = run[run["status"] == "failed"].iloc[0]
+    assert bad["email"] == "not-an-email" and "invalid" in bad["message"].lower()
+    assert "not-an-email" not in set(crm.load_ledger(lake)["email"])
+    retry = crm.sync(hs, lake, TARGET, _scores(emails))
+    assert (retry["written"], retry["failed"], retry["unchanged"]) == (0, 1, 30)
+
+
+def test_too_many_failures_fail_the_run(sandbox, hs, tmp_path):
+    strict = HubSpotTarget(kind="hubspot", max_failed_share=0.01)
+    with pytest.raises(crm.SyncError, match="1 of 3 records were rejected"):
+        crm.sync(hs, Lake(tmp_path), strict, _scores(["a@x.io", "b@x.io", "nope"]))
+
+
+def test_rate_limit_and_server_errors_are_retried(sandbox, hs, tmp_path):
+    sandbox.queue_fault("hubspot", 429, 2)
+    sandbox.queue_fault("hubspot", 503)
+    result = crm.sync(hs, Lake(tmp_path), TARGET, _scores(["a@x.io", "b@x.io"]))
+    assert result["written"] == 2
+    assert sandbox.take_fault("hubspot") is None
