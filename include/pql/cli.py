@@ -175,7 +175,6 @@ def sandbox_crm(root, object_type, pql_only, limit) -> None:
     for r in rows[:limit]:
         table.add_row(str(r["id"]), *[r["properties"].get(c) or "" for c in columns])
     console.print(table)
-    console.print(f"Report for leadership: {report_dir / 'index.html'}")
 
 
 # --- demo ----------------------------------------------------------------------------------
@@ -278,6 +277,7 @@ def _print_summary(run: dict, lake: Path, root: Path) -> None:
     )
     table.add_row("DAG run time", f"{run['seconds']:.0f} s")
     console.print(table)
+    console.print(f"Report for leadership: {report_dir / 'index.html'}")
     console.print(f"Look at the sandbox CRM: pql sandbox crm contacts --pql-only --root {root}")
 
 
