@@ -164,7 +164,7 @@ class _Gate:
         """Rolling window then daily budget; headers report what is left (§8)."""
         settings = self.state.settings
         # The window is 10 s as at HubSpot; tests may shorten it to exercise client retries fast.
-        window_s = float(settings.get("hubspot_rate_window_s", 10))
+        window_s = float(settings["hubspot_rate_window_s"])
         limit = int(settings["hubspot_requests_per_10s"])
         daily_limit = int(settings["hubspot_daily_limit"])
         limiter = self.state.limiter(f"hubspot_rolling_{window_s:g}s", limit, window_s)

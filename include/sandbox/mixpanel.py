@@ -550,7 +550,7 @@ def _raise_for_fault(state: SandboxState, status: int | None) -> None:
 
 
 def _project_today(state: SandboxState) -> date:
-    return datetime.now(ZoneInfo(state.settings.get("mixpanel_project_timezone", "UTC"))).date()
+    return datetime.now(ZoneInfo(state.settings["mixpanel_project_timezone"])).date()
 
 
 # --------------------------------------------------------------------------------------------

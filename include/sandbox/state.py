@@ -17,9 +17,12 @@ DEFAULT_SETTINGS = {
     "hubspot_requests_per_10s": 100,
     "hubspot_daily_limit": 250_000,
     "hubspot_search_per_second": 5,
+    "hubspot_rate_window_s": 10,  # tests shorten the rolling window to exercise it quickly
     # Mixpanel raw export: 60 queries per hour and 3 per second, per project.
     "mixpanel_queries_per_hour": 60,
     "mixpanel_queries_per_second": 3,
+    # A legacy (pre-2023) project keeps days and `time` in its own zone.
+    "mixpanel_project_timezone": "UTC",
 }
 
 
