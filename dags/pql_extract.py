@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 
 from pql.config import load
 from pql_airflow.assets import CANONICAL_EVENTS
+from pql_airflow.defaults import default_args
 
 CFG = load()
 
@@ -21,12 +22,7 @@ def build(source_name: str, schedule: str, conn_id: str):
         catchup=False,
         max_active_runs=1,
         tags=["pql", "extract"],
-        default_args={
-            "retries": 3,
-            "retry_delay": timedelta(minutes=2),
-            "retry_exponential_backoff": True,
-            "execution_timeout": timedelta(hours=2),
-        },
+        default_args=default_args(retries=3, timeout_hours=2),
     )
     def extract():
         @task(outlets=[CANONICAL_EVENTS])

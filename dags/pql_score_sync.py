@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from airflow.sdk import Param, dag, task
 
 from pql.config import load
 from pql_airflow.assets import CANONICAL_EVENTS, SCORES
+from pql_airflow.defaults import default_args
 
 CFG = load()
 
@@ -28,12 +29,7 @@ CFG = load()
             description="Score as of the end of this UTC day (default: newest day extracted)",
         )
     },
-    default_args={
-        "retries": 2,
-        "retry_delay": timedelta(minutes=2),
-        "retry_exponential_backoff": True,
-        "execution_timeout": timedelta(hours=1),
-    },
+    default_args=default_args(),
 )
 def pql_score_sync():
     @task

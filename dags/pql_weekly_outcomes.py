@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 
 from pql.config import load
+from pql_airflow.defaults import default_args
 
 CFG = load()
 
@@ -19,11 +20,7 @@ CFG = load()
     catchup=False,
     max_active_runs=1,
     tags=["pql", "report"],
-    default_args={
-        "retries": 2,
-        "retry_delay": timedelta(minutes=5),
-        "execution_timeout": timedelta(hours=1),
-    },
+    default_args=default_args(retry_minutes=5),
 )
 def pql_weekly_outcomes():
     @task

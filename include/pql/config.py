@@ -89,20 +89,22 @@ class Enrichment(Strict):
         return self
 
 
-class EventSignal(Strict):
-    kind: Literal["event"]
-    event: str = Field(min_length=1)
+class CountSignal(Strict):
+    """Points for each occurrence inside a window, optionally capped."""
+
     window_days: int = Field(gt=0, le=365)
     points_each: float
     max_points: float | None = None
+
+
+class EventSignal(CountSignal):
+    kind: Literal["event"]
+    event: str = Field(min_length=1)
     reason: str = "{event} {n} times in the last {window_days} days"
 
 
-class ActiveDaysSignal(Strict):
+class ActiveDaysSignal(CountSignal):
     kind: Literal["active_days"]
-    window_days: int = Field(gt=0, le=365)
-    points_each: float
-    max_points: float | None = None
     reason: str = "active {n} of the last {window_days} days"
 
 
@@ -270,7 +272,8 @@ def _describe(err: dict[str, Any], lines: dict[tuple, int]) -> str:
     kind, msg = err["type"], err["msg"]
     if kind == "extra_forbidden":
         model = _walk(raw[:-1])
-        allowed = ", ".join(model.model_fields) if model else "see config/pql.yaml"
+        keys = sorted(model.model_fields, key=lambda k: k != "kind") if model else []
+        allowed = ", ".join(keys) or "see config/pql.yaml"
         msg = f"unknown key; allowed here: {allowed}"
     elif kind == "missing":
         msg = "required key is missing"

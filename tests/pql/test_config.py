@@ -44,11 +44,11 @@ def test_every_mistake_named_with_key_line_and_allowed(tmp_path):
     expected = [
         "line 3: sources[0].project_id: Input should be greater than 0",
         "line 3: sources[0].residency: Input should be 'us', 'eu' or 'in' (got 'mars')",
-        "line 3: sources[0].projectid: unknown key; allowed here: name, kind, connection_id",
+        "line 3: sources[0].projectid: unknown key; allowed here: kind, name, connection_id",
         "line 4: sources[1]: 'kind' must be one of: 'mixpanel'",
         "line 8: model.threshold: Input should be less than or equal to 100 (got 150)",
         "line 10: model.signals[0].window_days: Input should be greater than 0 (got 0)",
-        "line 10: model.signals[0].colour: unknown key; allowed here: kind, event, window_days",
+        "line 10: model.signals[0].colour: unknown key; allowed here: kind, window_days",
         "line 11: model.signals[1]: 'employees' is a number: use 'at_least'",
         "line 12: model.signals[2]: 'kind' must be one of: 'event', 'active_days'",
         "line 13: crm.fields.score: must be lower-case letters",
