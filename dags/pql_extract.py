@@ -33,7 +33,7 @@ def build(source_name: str, schedule: str, conn_id: str):
             day = jobs.day_before(data_interval_end)
             session, host = MixpanelExportHook(conn_id).session_and_host()
             result = jobs.extract(load(), source_name, day, session, host)
-            outlet_events[CANONICAL_EVENTS].extra = {"source": source_name, "day": result["day"]}
+            outlet_events[CANONICAL_EVENTS].extra = {"source": source_name, "day": result["last"]}
             return result
 
         export_day()

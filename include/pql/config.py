@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -40,6 +41,10 @@ FREE_EMAIL_DOMAINS = [
     "hey.com",
 ]
 
+# Mixpanel: projects created before 2023-01-01 store local time; the docs also say
+# "before 11 January 2023", so the days in between are ambiguous.
+_LEGACY_CUTOFF = (date(2023, 1, 1), date(2023, 1, 11))
+
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
 CrmField = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=100)]
 
@@ -60,6 +65,45 @@ class MixpanelSource(Strict):
     residency: Literal["us", "eu", "in"] = "us"
     schedule: str = "0 3 * * *"
     bad_line_threshold: float = Field(0.01, ge=0, le=1)
+    lookback_days: int = Field(2, ge=0, le=30)
+    project_created: date | None = None
+    project_timezone: str = "UTC"
+    time_mode: Literal["auto", "utc", "local"] = "auto"
+
+    @field_validator("project_timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                "must be an IANA time zone such as 'UTC' or 'America/New_York'"
+            ) from None
+        return v
+
+    @model_validator(mode="after")
+    def _time_mode_decidable(self):
+        if self.time_mode == "auto" and self.project_created is None:
+            raise ValueError(
+                "set project_created (Mixpanel: Project Settings → Overview) or time_mode "
+                "utc/local: projects created before 2023 export local time, newer ones UTC"
+            )
+        if (
+            self.time_mode == "auto"
+            and _LEGACY_CUTOFF[0] <= self.project_created < _LEGACY_CUTOFF[1]
+        ):
+            raise ValueError(
+                f"projects created {_LEGACY_CUTOFF[0]}..{_LEGACY_CUTOFF[1]} are ambiguous in "
+                "Mixpanel's docs: set time_mode to utc or local"
+            )
+        return self
+
+    @property
+    def local_time(self) -> bool:
+        """Whether exported `time` and dates are in the project's zone rather than UTC."""
+        if self.time_mode != "auto":
+            return self.time_mode == "local"
+        return self.project_created < _LEGACY_CUTOFF[0]
 
     @field_validator("schedule")
     @classmethod

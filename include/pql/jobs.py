@@ -28,21 +28,58 @@ def day_before(moment: datetime) -> date:
 
 
 def extract(
-    cfg: Config, source_name: str, day: date, session: requests.Session, host: str | None
+    cfg: Config,
+    source_name: str,
+    day: date,
+    session: requests.Session,
+    host: str | None,
+    *,
+    lookback_days: int | None = None,
 ) -> dict:
-    """Export one UTC day of a source into raw, canonical and quarantine partitions."""
+    """Export `day` and the look-back days before it; each day's partition is replaced whole."""
     src = cfg.source(source_name)
-    return mixpanel.extract_day(
-        session,
-        Lake(cfg.lake.root),
-        source=src.name,
-        project_id=src.project_id,
-        base=mixpanel.base_url(src.residency, host),
-        day=day,
-        email_properties=cfg.identity.email_properties,
-        account_properties=cfg.identity.account_properties,
-        bad_line_threshold=src.bad_line_threshold,
+    back = src.lookback_days if lookback_days is None else lookback_days
+    return extract_range(
+        cfg, source_name, day - timedelta(days=back), day, session, host, window_days=back + 1
     )
+
+
+def extract_range(
+    cfg: Config,
+    source_name: str,
+    first: date,
+    last: date,
+    session: requests.Session,
+    host: str | None,
+    *,
+    window_days: int = 7,
+    progress=None,
+) -> dict:
+    """Export first..last in windows of `window_days` (one API call each): backfills and runs."""
+    src = cfg.source(source_name)
+    if first > last:
+        raise ValueError(f"--from {first} is after --to {last}")
+    totals = {"windows": 0, "raw": 0, "canonical": 0, "duplicates": 0, "quarantined": 0}
+    start = first
+    while start <= last:
+        end = min(last, start + timedelta(days=window_days - 1))
+        result = mixpanel.extract_window(
+            session,
+            Lake(cfg.lake.root),
+            src,
+            base=mixpanel.base_url(src.residency, host),
+            first=start,
+            last=end,
+            email_properties=cfg.identity.email_properties,
+            account_properties=cfg.identity.account_properties,
+        )
+        totals["windows"] += 1
+        for k in ("raw", "canonical", "duplicates", "quarantined"):
+            totals[k] += result[k]
+        if progress:
+            progress((end - start).days + 1)
+        start = end + timedelta(days=1)
+    return {"source": source_name, "first": first.isoformat(), "last": last.isoformat(), **totals}
 
 
 def newest_events_day(cfg: Config) -> date:

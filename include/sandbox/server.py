@@ -18,7 +18,7 @@ import requests
 import uvicorn
 from fastapi import FastAPI, Request
 
-from sandbox import hubspot, mixpanel
+from sandbox import amplitude, hubspot, mixpanel
 from sandbox.state import SandboxState, write_json_private
 
 HOST = "127.0.0.1"
@@ -30,6 +30,7 @@ def create_app(state: SandboxState) -> FastAPI:
     app.state.sandbox = state
     app.include_router(mixpanel.router(state))
     app.include_router(hubspot.router(state))
+    app.include_router(amplitude.router(state))
 
     @app.get("/_sandbox/health")
     def health():

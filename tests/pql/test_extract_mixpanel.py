@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import gzip
 import json
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import pandas as pd
 import pytest
 import requests
 
+from pql.config import MixpanelSource
 from pql.events import mixpanel as mp
 from pql.lake import Lake
 from sandbox.mixpanel import DayWriter
@@ -57,17 +58,25 @@ def _session(state, secret=None):
     return s
 
 
-def _extract(state, lake, threshold=0.5, secret=None):
-    return mp.extract_day(
+def _src(state, **kw) -> MixpanelSource:
+    return MixpanelSource(
+        kind="mixpanel",
+        project_id=state.credentials["mixpanel"]["project_id"],
+        time_mode="utc",
+        **kw,
+    )
+
+
+def _extract(state, lake, threshold=0.5, secret=None, first=DAY, last=DAY):
+    return mp.extract_window(
         _session(state, secret),
         lake,
-        source="mixpanel",
-        project_id=state.credentials["mixpanel"]["project_id"],
+        _src(state, bad_line_threshold=threshold),
         base=state.base_url,
-        day=DAY,
+        first=first,
+        last=last,
         email_properties=["$email", "email"],
         account_properties=["company_id"],
-        bad_line_threshold=threshold,
         sleep=lambda s: None,
     )
 
@@ -92,7 +101,10 @@ def test_counts_reconcile_dedup_and_quarantine(sandbox, tmp_path):
         (7, "missing or non-numeric 'time'"),
         (8, "missing distinct_id"),
     ]
-    assert (lake.raw("mixpanel", DAY) / "export.jsonl.gz").stat().st_size > 0
+    raw = lake.raw("mixpanel", DAY)
+    assert (raw / f"export_{DAY}_{DAY}.jsonl.gz").stat().st_size > 0
+    manifest = json.loads((raw / "manifest.json").read_text())
+    assert manifest["per_day"] == {DAY.isoformat(): 4} and manifest["duplicates"] == 1
 
 
 def test_rerun_replaces_the_partition(sandbox, tmp_path):
@@ -131,3 +143,47 @@ def test_rate_limits_server_errors_and_cut_exports_are_retried(sandbox, tmp_path
     result = _extract(sandbox, Lake(tmp_path / "lake"))
     assert (result["raw"], result["canonical"]) == (8, 4)
     assert sandbox.take_fault("mixpanel") is None
+
+
+def test_lookback_picks_up_late_events_without_double_counting(sandbox, tmp_path):
+    lake = Lake(tmp_path / "lake")
+    prev = DAY - timedelta(days=1)
+    with DayWriter(sandbox) as w:
+        w.write(_line("Core Feature Used", "u1", _ts(12) - 86400, "p1"))
+        w.write(_line("Core Feature Used", "u1", _ts(12), "d1"))
+    _extract(sandbox, lake, first=prev, last=prev)
+    _extract(sandbox, lake, first=prev, last=DAY)  # the next run, looking back one day
+    with DayWriter(sandbox, append=True) as w:  # a late event for the previous day arrives
+        w.write(_line("Core Feature Used", "u2", _ts(13) - 86400, "late"))
+    result = _extract(sandbox, lake, first=prev, last=DAY)
+    assert (result["raw"], result["canonical"]) == (3, 3)
+    prev_events = pd.read_parquet(lake.events("mixpanel", prev))
+    assert sorted(prev_events["event_id"]) == ["late", "p1"]
+    assert list(pd.read_parquet(lake.events("mixpanel", DAY))["event_id"]) == ["d1"]
+    empty = _extract(sandbox, lake, first=DAY + timedelta(days=1), last=DAY + timedelta(days=1))
+    assert empty["raw"] == 0
+    assert pd.read_parquet(lake.events("mixpanel", DAY + timedelta(days=1))).empty
+
+
+def test_local_time_projects_are_converted_to_utc(sandbox, tmp_path):
+    """Pre-2023 projects export wall-clock seconds in the project zone and local days."""
+    lake = Lake(tmp_path / "lake")
+    with DayWriter(sandbox) as w:  # 23:30 New York wall-clock on DAY = 03:30 UTC the next day
+        w.write(_line("Core Feature Used", "u1", _ts(23, 30), "ny"))
+    mp.extract_window(
+        _session(sandbox),
+        lake,
+        MixpanelSource(
+            kind="mixpanel",
+            project_id=sandbox.credentials["mixpanel"]["project_id"],
+            project_created=date(2019, 5, 1),
+            project_timezone="America/New_York",
+        ),
+        base=sandbox.base_url,
+        first=DAY,
+        last=DAY,
+        email_properties=[],
+        account_properties=[],
+    )
+    ts = pd.read_parquet(lake.events("mixpanel", DAY))["ts"].iloc[0]
+    assert str(ts) == "2026-10-06 03:30:00+00:00"

@@ -93,19 +93,20 @@ def test_calibrated_to_plg_benchmarks(sandbox, tmp_path):
             ]
         )
     )
+    src = config.MixpanelSource(kind="mixpanel", project_id=creds["project_id"], time_mode="utc")
+    last = spec.start + timedelta(days=spec.days - 1)
+    mp.extract_window(
+        session,
+        lake,
+        src,
+        base=sandbox.base_url,
+        first=spec.start,
+        last=last,
+        email_properties=["email"],
+        account_properties=[],
+    )
     for i in range(spec.days):
         day = spec.start + timedelta(days=i)
-        mp.extract_day(
-            session,
-            lake,
-            source="mixpanel",
-            project_id=creds["project_id"],
-            base=sandbox.base_url,
-            day=day,
-            email_properties=["email"],
-            account_properties=[],
-            bad_line_threshold=0.01,
-        )
         if i >= 6 and i % 2 == 0 or i == spec.days - 1:
             scores.score_day(cfg, day, accounts)
     final = pd.read_parquet(lake.partitions("scores")[-1][1] / "scores.parquet")

@@ -6,16 +6,20 @@ import gzip
 import hashlib
 import json
 import logging
+import shutil
 import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import duckdb
+import pyarrow.parquet as pq
 import requests
 
-from pql.events.canonical import Counts, Quarantine, RowBuffer, dedupe
+from pql.config import MixpanelSource
+from pql.events.canonical import SCHEMA, Counts, Quarantine, RowBuffer, dedupe
 from pql.lake import Lake, atomic_dir
 
 log = logging.getLogger(__name__)
@@ -44,13 +48,19 @@ class IncompleteExport(ExportError):
 
 @dataclass(frozen=True)
 class ExportRequest:
+    """One export call: project days `first`..`last`, both inclusive (Mixpanel's semantics)."""
+
     project_id: int
-    day: date
+    first: date
+    last: date
     base_url: str  # e.g. https://data.mixpanel.com, or the sandbox
 
     def params(self) -> dict:
-        d = self.day.isoformat()
-        return {"project_id": self.project_id, "from_date": d, "to_date": d}
+        return {
+            "project_id": self.project_id,
+            "from_date": self.first.isoformat(),
+            "to_date": self.last.isoformat(),
+        }
 
 
 def base_url(residency: str, host: str | None = None) -> str:
@@ -66,7 +76,7 @@ def download(
     attempts: int = 6,
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
-    """Stream one day's export to `dest` (gzip, as received); returns compressed bytes written.
+    """Stream one export to `dest` (gzip, as received); returns compressed bytes written.
 
     Retries 429 and 5xx with exponential backoff, honouring Retry-After.
     """
@@ -236,50 +246,65 @@ def _first(props: dict, keys: list[str], lower: bool = False) -> str | None:
     return None
 
 
-def extract_day(
+def extract_window(
     session: requests.Session,
     lake: Lake,
+    src: MixpanelSource,
     *,
-    source: str,
-    project_id: int,
     base: str,
-    day: date,
+    first: date,
+    last: date,
     email_properties: list[str],
     account_properties: list[str],
-    bad_line_threshold: float,
     attempts: int = 3,
     sleep: Callable[[float], None] = time.sleep,
 ) -> dict:
-    """Export one UTC day and replace its raw, canonical and quarantine partitions atomically.
+    """Export project days first..last in one call and replace each day's partition atomically.
 
-    Returns counts and paths (small enough for an XCom).
+    One call per window keeps within Mixpanel's 60 queries/hour. Canonical partitions are the
+    project's export days, each rewritten whole from the latest export, so re-running a
+    window (or overlapping windows: the look-back) never counts an event twice and picks up
+    events that arrived late. Returns counts and paths (small enough for an XCom).
     """
-    req = ExportRequest(project_id=project_id, day=day, base_url=base)
+    req = ExportRequest(project_id=src.project_id, first=first, last=last, base_url=base)
     for attempt in range(1, attempts + 1):
         try:
-            with (
-                atomic_dir(lake.raw(source, day)) as raw_dir,
-                atomic_dir(lake.events(source, day)) as ev_dir,
-                atomic_dir(lake.quarantine(source, day)) as q_dir,
-            ):
-                raw_path = raw_dir / "export.jsonl.gz"
+            with atomic_dir(lake.raw(src.name, last)) as raw_dir, \
+                 atomic_dir(lake.quarantine(src.name, last)) as q_dir:  # fmt: skip
+                raw_path = raw_dir / f"export_{first:%Y-%m-%d}_{last:%Y-%m-%d}.jsonl.gz"
                 size = download(session, req, raw_path, sleep=sleep)
+                staged = raw_dir / "_staged"
+                staged.mkdir()
                 counts = to_canonical(
                     raw_path,
-                    ev_dir,
+                    staged,
                     q_dir,
-                    source=source,
+                    source=src.name,
                     email_properties=email_properties,
                     account_properties=account_properties,
                 )
+                per_day = split_by_day(staged / "part-0.parquet", lake, src, first, last)
+                shutil.rmtree(staged)
+                manifest = {
+                    "source": src.name,
+                    "first": first.isoformat(),
+                    "last": last.isoformat(),
+                    **counts.as_dict(),
+                    "reasons": counts.reasons,
+                    "raw_bytes": size,
+                    "per_day": {d.isoformat(): n for d, n in per_day.items()},
+                }
+                (raw_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
             break
         except IncompleteExport:
             if attempt == attempts:
                 raise
-            log.warning("export for %s was cut short by the server; fetching it again", day)
+            log.warning("export %s..%s was cut short by the server; fetching it again", first, last)
     log.info(
-        "mixpanel %s: %s raw lines = %s canonical + %s duplicates + %s quarantined (%s bytes)",
-        day,
+        "%s %s..%s: %s raw lines = %s canonical + %s duplicates + %s quarantined (%s bytes)",
+        src.name,
+        first,
+        last,
         counts.raw,
         counts.canonical,
         counts.duplicates,
@@ -287,20 +312,67 @@ def extract_day(
         size,
     )
     # Checked after the partitions are in place, so the quarantined lines are kept for inspection.
-    _fail_if_too_bad(counts, bad_line_threshold, lake.quarantine(source, day), day)
+    _fail_if_too_bad(counts, src.bad_line_threshold, lake.quarantine(src.name, last), last)
     return {
-        "day": day.isoformat(),
+        "first": first.isoformat(),
+        "last": last.isoformat(),
         **counts.as_dict(),
         "raw_bytes": size,
-        "events_path": str(lake.events(source, day)),
+        "raw_path": str(lake.raw(src.name, last)),
     }
+
+
+def split_by_day(staged: Path, lake: Lake, src: MixpanelSource, first: date, last: date
+                 ) -> dict[date, int]:  # fmt: skip
+    """Write the staged canonical events into one partition per project day (empty days too).
+
+    The project day is the calendar day of the exported `time` value, UTC or local wall-clock
+    alike; for local-time projects `ts` is converted from the project's zone to UTC here.
+    """
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        rel = f"read_parquet('{staged}', hive_partitioning = false)" if staged.exists() else None
+        ts = "ts"
+        if src.local_time:
+            ts = f"timezone('{src.project_timezone}', CAST(ts AS TIMESTAMP))"
+        if rel:
+            outside = con.execute(
+                f"SELECT count(*) FROM {rel} WHERE CAST(ts AS DATE) NOT BETWEEN ? AND ?",
+                [first, last],
+            ).fetchall()[0][0]
+            if outside:
+                raise ExportError(
+                    f"{outside} exported events fall outside {first}..{last}: "
+                    "check the source's time_mode and project_timezone"
+                )
+        per_day = {}
+        day = first
+        while day <= last:
+            with atomic_dir(lake.events(src.name, day)) as tmp:
+                out = tmp / "part-0.parquet"
+                if rel:
+                    con.execute(
+                        f"""COPY (SELECT * REPLACE ({ts} AS ts) FROM {rel}
+                                          WHERE CAST(ts AS DATE) = ? ORDER BY ts)
+                                    TO '{out}' (FORMAT parquet, COMPRESSION zstd)""",
+                        [day],
+                    )
+                    per_day[day] = pq.read_metadata(out).num_rows
+                else:
+                    pq.write_table(SCHEMA.empty_table(), out)
+                    per_day[day] = 0
+            day += timedelta(days=1)
+        return per_day
+    finally:
+        con.close()
 
 
 def _fail_if_too_bad(counts: Counts, threshold: float, q_dir: Path, day: date) -> None:
     if counts.raw and counts.quarantined / counts.raw > threshold:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(counts.reasons.items()))
         raise ExportError(
-            f"{day}: {counts.quarantined} of {counts.raw} lines could not be parsed "
+            f"export ending {day}: {counts.quarantined} of {counts.raw} lines could not be parsed "
             f"({counts.quarantined / counts.raw:.1%} > bad_line_threshold {threshold:.1%}); "
             f"reasons: {reasons}. The lines are kept in {q_dir}: fix the tracking or raise the "
             "threshold, then re-run the day."
