@@ -146,8 +146,11 @@ def write_json_private(path: Path, data: dict) -> None:
 
 def connection_env(state: SandboxState, base_url: str) -> dict[str, str]:
     """AIRFLOW_CONN_* variables pointing the pipeline's connections at this sandbox."""
+    from sandbox import amplitude  # imports this module: kept local to avoid the cycle
+
     mp, hs = state.credentials["mixpanel"], state.credentials["hubspot"]
     return {
+        **amplitude.connection_env(state, base_url),
         "AIRFLOW_CONN_MIXPANEL_DEFAULT": json.dumps(
             {
                 "conn_type": "http",

@@ -5,11 +5,14 @@ from __future__ import annotations
 import gzip
 import json
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from pql.lake import Lake, atomic_dir
 
 SCHEMA = pa.schema(
     [
@@ -112,5 +115,59 @@ def dedupe(staged: Path, out: Path, key: list[str]) -> int:
                 TO '{out}' (FORMAT parquet, COMPRESSION zstd)"""
         )
         return con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchone()[0]
+    finally:
+        con.close()
+
+
+def split_by_day(
+    staged: Path,
+    lake: Lake,
+    source: str,
+    first: date,
+    last: date,
+    *,
+    day_of: str = "ts",
+    local_zone: str | None = None,
+) -> dict[date, int]:
+    """Write staged canonical events into one partition per export day, first..last.
+
+    Each day's partition is replaced whole (an empty file for a day without events), so
+    re-exporting a window never counts an event twice. `day_of` names the column whose
+    calendar day is the export day: the event time for Mixpanel (project days), the upload
+    time for Amplitude (upload hours). With `local_zone`, `ts` holds wall-clock time in that
+    zone (Mixpanel projects created before 2023) and is converted to UTC.
+    """
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        rel = f"read_parquet('{staged}', hive_partitioning = false)" if staged.exists() else None
+        ts = f"timezone('{local_zone}', CAST(ts AS TIMESTAMP))" if local_zone else "ts"
+        day_expr = f"CAST({day_of} AS DATE)"
+        if rel:
+            outside = con.execute(
+                f"SELECT count(*) FROM {rel} WHERE {day_expr} NOT BETWEEN ? AND ?", [first, last]
+            ).fetchall()[0][0]
+            if outside:
+                raise ValueError(
+                    f"{outside} exported events fall outside {first}..{last}: check "
+                    "the source's time settings (time_mode, project_timezone)"
+                )
+        per_day, day = {}, first
+        while day <= last:
+            with atomic_dir(lake.events(source, day)) as tmp:
+                out = tmp / "part-0.parquet"
+                if rel:
+                    con.execute(
+                        f"""COPY (SELECT * REPLACE ({ts} AS ts) FROM {rel}
+                                          WHERE {day_expr} = ? ORDER BY ts)
+                                    TO '{out}' (FORMAT parquet, COMPRESSION zstd)""",
+                        [day],
+                    )
+                    per_day[day] = pq.read_metadata(out).num_rows
+                else:
+                    pq.write_table(SCHEMA.empty_table(), out)
+                    per_day[day] = 0
+            day += timedelta(days=1)
+        return per_day
     finally:
         con.close()

@@ -11,15 +11,13 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 
-import duckdb
-import pyarrow.parquet as pq
 import requests
 
 from pql.config import MixpanelSource
-from pql.events.canonical import SCHEMA, Counts, Quarantine, RowBuffer, dedupe
+from pql.events.canonical import Counts, Quarantine, RowBuffer, dedupe, split_by_day
 from pql.lake import Lake, atomic_dir
 
 log = logging.getLogger(__name__)
@@ -283,7 +281,15 @@ def extract_window(
                     email_properties=email_properties,
                     account_properties=account_properties,
                 )
-                per_day = split_by_day(staged / "part-0.parquet", lake, src, first, last)
+                per_day = split_by_day(
+                    staged / "part-0.parquet",
+                    lake,
+                    src.name,
+                    first,
+                    last,
+                    day_of="ts",
+                    local_zone=src.project_timezone if src.local_time else None,
+                )
                 shutil.rmtree(staged)
                 manifest = {
                     "source": src.name,
@@ -320,52 +326,6 @@ def extract_window(
         "raw_bytes": size,
         "raw_path": str(lake.raw(src.name, last)),
     }
-
-
-def split_by_day(staged: Path, lake: Lake, src: MixpanelSource, first: date, last: date
-                 ) -> dict[date, int]:  # fmt: skip
-    """Write the staged canonical events into one partition per project day (empty days too).
-
-    The project day is the calendar day of the exported `time` value, UTC or local wall-clock
-    alike; for local-time projects `ts` is converted from the project's zone to UTC here.
-    """
-    con = duckdb.connect()
-    try:
-        con.execute("SET TimeZone = 'UTC'")
-        rel = f"read_parquet('{staged}', hive_partitioning = false)" if staged.exists() else None
-        ts = "ts"
-        if src.local_time:
-            ts = f"timezone('{src.project_timezone}', CAST(ts AS TIMESTAMP))"
-        if rel:
-            outside = con.execute(
-                f"SELECT count(*) FROM {rel} WHERE CAST(ts AS DATE) NOT BETWEEN ? AND ?",
-                [first, last],
-            ).fetchall()[0][0]
-            if outside:
-                raise ExportError(
-                    f"{outside} exported events fall outside {first}..{last}: "
-                    "check the source's time_mode and project_timezone"
-                )
-        per_day = {}
-        day = first
-        while day <= last:
-            with atomic_dir(lake.events(src.name, day)) as tmp:
-                out = tmp / "part-0.parquet"
-                if rel:
-                    con.execute(
-                        f"""COPY (SELECT * REPLACE ({ts} AS ts) FROM {rel}
-                                          WHERE CAST(ts AS DATE) = ? ORDER BY ts)
-                                    TO '{out}' (FORMAT parquet, COMPRESSION zstd)""",
-                        [day],
-                    )
-                    per_day[day] = pq.read_metadata(out).num_rows
-                else:
-                    pq.write_table(SCHEMA.empty_table(), out)
-                    per_day[day] = 0
-            day += timedelta(days=1)
-        return per_day
-    finally:
-        con.close()
 
 
 def _fail_if_too_bad(counts: Counts, threshold: float, q_dir: Path, day: date) -> None:
