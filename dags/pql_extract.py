@@ -28,10 +28,10 @@ def build(source_name: str, schedule: str, conn_id: str):
         @task(outlets=[CANONICAL_EVENTS])
         def export_day(data_interval_end=None, outlet_events=None) -> dict:
             from pql import jobs
-            from pql_airflow.hooks import MixpanelExportHook
+            from pql_airflow.hooks import ExportHook
 
             day = jobs.day_before(data_interval_end)
-            session, host = MixpanelExportHook(conn_id).session_and_host()
+            session, host = ExportHook(conn_id).session_and_host()
             result = jobs.extract(load(), source_name, day, session, host)
             outlet_events[CANONICAL_EVENTS].extra = {"source": source_name, "day": result["last"]}
             return result

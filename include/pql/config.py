@@ -9,7 +9,15 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "pql.yaml"
 
@@ -46,6 +54,15 @@ FREE_EMAIL_DOMAINS = [
 _LEGACY_CUTOFF = (date(2023, 1, 1), date(2023, 1, 11))
 
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
+
+
+def _cron(v: str) -> str:
+    if len(v.split()) != 5:
+        raise ValueError("must be a 5-field cron expression such as '0 3 * * *'")
+    return v
+
+
+Cron = Annotated[str, AfterValidator(_cron)]
 CrmField = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=100)]
 
 
@@ -63,7 +80,7 @@ class MixpanelSource(Strict):
     connection_id: str = "mixpanel_default"
     project_id: int = Field(gt=0)
     residency: Literal["us", "eu", "in"] = "us"
-    schedule: str = "0 3 * * *"
+    schedule: Cron = "0 3 * * *"
     bad_line_threshold: float = Field(0.01, ge=0, le=1)
     lookback_days: int = Field(2, ge=0, le=30)
     project_created: date | None = None
@@ -105,15 +122,19 @@ class MixpanelSource(Strict):
             return self.time_mode == "local"
         return self.project_created < _LEGACY_CUTOFF[0]
 
-    @field_validator("schedule")
-    @classmethod
-    def _cron(cls, v: str) -> str:
-        if len(v.split()) != 5:
-            raise ValueError("must be a 5-field cron expression such as '0 3 * * *'")
-        return v
+
+class AmplitudeSource(Strict):
+    name: Name = "amplitude"
+    kind: Literal["amplitude"]
+    connection_id: str = "amplitude_default"
+    residency: Literal["us", "eu"] = "us"
+    schedule: Cron = "0 4 * * *"
+    bad_line_threshold: float = Field(0.01, ge=0, le=1)
+    lookback_days: int = Field(2, ge=0, le=30)
+    availability_delay_hours: int = Field(3, ge=0, le=48)
 
 
-Source = Annotated[MixpanelSource, Field(discriminator="kind")]
+Source = Annotated[MixpanelSource | AmplitudeSource, Field(discriminator="kind")]
 
 
 class Identity(Strict):
@@ -221,7 +242,7 @@ Crm = Annotated[HubSpotTarget, Field(discriminator="kind")]
 
 
 class Outcomes(Strict):
-    schedule: str = "0 6 * * 1"
+    schedule: Cron = "0 6 * * 1"
     attribution_window_days: int = Field(90, gt=0, le=730)
 
 

@@ -16,10 +16,12 @@ from hubspot import HubSpot
 from pql import enrich, outcomes, report, scores
 from pql.config import Config
 from pql.crm import hubspot as crm_hubspot
-from pql.events import mixpanel
+from pql.events import amplitude, mixpanel
 from pql.lake import Lake
 
 log = logging.getLogger(__name__)
+
+EXTRACTORS = {"mixpanel": mixpanel, "amplitude": amplitude}
 
 
 def day_before(moment: datetime) -> date:

@@ -12,17 +12,18 @@ if TYPE_CHECKING:
     from hubspot import HubSpot
 
 
-class MixpanelExportHook(HttpHook):
-    """Mixpanel raw export over the HTTP provider: Basic auth from the connection.
+class ExportHook(HttpHook):
+    """Event exports (Mixpanel, Amplitude) over the HTTP provider: Basic auth from a connection.
 
-    Connection: login = service-account username, password = its secret, host = optional base
-    URL (leave empty for Mixpanel's own host chosen by the source's residency in config).
+    Connection: login/password = Mixpanel service-account username/secret or Amplitude API
+    key/secret key; host = optional base URL (leave empty for the vendor's own host, chosen by
+    the source's residency in config).
     """
 
     conn_name_attr = "http_conn_id"
     default_conn_name = "mixpanel_default"
     conn_type = "http"
-    hook_name = "Mixpanel export"
+    hook_name = "Event export"
 
     def __init__(self, http_conn_id: str = default_conn_name, **kwargs):
         super().__init__(method="GET", http_conn_id=http_conn_id, **kwargs)

@@ -18,7 +18,15 @@ import requests
 
 from pql.config import MixpanelSource
 from pql.events.canonical import Counts, Quarantine, RowBuffer, dedupe, split_by_day
+from pql.events.transport import (
+    CredentialsError,
+    ExportError,
+    IncompleteExport,
+    backoff,
+)
 from pql.lake import Lake, atomic_dir
+
+__all__ = ["CredentialsError", "ExportError", "IncompleteExport", "extract_window"]
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +38,6 @@ HOSTS = {
 # Mixpanel's own deduplication key (event, distinct_id, time, $insert_id).
 DEDUP_KEY = ["event_name", "user_key", "ts", "event_id"]
 TRUNCATED_MARKER = "terminated early"
-
-
-class ExportError(Exception):
-    """The export could not be fetched; the message says why and what to do."""
-
-
-class CredentialsError(ExportError):
-    """The vendor rejected the credentials: retrying will not help."""
-
-
-class IncompleteExport(ExportError):
-    """The server cut the export short; the whole window must be fetched again."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +87,7 @@ def download(
         except requests.ConnectionError as e:
             if attempt == attempts:
                 raise ExportError(f"cannot reach {url}: {e}") from e
-            sleep(_backoff(attempt, None))
+            sleep(backoff(attempt, None))
             continue
         with resp:
             if resp.status_code == 200:
@@ -108,18 +104,12 @@ def download(
                     raise ExportError(
                         f"Mixpanel export kept failing with {resp.status_code}: {body}"
                     )
-                wait = _backoff(attempt, resp.headers.get("Retry-After"))
+                wait = backoff(attempt, resp.headers.get("Retry-After"))
                 log.warning("Mixpanel answered %s; retrying in %.0fs", resp.status_code, wait)
                 sleep(wait)
                 continue
             raise ExportError(f"Mixpanel rejected the export request ({resp.status_code}): {body}")
     raise ExportError("unreachable")
-
-
-def _backoff(attempt: int, retry_after: str | None) -> float:
-    if retry_after and retry_after.isdigit():
-        return float(retry_after)
-    return min(60.0, 2.0**attempt)
 
 
 def _save(resp: requests.Response, dest: Path) -> int:
