@@ -86,6 +86,7 @@ class MixpanelSource(Strict):
     project_created: date | None = None
     project_timezone: str = "UTC"
     time_mode: Literal["auto", "utc", "local"] = "auto"
+    profile_lookup: bool = True  # ask Engage for the email of users whose events have none
 
     @field_validator("project_timezone")
     @classmethod

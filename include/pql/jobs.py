@@ -16,7 +16,7 @@ from hubspot import HubSpot
 from pql import enrich, outcomes, report, scores
 from pql.config import Config
 from pql.crm import hubspot as crm_hubspot
-from pql.events import amplitude, mixpanel
+from pql.events import amplitude, mixpanel, profiles
 from pql.lake import Lake
 
 log = logging.getLogger(__name__)
@@ -41,9 +41,18 @@ def extract(
     """Export `day` and the look-back days before it; each day's partition is replaced whole."""
     src = cfg.source(source_name)
     back = src.lookback_days if lookback_days is None else lookback_days
-    return extract_range(
+    result = extract_range(
         cfg, source_name, day - timedelta(days=back), day, session, host, window_days=back + 1
     )
+    if src.kind == "mixpanel" and src.profile_lookup:
+        result["profiles"] = profiles.refresh(
+            session,
+            Lake(cfg.lake.root),
+            src.name,
+            profiles.engage_url(src.residency, host),
+            src.project_id,
+        )
+    return result
 
 
 def extract_range(

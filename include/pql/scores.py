@@ -42,7 +42,15 @@ def score_day(cfg: Config, day: date, accounts: pd.DataFrame) -> dict:
     """Score all users as of the end of `day` (UTC) and write scores/date=day atomically."""
     lake = Lake(cfg.lake.root)
     as_of = pd.Timestamp(day + timedelta(days=1), tz="UTC").to_pydatetime()
-    feats = user_features(lake.events_glob(), as_of, cfg.model, cfg.identity.free_email_domains)
+    profiles = str(lake.root / "identity" / "*" / "profiles.parquet")
+    has_profiles = any((lake.root / "identity").glob("*/profiles.parquet"))
+    feats = user_features(
+        lake.events_glob(),
+        as_of,
+        cfg.model,
+        cfg.identity.free_email_domains,
+        profiles=profiles if has_profiles else None,
+    )
     feats = enrich.join(feats, accounts)
     scored = pd.concat([feats, weighted.score(feats, cfg.model)], axis=1)
     scored["as_of"] = as_of
