@@ -87,6 +87,7 @@ class MixpanelSource(Strict):
     project_timezone: str = "UTC"
     time_mode: Literal["auto", "utc", "local"] = "auto"
     profile_lookup: bool = True  # ask Engage for the email of users whose events have none
+    queries_per_hour: int = Field(60, gt=0, le=3600)  # Mixpanel's export budget per project
 
     @field_validator("project_timezone")
     @classmethod

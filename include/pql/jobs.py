@@ -18,6 +18,7 @@ from pql.config import Config
 from pql.crm import hubspot as crm_hubspot
 from pql.events import amplitude, mixpanel, profiles
 from pql.lake import Lake
+from pql.ratelimit import Budget
 
 log = logging.getLogger(__name__)
 
@@ -70,15 +71,21 @@ def extract_range(
     src = cfg.source(source_name)
     if first > last:
         raise ValueError(f"--from {first} is after --to {last}")
+    # Mixpanel counts export queries per project: 60 an hour and 3 a second by default.
+    per_hour = getattr(src, "queries_per_hour", 3600)
+    budget = Budget([(per_hour, 3600.0), (3, 1.0)])
     totals = {"windows": 0, "raw": 0, "canonical": 0, "duplicates": 0, "quarantined": 0}
     start = first
     while start <= last:
         end = min(last, start + timedelta(days=window_days - 1))
-        result = mixpanel.extract_window(
+        client = EXTRACTORS[src.kind]
+        if waited := budget.acquire():
+            log.info("waited %.0fs to stay within %s export queries an hour", waited, per_hour)
+        result = client.extract_window(
             session,
             Lake(cfg.lake.root),
             src,
-            base=mixpanel.base_url(src.residency, host),
+            base=client.base_url(src.residency, host),
             first=start,
             last=end,
             email_properties=cfg.identity.email_properties,

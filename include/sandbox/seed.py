@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sandbox import mixpanel, world
+from sandbox import amplitude, mixpanel, world
 from sandbox.hubspot import HubSpotStore
 from sandbox.state import SandboxState
 from sandbox.world import WorldSpec
@@ -21,22 +22,39 @@ def _iso(t) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
-def build(state: SandboxState, spec: WorldSpec, progress: Progress | None = None) -> dict:
+def build(
+    state: SandboxState,
+    spec: WorldSpec,
+    progress: Progress | None = None,
+    sources: tuple[str, ...] = ("mixpanel",),
+) -> dict:
     """Write the world's events, profiles and CRM records into the sandbox; returns counts.
 
-    Events stream to per-day files one user at a time. The true outcomes of every user go to
+    Events stream one user at a time to each source's files (Mixpanel day files and, when
+    asked for, Amplitude upload-hour files). The true outcomes of every user go to
     world/truth.parquet so tests can check the pipeline against them.
     """
     accts = world.accounts(spec)
     dup_rng = world.rng_for(spec, "duplicates")
+    amp_rng = world.rng_for(spec, "amplitude")
+    amp_project = amplitude.credentials(state)["project_id"]
     truth, n_events, n_dupes = [], 0, 0
-    with mixpanel.DayWriter(state) as writer:
+    with ExitStack() as stack:
+        mp = stack.enter_context(mixpanel.DayWriter(state)) if "mixpanel" in sources else None
+        amp = stack.enter_context(amplitude.HourWriter(state)) if "amplitude" in sources else None
+
+        def emit(line: dict) -> None:
+            if mp:
+                mp.write(line)
+            if amp:
+                amp.write(amplitude.to_amplitude(line, amp_rng, amp_project))
+
         for user in world.users(spec, accts):
             for line in world.events(spec, user):
-                writer.write(line)
+                emit(line)
                 n_events += 1
                 if dup_rng.random() < spec.duplicate_share:
-                    writer.write(line)  # the same 4-field key again: Mixpanel exports these
+                    emit(line)  # sent twice: the same 4-field key (and insert id) again
                     n_dupes += 1
             o = world.outcome(spec, user)
             truth.append(
@@ -45,7 +63,7 @@ def build(state: SandboxState, spec: WorldSpec, progress: Progress | None = None
             if progress:
                 progress(1)
         for line in world.anonymous_events(spec):
-            writer.write(line)
+            emit(line)
             n_events += 1
     mixpanel.upsert_profiles(
         state,

@@ -24,7 +24,7 @@ START = date.today() - timedelta(days=DAYS + 1)
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, airflow_db):
     """A seeded sandbox, connections and lake in the environment, a fresh Airflow DB, the DAGs."""
     tmp = tmp_path_factory.mktemp("e2e")
     with server.running(tmp / "sandbox", settings=dict(FAST)) as state:
@@ -33,9 +33,6 @@ def env(tmp_path_factory):
         os.environ.update(connection_env(state, state.base_url))
         os.environ["PQL_LAKE"] = str(tmp / "lake")
         from airflow.dag_processing.dagbag import DagBag
-        from airflow.utils.db import resetdb
-
-        resetdb()
         bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
         assert bag.import_errors == {}
         # Fail fast: production retries would make dag.test() wait minutes on an error.
