@@ -141,7 +141,10 @@ def test_faults_and_credentials(sandbox, tmp_path):
     sandbox.queue_fault("amplitude", 503)
     assert _extract(sandbox, Lake(tmp_path))["canonical"] == 4
     sandbox.queue_fault("amplitude", sbx.CORRUPT_FAULT)
+    assert _extract(sandbox, Lake(tmp_path / "b"))["canonical"] == 4  # fetched again, whole
+    sandbox.queue_fault("amplitude", sbx.CORRUPT_FAULT, 2)
     broken = _extract(sandbox, Lake(tmp_path / "b"))
-    assert broken["quarantined"] >= 3  # the truncated member is recorded, not silently lost
+    assert broken["quarantined"] >= 3  # broken twice: recorded with its reason, not lost
+    assert sandbox.take_fault("amplitude") is None
     with pytest.raises(CredentialsError, match="refused the credentials"):
         _extract(sandbox, Lake(tmp_path / "c"), secret="nope")

@@ -12,6 +12,7 @@ import gzip
 import hashlib
 import json
 import logging
+import shutil
 import time
 import zipfile
 import zlib
@@ -33,6 +34,7 @@ HOSTS = {"us": "https://amplitude.com", "eu": "https://analytics.eu.amplitude.co
 # a stored event, so a re-read window brings back the same uuid.
 DEDUP_KEY = ["device_id", "event_id"]
 MAX_LINE_BYTES = 1_000_000
+TRUNCATED = "truncated gzip stream"
 
 
 def base_url(residency: str, host: str | None = None) -> str:
@@ -119,7 +121,7 @@ def read_lines(zip_path: Path) -> Iterator[tuple[str, str]]:
                     for n, line in enumerate(f, start=1):  # noqa: B007 (n used below)
                         yield f"{name}:{n}", line.rstrip("\n")
             except (EOFError, zlib.error, OSError, zipfile.BadZipFile) as e:
-                yield f"{name}:{n + 1}", f"\x00truncated gzip stream: {e}"
+                yield f"{name}:{n + 1}", f"\x00{TRUNCATED}: {e}"
 
 
 def parse_time(text) -> datetime | None:
@@ -244,17 +246,25 @@ def extract_window(session: requests.Session, lake: Lake, src: AmplitudeSource, 
         )
     with atomic_dir(lake.raw(src.name, last)) as raw_dir, \
          atomic_dir(lake.quarantine(src.name, last)) as q_dir:  # fmt: skip
-        zips = download(session, base, start, end, raw_dir, sleep=sleep)
-        staged = raw_dir / "_staged"
-        staged.mkdir()
-        counts = to_canonical(
-            zips,
-            staged,
-            q_dir,
-            source=src.name,
-            email_properties=email_properties,
-            account_properties=account_properties,
-        )
+        for attempt in (1, 2):
+            zips = download(session, base, start, end, raw_dir, sleep=sleep)
+            staged = raw_dir / "_staged"
+            staged.mkdir()
+            counts = to_canonical(
+                zips,
+                staged,
+                q_dir,
+                source=src.name,
+                email_properties=email_properties,
+                account_properties=account_properties,
+            )
+            if TRUNCATED not in counts.reasons or attempt == 2:
+                break
+            # A broken member is usually a transfer fault: fetch the window once more.
+            log.warning("a gzip member of %s..%s was truncated; fetching it again", first, last)
+            for folder in (raw_dir, q_dir):
+                shutil.rmtree(folder)
+                folder.mkdir()
         per_day = split_by_day(
             staged / "part-0.parquet", lake, src.name, first, last, day_of="received_at"
         )
