@@ -38,6 +38,7 @@ HOSTS = {
 # Mixpanel's own deduplication key (event, distinct_id, time, $insert_id).
 DEDUP_KEY = ["event_name", "user_key", "ts", "event_id"]
 TRUNCATED_MARKER = "terminated early"
+MAX_EPOCH_SECONDS = 4_102_444_800  # 2100-01-01: anything later is a unit or encoding error
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,8 @@ def parse_line(line, source, email_properties, account_properties, received):
     if not isinstance(user, str | int) or user == "":
         return None, "missing distinct_id"
     seconds = t / 1000 if t > 10_000_000_000 else t  # time_in_ms exports
+    if not 0 <= seconds < MAX_EPOCH_SECONDS:
+        return None, "time out of range"
     insert_id = props.pop("$insert_id", None)
     processed = props.get("mp_processing_time_ms")
     return {
@@ -209,10 +212,16 @@ def parse_line(line, source, email_properties, account_properties, received):
         "account_key": _first(props, account_properties),
         "ts": datetime.fromtimestamp(seconds, UTC),
         "received_at": datetime.fromtimestamp(processed / 1000, UTC)
-        if isinstance(processed, int | float) and not isinstance(processed, bool)
+        if _plausible_ms(processed)
         else received,
         "properties": json.dumps(props, separators=(",", ":"), ensure_ascii=False),
     }, None
+
+
+def _plausible_ms(v) -> bool:
+    return (
+        isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v / 1000 < MAX_EPOCH_SECONDS
+    )
 
 
 def _content_id(*parts) -> str:
