@@ -354,7 +354,10 @@ def _print_summary(run: dict, lake: Path, root: Path) -> None:
     from pql.lake import Lake
 
     lk = Lake(lake)
-    events = duckdb.sql(f"SELECT count(*) FROM read_parquet('{lk.events_glob()}')").fetchall()[0][0]
+    with duckdb.connect() as con:
+        events = con.sql(f"SELECT count(*) FROM read_parquet('{lk.events_glob()}')").fetchall()[0][
+            0
+        ]
     scores = pd.read_parquet(lk.partitions("scores")[-1][1] / "scores.parquet")
     ledger = pd.read_parquet(lk.sync("hubspot") / "ledger" / "ledger.parquet")
     report_dir = lk.reports(date.fromisoformat(run["week"]))

@@ -16,13 +16,14 @@ def per_event(root: Path, sources: list[str]) -> pd.DataFrame:
     files = _files(Lake(root), sources)
     if not files:
         return pd.DataFrame()
-    return duckdb.sql(
-        "SELECT source, event_name AS event, count(*)::BIGINT AS events, "
-        "count(DISTINCT user_key)::BIGINT AS users, min(ts)::VARCHAR AS first_seen, "
-        "max(ts)::VARCHAR AS last_seen "
-        f"FROM read_parquet({files}, hive_partitioning = false) "
-        "GROUP BY ALL ORDER BY source, events DESC"
-    ).df()
+    with duckdb.connect() as con:
+        return con.sql(
+            "SELECT source, event_name AS event, count(*)::BIGINT AS events, "
+            "count(DISTINCT user_key)::BIGINT AS users, min(ts)::VARCHAR AS first_seen, "
+            "max(ts)::VARCHAR AS last_seen "
+            f"FROM read_parquet({files}, hive_partitioning = false) "
+            "GROUP BY ALL ORDER BY source, events DESC"
+        ).df()
 
 
 def per_day(root: Path, sources: list[str]) -> pd.DataFrame:
@@ -39,9 +40,10 @@ def per_day(root: Path, sources: list[str]) -> pd.DataFrame:
                 for day in m["per_day"]:
                     latest[day] = m  # later windows rewrite the day: their counts hold
         for day, path in lake.partitions(f"events/source={src}"):
-            n = duckdb.sql(f"SELECT count(*) FROM read_parquet('{path}/*.parquet')").fetchall()[0][
-                0
-            ]
+            with duckdb.connect() as con:
+                n = con.sql(f"SELECT count(*) FROM read_parquet('{path}/*.parquet')").fetchall()[0][
+                    0
+                ]
             m = latest.get(day.isoformat(), {})
             rows.append(
                 {

@@ -33,6 +33,7 @@ def env(tmp_path_factory, airflow_db):
         os.environ.update(connection_env(state, state.base_url))
         os.environ["PQL_LAKE"] = str(tmp / "lake")
         from airflow.dag_processing.dagbag import DagBag
+
         bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
         assert bag.import_errors == {}
         # Fail fast: production retries would make dag.test() wait minutes on an error.

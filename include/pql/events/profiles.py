@@ -81,11 +81,12 @@ def refresh(session: requests.Session, lake: Lake, source: str, url: str, projec
         if path.exists()
         else "SELECT NULL::VARCHAR AS user_key LIMIT 0"
     )
-    missing = duckdb.sql(f"""
-        SELECT user_key FROM read_parquet('{events}', hive_partitioning = false)
-        WHERE user_key NOT LIKE '$device:%'
-        GROUP BY user_key HAVING count(email) = 0
-        EXCEPT ({known}) ORDER BY user_key""").fetchall()
+    with duckdb.connect() as con:
+        missing = con.sql(f"""
+            SELECT user_key FROM read_parquet('{events}', hive_partitioning = false)
+            WHERE user_key NOT LIKE '$device:%'
+            GROUP BY user_key HAVING count(email) = 0
+            EXCEPT ({known}) ORDER BY user_key""").fetchall()
     ids = [r[0] for r in missing]
     found = fetch_emails(session, url, project_id, ids, **kwargs) if ids else {}
     fresh = pd.DataFrame(
