@@ -23,7 +23,7 @@ from pathlib import Path
 import requests
 
 from pql.config import AmplitudeSource
-from pql.events.canonical import Counts, Quarantine, RowBuffer, dedupe, split_by_day
+from pql.events.canonical import Counts, Quarantine, RowBuffer, finish, first_value, split_by_day
 from pql.events.transport import CredentialsError, ExportError, backoff
 from pql.lake import Lake, atomic_dir
 
@@ -174,24 +174,12 @@ def parse_line(line: str, source: str, email_properties: list[str],
         "event_name": name,
         "user_key": str(user) if user else f"$device:{device}",
         "device_id": str(device) if device else None,
-        "email": _first([user_props, event_props], email_properties, lower=True),
-        "account_key": _first([groups], account_properties),
+        "email": first_value([user_props, event_props], email_properties, lower=True),
+        "account_key": first_value([groups], account_properties),
         "ts": ts,
         "received_at": uploaded,
         "properties": json.dumps(event_props, separators=(",", ":"), ensure_ascii=False),
     }, None
-
-
-def _first(dicts: list[dict], keys: list[str], lower: bool = False) -> str | None:
-    for key in keys:
-        for d in dicts:
-            v = d.get(key)
-            if isinstance(v, list):
-                v = v[0] if v else None
-            if isinstance(v, str | int) and not isinstance(v, bool) and str(v).strip():
-                v = str(v).strip()
-                return v.lower() if lower else v
-    return None
 
 
 def to_canonical(zips: list[Path], out_dir: Path, quarantine_dir: Path, *, source: str,
@@ -215,13 +203,7 @@ def to_canonical(zips: list[Path], out_dir: Path, quarantine_dir: Path, *, sourc
     finally:
         rows.close()
         quarantine.close()
-    staged_rows = counts.raw - counts.quarantined
-    if staged_rows:
-        counts.canonical = dedupe(staged, out_dir / "part-0.parquet", DEDUP_KEY)
-    staged.unlink(missing_ok=True)
-    counts.duplicates = staged_rows - counts.canonical
-    counts.check()
-    return counts
+    return finish(staged, out_dir / "part-0.parquet", counts, DEDUP_KEY)
 
 
 def extract_window(session: requests.Session, lake: Lake, src: AmplitudeSource, *, base: str,

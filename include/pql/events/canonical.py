@@ -102,6 +102,30 @@ class Quarantine:
             self._f.close()
 
 
+def finish(staged: Path, out: Path, counts: Counts, key: list[str]) -> Counts:
+    """Deduplicate the staged rows into `out` and complete the counts (checked to reconcile)."""
+    staged_rows = counts.raw - counts.quarantined
+    if staged_rows:
+        counts.canonical = dedupe(staged, out, key)
+    staged.unlink(missing_ok=True)
+    counts.duplicates = staged_rows - counts.canonical
+    counts.check()
+    return counts
+
+
+def first_value(dicts: list[dict], keys: list[str], lower: bool = False) -> str | None:
+    """The first non-empty string/number under `keys` (lists give their first item)."""
+    for key in keys:
+        for d in dicts:
+            v = d.get(key)
+            if isinstance(v, list):
+                v = v[0] if v else None
+            if isinstance(v, str | int) and not isinstance(v, bool) and str(v).strip():
+                v = str(v).strip()
+                return v.lower() if lower else v
+    return None
+
+
 def dedupe(staged: Path, out: Path, key: list[str]) -> int:
     """Write `staged` to `out` keeping one row per key (the latest received); returns rows kept."""
     cols = ", ".join(key)

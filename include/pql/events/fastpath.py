@@ -359,10 +359,10 @@ CREATE TEMP MACRO kind(f) AS CASE WHEN f IS NOT NULL THEN CASE left(f, 1)
 -- integers stay digits in DuckDB's output, as they stay ints in Python.
 CREATE TEMP MACRO is_int(f) AS NOT regexp_matches(f, '[.eEnN]');
 CREATE TEMP MACRO str(f) AS json_extract_string(f, '$');
--- A list-valued property counts by its first element (the old path's `_first`).
+-- A list-valued property counts by its first element (the reference path's `first_value`).
 CREATE TEMP MACRO first_item(f) AS
     CASE WHEN left(f, 1) = '[' THEN CAST(json_extract(f, '$[0]') AS VARCHAR) ELSE f END;
--- A string, or an integer as text, else NULL: what the old path's `_first` accepts.
+-- A string, or an integer as text, else NULL: what the reference path's `first_value` accepts.
 CREATE TEMP MACRO text_of(f, k) AS
     CASE WHEN k = 's' THEN str(f) WHEN k = '#' AND is_int(f) THEN f END;
 -- Python's str.strip().

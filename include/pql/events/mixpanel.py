@@ -18,7 +18,7 @@ import requests
 
 from pql.config import MixpanelSource
 from pql.events import fastpath
-from pql.events.canonical import Counts, Quarantine, RowBuffer, dedupe, split_by_day
+from pql.events.canonical import Counts, Quarantine, RowBuffer, finish, first_value, split_by_day
 from pql.events.transport import (
     CredentialsError,
     ExportError,
@@ -174,13 +174,7 @@ def to_canonical(
     finally:
         rows.close()
         quarantine.close()
-    staged_rows = counts.raw - counts.quarantined
-    if staged_rows:
-        counts.canonical = dedupe(staged, out_dir / "part-0.parquet", DEDUP_KEY)
-    staged.unlink(missing_ok=True)
-    counts.duplicates = staged_rows - counts.canonical
-    counts.check()
-    return counts
+    return finish(staged, out_dir / "part-0.parquet", counts, DEDUP_KEY)
 
 
 def parse_line(line, source, email_properties, account_properties, received):
@@ -213,8 +207,8 @@ def parse_line(line, source, email_properties, account_properties, received):
         "event_name": name,
         "user_key": str(user),
         "device_id": _str(props.get("$device_id")),
-        "email": _first(props, email_properties, lower=True),
-        "account_key": _first(props, account_properties),
+        "email": first_value([props], email_properties, lower=True),
+        "account_key": first_value([props], account_properties),
         "ts": datetime.fromtimestamp(seconds, UTC),
         "received_at": datetime.fromtimestamp(processed / 1000, UTC)
         if _plausible_ms(processed)
@@ -235,17 +229,6 @@ def _content_id(*parts) -> str:
 
 def _str(v) -> str | None:
     return None if v is None or v == "" else str(v)
-
-
-def _first(props: dict, keys: list[str], lower: bool = False) -> str | None:
-    for k in keys:
-        v = props.get(k)
-        if isinstance(v, list):
-            v = v[0] if v else None
-        if isinstance(v, str | int) and not isinstance(v, bool) and str(v).strip():
-            v = str(v).strip()
-            return v.lower() if lower else v
-    return None
 
 
 def extract_window(
