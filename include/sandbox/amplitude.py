@@ -33,11 +33,9 @@ import gzip
 import hashlib
 import hmac
 import json
-import os
 import random
 import re
 import secrets
-import shutil
 import tempfile
 import threading
 import uuid
@@ -53,6 +51,7 @@ from typing import BinaryIO
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
+from sandbox.partitioned import PartitionedWriter
 from sandbox.state import SandboxState, write_json_private
 
 EXPORT_PATH = "/api/2/export"
@@ -316,33 +315,19 @@ def stored_hours(state: SandboxState) -> dict[datetime, Path]:
     return hours
 
 
-class HourWriter:
-    """Appends events to per-upload-hour gzip files while streaming; finalizes them atomically.
+class HourWriter(PartitionedWriter):
+    """Events into per-upload-hour gzip files (see `PartitionedWriter`)."""
 
-    The same design as `mixpanel.DayWriter`: lines are buffered per hour and appended to a
-    temporary file beside the hour's file as whole gzip members, so no file stays open however
-    many hours are in flight. An hour is flushed when its buffer reaches `hour_flush_bytes`, and
-    every hour when all buffers together exceed `buffer_bytes`. `close()` moves each file into
-    place, so the export never sees a half-written hour. With `append=True` an hour's existing
-    events are kept. Not thread-safe; use one writer per project at a time.
-    """
-
-    def __init__(
-        self,
-        state: SandboxState,
-        *,
-        append: bool = False,
-        buffer_bytes: int = 32 * 2**20,
-        hour_flush_bytes: int = 2**20,
-        compresslevel: int = 5,
-    ):
-        self._state, self._append, self._level = state, append, compresslevel
-        self._buffer_bytes, self._hour_flush_bytes = buffer_bytes, hour_flush_bytes
-        self._pending: dict[datetime, list[str]] = {}
-        self._pending_size: dict[datetime, int] = {}
-        self._total_pending = 0
-        self._temps: dict[datetime, Path] = {}
-        self.counts: dict[datetime, int] = {}
+    def __init__(self, state: SandboxState, *, append: bool = False,
+                 buffer_bytes: int = 32 * 2**20, hour_flush_bytes: int = 2**20,
+                 compresslevel: int = 5):  # fmt: skip
+        super().__init__(
+            lambda hour: hour_file(state, hour),
+            append=append,
+            buffer_bytes=buffer_bytes,
+            flush_bytes=hour_flush_bytes,
+            compresslevel=compresslevel,
+        )
 
     def write(self, event: dict) -> None:
         """Add one event to the hour of its `server_upload_time`."""
@@ -350,64 +335,7 @@ class HourWriter:
 
     def write_raw(self, hour: datetime, text: str) -> None:
         """Add a verbatim line to `hour`, e.g. a deliberately broken record."""
-        hour = _as_hour(hour)
-        text += "\n"
-        self._pending.setdefault(hour, []).append(text)
-        size = self._pending_size[hour] = self._pending_size.get(hour, 0) + len(text)
-        self._total_pending += len(text)
-        self.counts[hour] = self.counts.get(hour, 0) + 1
-        if size >= self._hour_flush_bytes:
-            self._flush(hour)
-        elif self._total_pending > self._buffer_bytes:
-            self._flush_all()
-
-    def close(self) -> dict[datetime, int]:
-        """Flush, then move every hour's file into place; returns the lines written per hour."""
-        self._flush_all()
-        for hour, tmp in self._temps.items():
-            os.replace(tmp, hour_file(self._state, hour))
-        self._temps.clear()
-        return dict(self.counts)
-
-    def abort(self) -> None:
-        """Discard everything written by this writer."""
-        self._pending.clear()
-        self._pending_size.clear()
-        self._total_pending = 0
-        for tmp in self._temps.values():
-            tmp.unlink(missing_ok=True)
-        self._temps.clear()
-
-    def __enter__(self) -> HourWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
-    def _flush_all(self) -> None:
-        for hour in list(self._pending):
-            self._flush(hour)
-
-    def _flush(self, hour: datetime) -> None:
-        data = "".join(self._pending.pop(hour)).encode("utf-8")
-        self._total_pending -= self._pending_size.pop(hour)
-        tmp = self._temps.get(hour) or self._new_temp(hour)
-        with open(tmp, "ab") as f:
-            f.write(gzip.compress(data, self._level, mtime=0))  # mtime=0: reproducible files
-
-    def _new_temp(self, hour: datetime) -> Path:
-        final = hour_file(self._state, hour)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        # Starts with a dot and ends in .tmp, so `stored_hours` never lists it.
-        tmp = self._temps[hour] = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-        if self._append and final.exists():
-            shutil.copyfile(final, tmp)  # gzip members concatenate: keep the old lines
-        else:
-            tmp.unlink(missing_ok=True)
-        return tmp
+        super().write_raw(_as_hour(hour), text)
 
 
 def write_events(state: SandboxState, events: Iterable[dict], *, append: bool = False) -> dict:

@@ -33,10 +33,8 @@ import functools
 import gzip
 import hmac
 import json
-import os
 import re
 import secrets
-import shutil
 import threading
 import time
 import zlib
@@ -55,6 +53,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from sandbox.partitioned import PartitionedWriter
 from sandbox.state import SandboxState
 
 EXPORT_PATH = "/api/2.0/export"
@@ -108,96 +107,25 @@ def _epoch_day(days: int) -> date:
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
-class DayWriter:
-    """Appends export lines to per-day gzip files while streaming; finalizes them atomically.
+class DayWriter(PartitionedWriter):
+    """Export lines into per-project-day gzip files (see `PartitionedWriter`)."""
 
-    Lines are buffered per day and appended to a temporary file beside the day's file as whole
-    gzip members (readers handle multi-member files), so no file stays open however many days
-    are in flight. A day is flushed when its buffer reaches `day_flush_bytes`, and every day when
-    all buffers together exceed `buffer_bytes`. `close()` moves each file into place, so readers
-    never see a half-written day. With `append=True` a day's existing lines are kept.
-    Not thread-safe; use one writer per project at a time.
-    """
-
-    def __init__(
-        self,
-        state: SandboxState,
-        *,
-        append: bool = False,
-        buffer_bytes: int = 32 * 2**20,
-        day_flush_bytes: int = 2**20,
-        compresslevel: int = 5,
-    ):
-        self._state, self._append, self._level = state, append, compresslevel
-        self._buffer_bytes, self._day_flush_bytes = buffer_bytes, day_flush_bytes
-        self._pending: dict[date, list[str]] = {}
-        self._pending_size: dict[date, int] = {}
-        self._total_pending = 0
-        self._temps: dict[date, Path] = {}
-        self.counts: dict[date, int] = {}
+    def __init__(self, state: SandboxState, *, append: bool = False,
+                 buffer_bytes: int = 32 * 2**20, day_flush_bytes: int = 2**20,
+                 compresslevel: int = 5):  # fmt: skip
+        super().__init__(
+            lambda day: event_file(state, day),
+            append=append,
+            buffer_bytes=buffer_bytes,
+            flush_bytes=day_flush_bytes,
+            compresslevel=compresslevel,
+        )
 
     def write(self, line: dict, day: date | None = None) -> None:
         """Add one export line; its day defaults to the day of `line["properties"]["time"]`."""
         if day is None:
             day = project_day(line["properties"]["time"])
         self.write_raw(day, _dumps(line))
-
-    def write_raw(self, day: date, text: str) -> None:
-        """Add a verbatim line, e.g. half of a deliberately split record."""
-        text += "\n"
-        self._pending.setdefault(day, []).append(text)
-        size = self._pending_size[day] = self._pending_size.get(day, 0) + len(text)
-        self._total_pending += len(text)
-        self.counts[day] = self.counts.get(day, 0) + 1
-        if size >= self._day_flush_bytes:
-            self._flush(day)
-        elif self._total_pending > self._buffer_bytes:
-            self._flush_all()
-
-    def close(self) -> dict[date, int]:
-        """Flush, then move every day's file into place; returns the lines written per day."""
-        self._flush_all()
-        for day, tmp in self._temps.items():
-            os.replace(tmp, event_file(self._state, day))
-        self._temps.clear()
-        return dict(self.counts)
-
-    def abort(self) -> None:
-        """Discard everything written by this writer."""
-        self._pending.clear()
-        for tmp in self._temps.values():
-            tmp.unlink(missing_ok=True)
-        self._temps.clear()
-
-    def __enter__(self) -> DayWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
-    def _flush_all(self) -> None:
-        for day in list(self._pending):
-            self._flush(day)
-
-    def _flush(self, day: date) -> None:
-        data = "".join(self._pending.pop(day)).encode("utf-8")
-        self._total_pending -= self._pending_size.pop(day)
-        tmp = self._temps.get(day) or self._new_temp(day)
-        with open(tmp, "ab") as f:
-            f.write(gzip.compress(data, self._level, mtime=0))  # mtime=0: reproducible files
-
-    def _new_temp(self, day: date) -> Path:
-        final = event_file(self._state, day)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._temps[day] = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-        if self._append and final.exists():
-            shutil.copyfile(final, tmp)  # gzip members concatenate: keep the old lines
-        else:
-            tmp.unlink(missing_ok=True)
-        return tmp
 
 
 def write_events(state: SandboxState, lines: Iterable[dict], *, append: bool = False) -> dict:
