@@ -24,7 +24,7 @@ import requests
 
 from pql.config import AmplitudeSource
 from pql.events.canonical import Counts, Quarantine, RowBuffer, finish, first_value, split_by_day
-from pql.events.transport import CredentialsError, ExportError, backoff
+from pql.events.transport import CredentialsError, ExportError, send, transient
 from pql.lake import Lake, atomic_dir
 
 log = logging.getLogger(__name__)
@@ -61,53 +61,52 @@ def download(
     down to single hours; 429 and 5xx back off and retry; 401/403 stop with a clear message.
     """
     url = f"{base}/api/2/export"
-    for attempt in range(1, attempts + 1):
-        params = {"start": _hour(start), "end": _hour(end)}
-        try:
-            resp = session.get(url, params=params, stream=True, timeout=(10, 1800))
-        except requests.ConnectionError as e:
-            if attempt == attempts:
-                raise ExportError(f"cannot reach {url}: {e}") from e
-            sleep(backoff(attempt, None))
-            continue
-        with resp:
-            status = resp.status_code
-            if status == 200:
-                dest = dest_dir / f"export_{_hour(start)}_{_hour(end)}.zip"
-                with open(dest, "wb") as f:
-                    for chunk in resp.iter_content(1 << 20):
-                        f.write(chunk)
-                return [dest]
-            if status == 404:
-                return []
-            body = resp.text[:300]
-            if status in (401, 403):
-                raise CredentialsError(
-                    f"Amplitude refused the credentials ({status}: {body}). Check the "
-                    "connection's login (project API key) and password (secret key)."
-                )
-            if status in (400, 504) and end > start:
-                hours = int((end - start).total_seconds() // 3600)
-                mid = start + timedelta(hours=hours // 2)
-                log.warning(
-                    "Amplitude answered %s for %s..%s: splitting the window",
-                    status,
-                    _hour(start),
-                    _hour(end),
-                )
-                return download(session, base, start, mid, dest_dir, sleep=sleep) + download(
-                    session, base, mid + timedelta(hours=1), end, dest_dir, sleep=sleep
-                )
-            if status == 429 or status >= 500:
-                if attempt == attempts:
-                    raise ExportError(f"Amplitude export kept failing with {status}: {body}")
-                sleep(backoff(attempt, resp.headers.get("Retry-After")))
-                continue
-            raise ExportError(
-                f"Amplitude rejected {params} ({status}): {body}. A single hour "
-                "over 4 GB needs Amplitude's S3 export instead."
+    params = {"start": _hour(start), "end": _hour(end)}
+    # 504 means "too large to finish": split the window rather than ask again.
+    resp = send(
+        session,
+        "GET",
+        url,
+        attempts=attempts,
+        sleep=sleep,
+        params=params,
+        stream=True,
+        timeout=(10, 1800),
+        retry_on=lambda s: transient(s) and s != 504,
+    )
+    with resp:
+        status = resp.status_code
+        if status == 200:
+            dest = dest_dir / f"export_{_hour(start)}_{_hour(end)}.zip"
+            with open(dest, "wb") as f:
+                for chunk in resp.iter_content(1 << 20):
+                    f.write(chunk)
+            return [dest]
+        if status == 404:
+            return []
+        body = resp.text[:300]
+        if status in (401, 403):
+            raise CredentialsError(
+                f"Amplitude refused the credentials ({status}: {body}). Check the "
+                "connection's login (project API key) and password (secret key)."
             )
-    raise ExportError("unreachable")
+        if status in (400, 504) and end > start:
+            mid = start + timedelta(hours=int((end - start).total_seconds() // 3600) // 2)
+            log.warning(
+                "Amplitude answered %s for %s..%s: splitting the window",
+                status,
+                _hour(start),
+                _hour(end),
+            )
+            return download(session, base, start, mid, dest_dir, sleep=sleep) + download(
+                session, base, mid + timedelta(hours=1), end, dest_dir, sleep=sleep
+            )
+        if transient(status):
+            raise ExportError(f"Amplitude export kept failing with {status}: {body}")
+        raise ExportError(
+            f"Amplitude rejected {params} ({status}): {body}. A single hour "
+            "over 4 GB needs Amplitude's S3 export instead."
+        )
 
 
 def read_lines(zip_path: Path) -> Iterator[tuple[str, str]]:

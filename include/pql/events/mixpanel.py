@@ -23,7 +23,8 @@ from pql.events.transport import (
     CredentialsError,
     ExportError,
     IncompleteExport,
-    backoff,
+    send,
+    transient,
 )
 from pql.lake import Lake, atomic_dir
 
@@ -77,41 +78,30 @@ def download(
     Retries 429 and 5xx with exponential backoff, honouring Retry-After.
     """
     url = f"{req.base_url}/api/2.0/export"
-    for attempt in range(1, attempts + 1):
-        try:
-            resp = session.get(
-                url,
-                params=req.params(),
-                stream=True,
-                timeout=(10, 600),
-                headers={"Accept-Encoding": "gzip"},
+    resp = send(
+        session,
+        "GET",
+        url,
+        attempts=attempts,
+        sleep=sleep,
+        params=req.params(),
+        stream=True,
+        timeout=(10, 600),
+        headers={"Accept-Encoding": "gzip"},
+    )
+    with resp:
+        if resp.status_code == 200:
+            return _save(resp, dest)
+        body = resp.text[:500]
+        if resp.status_code in (401, 403):
+            raise CredentialsError(
+                f"Mixpanel refused the credentials ({resp.status_code}: {body}). Check the "
+                "connection's service-account username/secret and that the account may read "
+                f"project {req.project_id}."
             )
-        except requests.ConnectionError as e:
-            if attempt == attempts:
-                raise ExportError(f"cannot reach {url}: {e}") from e
-            sleep(backoff(attempt, None))
-            continue
-        with resp:
-            if resp.status_code == 200:
-                return _save(resp, dest)
-            body = resp.text[:500]
-            if resp.status_code in (401, 403):
-                raise CredentialsError(
-                    f"Mixpanel refused the credentials ({resp.status_code}: {body}). Check the "
-                    "connection's service-account username/secret and that the account may read "
-                    f"project {req.project_id}."
-                )
-            if resp.status_code == 429 or resp.status_code >= 500:
-                if attempt == attempts:
-                    raise ExportError(
-                        f"Mixpanel export kept failing with {resp.status_code}: {body}"
-                    )
-                wait = backoff(attempt, resp.headers.get("Retry-After"))
-                log.warning("Mixpanel answered %s; retrying in %.0fs", resp.status_code, wait)
-                sleep(wait)
-                continue
-            raise ExportError(f"Mixpanel rejected the export request ({resp.status_code}): {body}")
-    raise ExportError("unreachable")
+        if transient(resp.status_code):
+            raise ExportError(f"Mixpanel export kept failing with {resp.status_code}: {body}")
+        raise ExportError(f"Mixpanel rejected the export request ({resp.status_code}): {body}")
 
 
 def _save(resp: requests.Response, dest: Path) -> int:

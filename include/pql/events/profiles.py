@@ -12,7 +12,7 @@ import duckdb
 import pandas as pd
 import requests
 
-from pql.events.transport import CredentialsError, ExportError, backoff
+from pql.events.transport import CredentialsError, ExportError, send
 from pql.lake import Lake, atomic_dir
 
 log = logging.getLogger(__name__)
@@ -52,19 +52,23 @@ def fetch_emails(session: requests.Session, url: str, project_id: int, ids: list
 
 
 def _post(session, url, project_id, form, attempts, sleep) -> dict:
-    for attempt in range(1, attempts + 1):
-        resp = session.post(url, params={"project_id": project_id}, data=form, timeout=120)
-        if resp.ok:
-            return resp.json()
-        if resp.status_code in (401, 403):
-            raise CredentialsError(
-                f"Mixpanel Engage refused the credentials ({resp.status_code}): {resp.text[:200]}"
-            )
-        if (resp.status_code == 429 or resp.status_code >= 500) and attempt < attempts:
-            sleep(backoff(attempt, resp.headers.get("Retry-After")))
-            continue
-        raise ExportError(f"Mixpanel Engage answered {resp.status_code}: {resp.text[:300]}")
-    raise ExportError("unreachable")
+    resp = send(
+        session,
+        "POST",
+        url,
+        attempts=attempts,
+        sleep=sleep,
+        params={"project_id": project_id},
+        data=form,
+        timeout=120,
+    )
+    if resp.ok:
+        return resp.json()
+    if resp.status_code in (401, 403):
+        raise CredentialsError(
+            f"Mixpanel Engage refused the credentials ({resp.status_code}): {resp.text[:200]}"
+        )
+    raise ExportError(f"Mixpanel Engage answered {resp.status_code}: {resp.text[:300]}")
 
 
 def profiles_path(lake: Lake, source: str):

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
+
+import requests
+
+log = logging.getLogger(__name__)
+
 
 class ExportError(Exception):
     """The export could not be fetched; the message says why and what to do."""
@@ -20,3 +28,40 @@ def backoff(attempt: int, retry_after: str | None) -> float:
     if retry_after and retry_after.strip().isdigit():
         return min(float(retry_after), 300.0)
     return min(60.0, 2.0**attempt)
+
+
+def transient(status: int) -> bool:
+    """Rate limits and server errors: worth another try after a wait."""
+    return status == 429 or status >= 500
+
+
+def send(
+    session: requests.Session,
+    method: str,
+    url: str,
+    *,
+    attempts: int,
+    sleep: Callable[[float], None] = time.sleep,
+    retry_on: Callable[[int], bool] = transient,
+    **kwargs,
+) -> requests.Response:
+    """One HTTP call, repeated with backoff on connection errors and on `retry_on` statuses.
+
+    Returns the first answer not worth retrying, or the last one once attempts run out; the
+    caller decides what every status means (and closes a streamed response).
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            resp = session.request(method, url, **kwargs)
+        except requests.ConnectionError as e:
+            if attempt == attempts:
+                raise ExportError(f"cannot reach {url}: {e}") from e
+            sleep(backoff(attempt, None))
+            continue
+        if not retry_on(resp.status_code) or attempt == attempts:
+            return resp
+        wait = backoff(attempt, resp.headers.get("Retry-After"))
+        log.warning("%s answered %s; retrying in %.0fs", url, resp.status_code, wait)
+        resp.close()
+        sleep(wait)
+    raise ExportError("unreachable")
