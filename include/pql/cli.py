@@ -39,9 +39,10 @@ def validate(path: Path | None) -> None:
     try:
         cfg = config_mod.load(path)
     except config_mod.ConfigError as e:
-        console.print(f"[red]{e.path}: {len(e.problems)} problem(s)[/red]")
+        # Plain lines, never wrapped: each problem stays whole for grep and for CI logs.
+        click.echo(f"{e.path}: {len(e.problems)} problem(s)")
         for p in e.problems:
-            console.print(f"  - {p}", markup=False, highlight=False)
+            click.echo(f"  - {p}")
         sys.exit(1)
     console.print(
         f"[green]ok[/green]: {len(cfg.sources)} source(s), model "
@@ -117,7 +118,8 @@ def extract(config_path, source_name, first, last, window_days) -> None:
             )
         except Exception as e:  # vendor errors carry their own what-to-do message
             raise click.ClickException(f"{type(e).__name__}: {e}") from None
-    console.print(
+    # One plain line: the reconciliation is read (and grepped) as a whole.
+    click.echo(
         f"{src.name} {first}..{last}: {result['raw']:,} raw lines = "
         f"{result['canonical']:,} canonical + {result['duplicates']:,} duplicates + "
         f"{result['quarantined']:,} quarantined ({result['windows']} export calls)"
