@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -146,14 +147,100 @@ class Identity(Strict):
 
 
 class Enrichment(Strict):
-    provider: Literal["crm", "file", "none"] = "crm"
+    """Where account firmographics come from; missing data is a state, never an error."""
+
+    provider: Literal["crm", "file", "api", "none"] = "crm"
     file: Path | None = None
+    connection_id: str = "enrichment_default"  # provider 'api': the HTTP API's connection
+    cache_ttl_days: int = Field(30, gt=0, le=365)  # a domain is asked again after this
+    requests_per_second: float = Field(5, gt=0, le=100)
+    max_requests_per_run: int = Field(5000, gt=0)  # the rest wait for the next run
 
     @model_validator(mode="after")
     def _file_needed(self):
         if self.provider == "file" and self.file is None:
             raise ValueError("provider 'file' needs 'file': a CSV or Parquet path")
         return self
+
+
+FIRMOGRAPHICS = ("employees", "industry", "country", "revenue_band", "plan")
+
+
+class DistinctFeature(Strict):
+    """Distinct values of one event property, e.g. integrations connected."""
+
+    name: Name
+    event: str = Field(min_length=1)
+    property: str = Field(min_length=1)
+
+
+class Features(Strict):
+    """The point-in-time features every model reads (names: see `pql validate`)."""
+
+    windows: list[int] = Field([7, 14, 30], min_length=1)
+    events: list[str] = Field(
+        default_factory=lambda: [
+            "Core Feature Used",
+            "Teammate Invited",
+            "Integration Connected",
+            "Usage Limit Hit",
+            "Pricing Page Viewed",
+            "Billing Page Viewed",
+            "Report Exported",
+            "Project Created",
+        ],
+        min_length=1,
+    )
+    distinct: list[DistinctFeature] = Field(
+        default_factory=lambda: [
+            DistinctFeature(name="integrations", event="Integration Connected",
+                            property="integration"),
+        ]
+    )  # fmt: skip
+    active_window_days: int = Field(14, gt=0, le=365)  # "active user" for accounts and dormancy
+
+    @field_validator("windows")
+    @classmethod
+    def _windows(cls, v: list[int]) -> list[int]:
+        bad = [w for w in v if not 1 <= w <= 365]
+        if bad:
+            raise ValueError(f"windows are days between 1 and 365; got {bad}")
+        return sorted(set(v))
+
+    def names(self) -> list[str]:
+        """Every feature a rule or model may name, in a stable order."""
+        out = []
+        for w in self.windows:
+            out += [f"{slug(e)}_{w}d" for e in self.events]
+            out += [f"{d.name}_{w}d" for d in self.distinct]
+            out.append(f"active_days_{w}d")
+        out += ["days_since_last_seen", "days_since_first_seen", "free_email"]
+        return out + [f for f in FIRMOGRAPHICS if f != "plan"] + ["plan"]
+
+
+def slug(event: str) -> str:
+    """An event name as part of a feature name: 'Core Feature Used' → core_feature_used."""
+    return "_".join("".join(c if c.isalnum() else " " for c in event.lower()).split()) or "event"
+
+
+def _known_event(v: str, info: ValidationInfo) -> str:
+    events = (info.context or {}).get("events")
+    if events is not None and v not in events:
+        known = ", ".join(events)
+        raise ValueError(f"unknown event {v!r}; tracked events (features.events): {known}")
+    return v
+
+
+def _known_feature(v: str, info: ValidationInfo) -> str:
+    names = (info.context or {}).get("features")
+    if names is not None and v not in names:
+        close = [n for n in names if n.split("_")[0] == v.split("_")[0]] or names
+        raise ValueError(f"unknown feature {v!r}; for example: {', '.join(close[:12])}")
+    return v
+
+
+KnownEvent = Annotated[str, Field(min_length=1), AfterValidator(_known_event)]
+KnownFeature = Annotated[str, Field(min_length=1), AfterValidator(_known_feature)]
 
 
 class CountSignal(Strict):
@@ -166,7 +253,8 @@ class CountSignal(Strict):
 
 class EventSignal(CountSignal):
     kind: Literal["event"]
-    event: str = Field(min_length=1)
+    event: KnownEvent
+    half_life_days: float | None = Field(None, gt=0)  # time decay: older events count less
     reason: str = "{event} {n} times in the last {window_days} days"
 
 
@@ -177,7 +265,7 @@ class ActiveDaysSignal(CountSignal):
 
 class FirmographicSignal(Strict):
     kind: Literal["firmographic"]
-    field: Literal["employees", "industry", "country"]
+    field: Literal["employees", "industry", "country", "revenue_band", "plan"]
     at_least: float | None = None
     one_of: list[str] | None = None
     points: float
@@ -200,8 +288,17 @@ class FreeEmailSignal(Strict):
     reason: str = "signed up with a free email address"
 
 
+class DormantSignal(Strict):
+    """Negative points for a user inactive for `days` (a PQL that went quiet)."""
+
+    kind: Literal["dormant"]
+    days: int = Field(gt=0, le=365)
+    points: float = Field(le=0)
+    reason: str = "inactive for {n} days"
+
+
 Signal = Annotated[
-    EventSignal | ActiveDaysSignal | FirmographicSignal | FreeEmailSignal,
+    EventSignal | ActiveDaysSignal | FirmographicSignal | FreeEmailSignal | DormantSignal,
     Field(discriminator="kind"),
 ]
 
@@ -220,7 +317,73 @@ class WeightedModel(Strict):
         return timedelta(days=max(days, default=1))
 
 
-Model = Annotated[WeightedModel, Field(discriminator="kind")]
+class Rule(Strict):
+    """One test on a feature: a number at least / at most a value, or text one of a list."""
+
+    feature: KnownFeature
+    at_least: float | None = None
+    at_most: float | None = None
+    one_of: list[str] | None = None
+    reason: str | None = None  # plain words with {value}; default: generated from the test
+
+    @model_validator(mode="after")
+    def _one_test(self):
+        tests = [t for t in (self.at_least, self.at_most, self.one_of) if t is not None]
+        if len(tests) != 1:
+            raise ValueError("give exactly one of 'at_least', 'at_most' or 'one_of'")
+        text = self.feature in ("industry", "country", "revenue_band", "plan")
+        if text != (self.one_of is not None):
+            use = "'one_of' (a list)" if text else "'at_least' or 'at_most' (a number)"
+            raise ValueError(f"'{self.feature}' is {'text' if text else 'a number'}: use {use}")
+        return self
+
+
+class ThresholdModel(Strict):
+    """A PQL meets all (or any) of the rules; the score is the share of rules met."""
+
+    kind: Literal["threshold"]
+    version: str = Field(min_length=1, max_length=80)
+    match: Literal["all", "any"] = "all"
+    rules: list[Rule] = Field(min_length=1)
+    max_reasons: int = Field(3, ge=1, le=10)
+
+
+class PredictiveModel(Strict):
+    """Trained on past outcomes from point-in-time features; a PQL's probability ≥ threshold."""
+
+    kind: Literal["predictive"]
+    version: str = Field("predictive", min_length=1, max_length=40)  # prefix of trained versions
+    target: Literal["won", "meeting"] = "won"
+    horizon_days: int = Field(30, gt=0, le=365)  # converts within this many days of the moment
+    threshold: float = Field(0.2, gt=0, lt=1)
+    training_days: int = Field(180, gt=7, le=1095)  # history sampled for training moments
+    holdout_days: int = Field(28, gt=0, le=365)  # the latest moments, held out for evaluation
+    sample_every_days: int = Field(7, gt=0, le=90)  # one training moment every N days
+    max_reasons: int = Field(3, ge=1, le=10)
+
+    @model_validator(mode="after")
+    def _room_to_train(self):
+        if self.holdout_days + self.horizon_days >= self.training_days:
+            raise ValueError("training_days must exceed holdout_days + horizon_days")
+        return self
+
+
+Model = Annotated[WeightedModel | ThresholdModel | PredictiveModel, Field(discriminator="kind")]
+
+
+class Accounts(Strict):
+    """When an account is product-qualified (PQA): any (or all) of the configured tests."""
+
+    match: Literal["any", "all"] = "any"
+    min_qualified_users: int | None = Field(3, ge=1)
+    min_qualified_share: float | None = Field(0.5, gt=0, le=1)  # of its active users
+    min_active_users: int = Field(1, ge=1)  # below this the share test does not apply
+
+    @model_validator(mode="after")
+    def _some_test(self):
+        if self.min_qualified_users is None and self.min_qualified_share is None:
+            raise ValueError("give min_qualified_users, min_qualified_share or both")
+        return self
 
 
 class CrmFields(Strict):
@@ -255,7 +418,9 @@ class Config(Strict):
     sources: list[Source] = Field(min_length=1)
     identity: Identity = Identity()
     enrichment: Enrichment = Enrichment()
+    features: Features = Features()
     model: Model
+    accounts: Accounts = Accounts()
     crm: Crm
     outcomes: Outcomes = Outcomes()
 
@@ -302,7 +467,7 @@ def load(path: str | os.PathLike | None = None) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(path, ["the file must be a mapping of sections (lake, sources, ...)"])
     try:
-        cfg = Config.model_validate(data)
+        cfg = Config.model_validate(data, context=_catalogue(data))
     except ValidationError as e:
         lines = _line_index(node)
         raise ConfigError(path, [_describe(err, lines) for err in e.errors()]) from None
@@ -311,6 +476,15 @@ def load(path: str | os.PathLike | None = None) -> Config:
     if enrichment.file is not None:
         enrichment = enrichment.model_copy(update={"file": (path.parent / enrichment.file)})
     return cfg.model_copy(update={"lake": Lake(root=root), "enrichment": enrichment})
+
+
+def _catalogue(data: dict) -> dict | None:
+    """Tracked events and feature names, for checking the rules and signals that name them."""
+    try:
+        features = Features.model_validate(data.get("features") or {})
+    except ValidationError:
+        return None  # reported with the rest
+    return {"events": features.events, "features": features.names()}
 
 
 def _line_index(node, prefix=()) -> dict[tuple, int]:

@@ -1,4 +1,4 @@
-"""Account firmographics (employees, industry, country) by domain, from the CRM or a file."""
+"""Account firmographics by domain, from the CRM, a file or an enrichment API."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pandas as pd
 
 from pql.lake import Lake, atomic_dir
 
-COLUMNS = ["domain", "employees", "industry", "country"]
+COLUMNS = ["domain", "employees", "industry", "country", "revenue_band", "plan"]
 
 
 def from_file(path: Path) -> pd.DataFrame:
@@ -34,8 +34,14 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def join(users: pd.DataFrame, accounts: pd.DataFrame) -> pd.DataFrame:
-    """Attach firmographics to users through their email domain (missing → NaN, not an error)."""
+    """Attach firmographics to users through their email domain (missing → NaN, not an error).
+
+    The plan a user's own events report (`event_plan`) wins over the provider's.
+    """
     merged = users.merge(accounts, how="left", left_on="email_domain", right_on="domain")
+    if "event_plan" in merged.columns:
+        merged["plan"] = merged["event_plan"].fillna(merged["plan"])
+        merged = merged.drop(columns=["event_plan"])
     return merged.drop(columns=["domain"])
 
 

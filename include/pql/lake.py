@@ -42,6 +42,9 @@ class Lake:
     def outcomes(self, week: date) -> Path:
         return self.root / "outcomes" / f"week={week:%Y-%m-%d}"
 
+    def models(self) -> Path:
+        return self.root / "models"
+
     def reports(self, week: date) -> Path:
         return self.root / "reports" / f"week={week:%Y-%m-%d}"
 

@@ -7,11 +7,11 @@ from datetime import date, timedelta
 
 import pandas as pd
 
-from pql import enrich
+from pql import accounts as pqa
+from pql import enrich, scoring
 from pql.config import Config
 from pql.features import user_features
 from pql.lake import Lake, atomic_dir
-from pql.scoring import weighted
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,10 @@ SNAPSHOT_COLUMNS = [
     "last_seen",
     "employees",
     "industry",
+    "country",
+    "revenue_band",
+    "plan",
+    "days_since_last_seen",
     "score",
     "flag",
     "qualified_at",
@@ -38,38 +42,51 @@ def previous_snapshot(lake: Lake, before: date) -> pd.DataFrame | None:
     return pd.read_parquet(older[-1] / "scores.parquet") if older else None
 
 
-def score_day(cfg: Config, day: date, accounts: pd.DataFrame) -> dict:
-    """Score all users as of the end of `day` (UTC) and write scores/date=day atomically."""
-    lake = Lake(cfg.lake.root)
-    as_of = pd.Timestamp(day + timedelta(days=1), tz="UTC").to_pydatetime()
+def features_at(cfg: Config, lake: Lake, as_of, accounts: pd.DataFrame) -> pd.DataFrame:
+    """Every user's point-in-time features as of `as_of`, with firmographics joined."""
     profiles = str(lake.root / "identity" / "*" / "profiles.parquet")
     has_profiles = any((lake.root / "identity").glob("*/profiles.parquet"))
     feats = user_features(
         lake.events_glob(),
         as_of,
-        cfg.model,
+        cfg.features,
         cfg.identity.free_email_domains,
         profiles=profiles if has_profiles else None,
+        model=cfg.model,
     )
-    feats = enrich.join(feats, accounts)
-    scored = pd.concat([feats, weighted.score(feats, cfg.model)], axis=1)
+    return enrich.join(feats, accounts)
+
+
+def score_day(cfg: Config, day: date, accounts: pd.DataFrame) -> dict:
+    """Score all users (and accounts) as of the end of `day` (UTC) into scores/date=day."""
+    lake = Lake(cfg.lake.root)
+    as_of = pd.Timestamp(day + timedelta(days=1), tz="UTC").to_pydatetime()
+    feats = features_at(cfg, lake, as_of, accounts)
+    scored = pd.concat([feats, scoring.score(feats, cfg, lake.models())], axis=1)
     scored["as_of"] = as_of
     scored["qualified_at"] = _qualified_at(scored, previous_snapshot(lake, day), as_of)
     snapshot = scored[SNAPSHOT_COLUMNS]
+    rolled = pqa.rollup(scored, cfg.accounts, cfg.features.active_window_days)
     with atomic_dir(lake.scores(day)) as tmp:
         snapshot.to_parquet(tmp / "scores.parquet", index=False)
+        rolled.to_parquet(tmp / "accounts.parquet", index=False)
     flagged = int(snapshot["flag"].sum())
     log.info(
-        "scored %s users as of %s: %s PQLs (%.1f%%)",
+        "scored %s users as of %s with %s: %s PQLs (%.1f%%); %s of %s accounts qualified",
         len(snapshot),
         as_of,
+        snapshot["model_version"].iloc[0] if len(snapshot) else cfg.model.version,
         flagged,
         100 * flagged / max(len(snapshot), 1),
+        int(rolled["qualified"].sum()),
+        len(rolled),
     )
     return {
         "day": day.isoformat(),
         "users": len(snapshot),
         "pqls": flagged,
+        "accounts": len(rolled),
+        "pqas": int(rolled["qualified"].sum()),
         "scores_path": str(lake.scores(day) / "scores.parquet"),
     }
 

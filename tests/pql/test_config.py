@@ -21,7 +21,7 @@ model:
   version: v1
   threshold: 150
   signals:
-    - {kind: event, event: X, window_days: 0, points_each: 1, colour: red}
+    - {kind: event, event: Core Feature Used, window_days: 0, points_each: 1, colour: red}
     - {kind: firmographic, field: employees, one_of: [a], points: 3}
     - {kind: bogus}
 crm: {kind: hubspot, fields: {score: Bad-Name}}

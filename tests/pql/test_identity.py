@@ -43,9 +43,10 @@ def test_anonymous_events_and_profile_emails_join_the_user(sandbox, tmp_path):
     f = user_features(
         lake.events_glob(),
         datetime(2026, 10, 6, tzinfo=UTC),
-        cfg.model,
+        cfg.features,
         cfg.identity.free_email_domains,
         profiles=str(tmp_path / "identity" / "*" / "profiles.parquet"),
+        model=cfg.model,
     )
     f = f.set_index("user_key")
     assert list(f.index) == ["u1", "u2"]  # dev9 never signed up: not a user
@@ -61,7 +62,7 @@ def test_anonymous_events_and_profile_emails_join_the_user(sandbox, tmp_path):
     early = user_features(
         lake.events_glob(),
         datetime(2026, 10, 5, 8, 30, tzinfo=UTC),
-        cfg.model,
+        cfg.features,
         cfg.identity.free_email_domains,
     )
     assert early.empty

@@ -14,6 +14,7 @@ from pql.features import user_features
 from pql.scoring import weighted
 
 AS_OF = datetime(2026, 10, 10, tzinfo=UTC)
+FEATURES = config.Features()
 MODEL = config.WeightedModel.model_validate(
     {
         "kind": "weighted",
@@ -86,12 +87,12 @@ def test_features_see_only_the_past(tmp_path):
         {"user_key": "$device:x", "event_name": "Page Viewed", "ts": _at(1)},
     ]
     glob = _events(tmp_path, rows)
-    f = user_features(glob, AS_OF, MODEL, ["gmail.com"]).set_index("user_key")
+    f = user_features(glob, AS_OF, FEATURES, ["gmail.com"], model=MODEL).set_index("user_key")
     assert list(f.index) == ["u1", "u2"]  # the anonymous device is not a user
     assert f.loc["u1", "s0"] == 4 and f.loc["u1", "s2"] == 4
     assert (f.loc["u1", "email"], f.loc["u1", "account_key"]) == ("a@acme.io", "acme.io")
     assert f.loc["u2", "free_email"] and pd.isna(f.loc["u2", "account_key"])
-    earlier = user_features(glob, _at(5), MODEL, ["gmail.com"]).set_index("user_key")
+    earlier = user_features(glob, _at(5), FEATURES, ["gmail.com"], model=MODEL).set_index("user_key")
     assert list(earlier.index) == ["u1"] and earlier.loc["u1", "s0"] == 2  # 6 and 8 days ago
 
 
