@@ -34,7 +34,8 @@ def main() -> None:
     default=None,
     help="Config file (default: $PQL_CONFIG or config/pql.yaml).",
 )
-def validate(path: Path | None) -> None:
+@click.option("--features", is_flag=True, help="Also list the feature names rules may use.")
+def validate(path: Path | None, features: bool) -> None:
     """Check a config file; print every mistake with its key path and line."""
     try:
         cfg = config_mod.load(path)
@@ -44,11 +45,21 @@ def validate(path: Path | None) -> None:
         for p in e.problems:
             click.echo(f"  - {p}")
         sys.exit(1)
-    console.print(
-        f"[green]ok[/green]: {len(cfg.sources)} source(s), model "
-        f"{cfg.model.kind} {cfg.model.version} ({len(cfg.model.signals)} signals), "
+    model = cfg.model
+    parts = {"weighted": "signals", "threshold": "rules"}
+    detail = (
+        f"{len(getattr(model, parts[model.kind]))} {parts[model.kind]}"
+        if model.kind in parts
+        else (f"{model.target} within {model.horizon_days} days")
+    )
+    click.echo(
+        f"ok: {len(cfg.sources)} source(s), model {model.kind} {model.version} ({detail}), "
         f"CRM {cfg.crm.kind}, lake {cfg.lake.root}"
     )
+    if features:
+        click.echo("features a rule or model may name:")
+        for name in cfg.features.names():
+            click.echo(f"  {name}")
 
 
 # --- extract and events ----------------------------------------------------------------
@@ -124,6 +135,109 @@ def extract(config_path, source_name, first, last, window_days) -> None:
         f"{result['canonical']:,} canonical + {result['duplicates']:,} duplicates + "
         f"{result['quarantined']:,} quarantined ({result['windows']} export calls)"
     )
+
+
+# --- scoring: backtest and training --------------------------------------------------------
+
+
+@main.command()
+@config_option
+@click.option("--from", "first", type=click.DateTime(["%Y-%m-%d"]), required=True)
+@click.option("--to", "last", type=click.DateTime(["%Y-%m-%d"]), required=True)
+@click.option("--every", "every_days", default=1, show_default=True, help="Replay every N days.")
+@click.option("--target", type=click.Choice(["won", "meeting"]), default="won", show_default=True)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder for CSV/HTML (default: <lake>/backtests/<version>_<from>_<to>).",
+)
+def backtest(config_path, first, last, every_days, target, out_dir) -> None:
+    """Replay the configured PQL definition over history and judge it before shipping."""
+    from pql import backtest as bt
+    from pql import enrich
+    from pql.lake import Lake
+
+    cfg = _load(config_path)
+    first, last = first.date(), last.date()
+    lake = Lake(cfg.lake.root)
+    with Progress(console=console) as bar:
+        job = bar.add_task(f"replaying {first}..{last}", total=None)
+        try:
+            result = bt.run(
+                cfg, first, last, enrich.read(lake), every_days=every_days, target=target,
+                progress=lambda k, n: bar.update(job, completed=k, total=n),
+            )  # fmt: skip
+        except (LookupError, ValueError) as e:
+            raise click.ClickException(str(e)) from None
+    out_dir = out_dir or lake.root / "backtests" / f"{cfg.model.version}_{first}_{last}"
+    bt.write(result, out_dir)
+    s = result.summary
+
+    def pct(v):
+        return "n/a" if v is None else f"{100 * v:.1f}%"
+
+    table = Table(title=f"backtest {s['model']} {s['model_version']} {first}..{last} ({target})")
+    for col in ("check", "value", "target", "status"):
+        table.add_column(col)
+    for c in s["checks"]:
+        table.add_row(c["check"], pct(c["value"]), c["target"], c["status"])
+    console.print(table)
+    click.echo(
+        f"users {s['users']:,}, PQLs {s['pqls']:,}, conversions {s['conversions']:,} "
+        f"({s['caught']:,} caught, median {s['median_days_early']} days early), "
+        f"PQL {pct(s['pql_conversion_rate'])} vs non-PQL {pct(s['non_pql_conversion_rate'])}, "
+        f"lift {s['lift']}"
+    )
+    bands = Table(title="conversion by best score band")
+    for col in ("band", "users", "converted", "rate"):
+        bands.add_column(col)
+    for b in result.bands.itertuples():
+        bands.add_row(
+            str(b.band),
+            str(b.users),
+            str(b.converted),
+            pct(None if b.users == 0 else b.conversion_rate),
+        )
+    console.print(bands)
+    sig = Table(title="signal discovery: done by converters before converting")
+    for col in ("event", "converters", "non-converters", "ratio"):
+        sig.add_column(col)
+    for r in result.signals.head(8).itertuples():
+        sig.add_row(r.event, pct(r.converters_share), pct(r.non_converters_share), str(r.ratio))
+    console.print(sig)
+    click.echo(f"verdict: {s['verdict']}")
+    click.echo(f"written: {out_dir}/report.html (and CSV files)")
+
+
+@main.command()
+@config_option
+@click.option(
+    "--until",
+    type=click.DateTime(["%Y-%m-%d"]),
+    default=None,
+    help="Train on history up to this day (default: the newest day extracted).",
+)
+def train(config_path, until) -> None:
+    """Train a predictive model version; promote it only if it beats the current one."""
+    from datetime import UTC, datetime
+
+    from pql import enrich, jobs, training
+    from pql.lake import Lake
+
+    cfg = _load(config_path)
+    day = until.date() if until else jobs.newest_events_day(cfg)
+    moment = datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC)
+    try:
+        result = training.train(cfg, moment, enrich.read(Lake(cfg.lake.root)))
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    m = result["metrics"]
+    click.echo(f"trained {result['version']} on {result['rows']:,} user-moments")
+    click.echo("held-out: " + ", ".join(f"{k} {v}" for k, v in m.items()))
+    click.echo(("promoted: " if result["promoted"] else "not promoted: ")
+               + str(result["comparison"].get("reason", "")))  # fmt: skip
 
 
 @main.group()

@@ -10,7 +10,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from pql.lake import Lake, atomic_dir
 
-_env = Environment(loader=PackageLoader("pql", "templates"), autoescape=select_autoescape())
+TEMPLATES = Environment(loader=PackageLoader("pql", "templates"), autoescape=select_autoescape())
 
 
 def write(
@@ -23,7 +23,7 @@ def write(
     window_days: int,
 ) -> Path:
     """Write reports/week=W/{cohorts.csv, totals.csv, index.html}; returns the HTML path."""
-    html = _env.get_template("report.html").render(
+    html = TEMPLATES.get_template("report.html").render(
         week=week,
         generated_at=generated_at.strftime("%Y-%m-%d %H:%M UTC"),
         window_days=window_days,

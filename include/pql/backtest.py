@@ -1,0 +1,230 @@
+"""Replay a PQL definition over history and judge it against the published rules of thumb.
+
+Rules of thumb (OpenView / Pocus PLG benchmarks): a good definition catches 70-80% of the
+conversions while flagging under 30% of users; PQLs converting under 15% means the definition is
+too loose, above 40% too tight.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from pql import labels, scores, scoring
+from pql.config import Config
+from pql.lake import Lake, atomic_dir
+
+log = logging.getLogger(__name__)
+
+BANDS = [0, 20, 40, 60, 80, 101]
+BAND_LABELS = ["0-19", "20-39", "40-59", "60-79", "80-100"]
+
+
+@dataclass
+class Backtest:
+    summary: dict
+    bands: pd.DataFrame
+    signals: pd.DataFrame
+    users: pd.DataFrame
+
+
+def run(
+    cfg: Config,
+    first: date,
+    last: date,
+    accounts: pd.DataFrame,
+    *,
+    every_days: int = 1,
+    target: str = "won",
+    progress: Callable[[int, int], None] | None = None,
+) -> Backtest:
+    """Score as of the end of each day first..last (every `every_days`) and compare to outcomes.
+
+    A conversion is caught when the user was flagged at a replayed moment before converting;
+    rates count conversions within the attribution window after qualifying (PQLs) or first
+    seen (everyone else).
+    """
+    lake = Lake(cfg.lake.root)
+    days = pd.date_range(first, last, freq=f"{every_days}D").date
+    history = []
+    for k, day in enumerate(days, start=1):
+        as_of = pd.Timestamp(day + timedelta(days=1), tz="UTC").to_pydatetime()
+        feats = scores.features_at(cfg, lake, as_of, accounts)
+        s = scoring.score(feats, cfg, lake.models())
+        history.append(
+            pd.DataFrame(
+                {"user_key": feats["user_key"], "email": feats["email"], "score": s["score"],
+                 "flag": s["flag"], "first_seen": feats["first_seen"], "as_of": as_of}
+            )
+        )  # fmt: skip
+        if progress:
+            progress(k, len(days))
+    h = pd.concat(history, ignore_index=True)
+    users = _per_user(h, labels.first_outcomes(lake), target)
+    window = pd.Timedelta(days=cfg.outcomes.attribution_window_days)
+    start = users["qualified_at"].fillna(users["first_seen"])
+    users["converted_after"] = (users["converted_at"] >= start) & (
+        users["converted_at"] <= start + window
+    )
+    summary = _summary(users, cfg, first, last, target)
+    return Backtest(summary, _bands(users), _signals(lake, users, last), users)
+
+
+def _per_user(h: pd.DataFrame, outcomes: pd.DataFrame, target: str) -> pd.DataFrame:
+    g = h.groupby("user_key")
+    users = pd.DataFrame(
+        {
+            "email": g["email"].last(),
+            "first_seen": g["first_seen"].min(),
+            "max_score": g["score"].max(),
+            "qualified_at": h[h["flag"]].groupby("user_key")["as_of"].min(),
+        }
+    ).reset_index()
+    users["qualified_at"] = pd.to_datetime(users["qualified_at"], utc=True)
+    users = users.merge(
+        outcomes[["email", f"{target}_at"]].rename(columns={f"{target}_at": "converted_at"}),
+        on="email",
+        how="left",
+    )
+    users["pql"] = users["qualified_at"].notna()
+    # Caught: flagged at a replayed moment before the conversion happened.
+    users["caught"] = users["pql"] & (users["qualified_at"] <= users["converted_at"])
+    users["days_early"] = (users["converted_at"] - users["qualified_at"]).dt.total_seconds() / 86400
+    return users
+
+
+def _rate(mask: pd.Series) -> float | None:
+    return round(float(mask.mean()), 4) if len(mask) else None
+
+
+def _summary(users: pd.DataFrame, cfg: Config, first: date, last: date, target: str) -> dict:
+    pql, rest = users[users["pql"]], users[~users["pql"]]
+    converters = users[
+        users["converted_at"].notna() & (users["converted_at"] >= pd.Timestamp(first, tz="UTC"))
+    ]
+    flagged_share = _rate(users["pql"])
+    caught_share = _rate(converters["caught"])
+    pql_rate = _rate(pql["converted_after"])
+    rest_rate = _rate(rest["converted_after"])
+    lift = round(pql_rate / rest_rate, 2) if pql_rate is not None and rest_rate else None
+    early = converters.loc[converters["caught"], "days_early"]
+    checks = [
+        _check("share of users flagged", flagged_share, "under 30%", lambda v: v < 0.30,
+               lambda v: v < 0.40),
+        _check("share of conversions caught", caught_share, "70-80% or more", lambda v: v >= 0.70,
+               lambda v: v >= 0.50),
+        _check(f"PQL→{target} rate", pql_rate, "15-40%", lambda v: 0.15 <= v <= 0.40,
+               lambda v: 0.10 <= v <= 0.50),
+    ]  # fmt: skip
+    verdicts = [c["status"] for c in checks]
+    if pql_rate is not None and pql_rate < 0.15:
+        advice = "too loose: raise the threshold or require stronger signals"
+    elif pql_rate is not None and pql_rate > 0.40:
+        advice = "too tight: it misses buyers; lower the threshold or add signals"
+    elif caught_share is not None and caught_share < 0.70:
+        advice = "catches too few conversions: add the signals converters show (see signals)"
+    else:
+        advice = "ship it" if verdicts.count("pass") == len(checks) else "close: review warnings"
+    return {
+        "model": cfg.model.kind,
+        "model_version": cfg.model.version,
+        "from": first.isoformat(),
+        "to": last.isoformat(),
+        "target": target,
+        "users": len(users),
+        "pqls": len(pql),
+        "flagged_share": flagged_share,
+        "conversions": len(converters),
+        "caught": int(converters["caught"].sum()),
+        "caught_share": caught_share,
+        "median_days_early": round(float(early.median()), 1) if len(early) else None,
+        "pql_conversion_rate": pql_rate,
+        "non_pql_conversion_rate": rest_rate,
+        "lift": lift,
+        "checks": checks,
+        "verdict": advice,
+    }
+
+
+def _check(name: str, value, target: str, good, near) -> dict:
+    if value is None:
+        status = "n/a"
+    else:
+        status = "pass" if good(value) else ("warn" if near(value) else "fail")
+    return {"check": name, "value": value, "target": target, "status": status}
+
+
+def _bands(users: pd.DataFrame) -> pd.DataFrame:
+    band = pd.cut(users["max_score"], BANDS, right=False, labels=BAND_LABELS)
+    g = users.groupby(band, observed=False)["converted_after"]
+    out = pd.DataFrame({"users": g.size(), "converted": g.sum()}).reset_index(names="band")
+    out["conversion_rate"] = (out["converted"] / out["users"].where(out["users"] > 0)).round(4)
+    return out
+
+
+def _signals(lake: Lake, users: pd.DataFrame, last: date) -> pd.DataFrame:
+    """Events most converters did before converting and few non-converters ever did."""
+    u = users[["user_key", "converted_at"]].copy()
+    u["converted_at"] = u["converted_at"].dt.tz_convert("UTC").dt.tz_localize(None)
+    end = pd.Timestamp(last + timedelta(days=1))
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.register("u", u)
+        return (
+            con.sql(
+                f"""
+            WITH ev AS (
+                SELECT DISTINCT e.user_key, e.event_name, u.converted_at IS NOT NULL AS converter
+                FROM read_parquet('{lake.events_glob()}', hive_partitioning = false) e
+                JOIN u USING (user_key)
+                WHERE CAST(e.ts AS TIMESTAMP) < coalesce(u.converted_at, TIMESTAMP '{end}')
+            ), n AS (
+                SELECT count(*) FILTER (WHERE converted_at IS NOT NULL) AS conv,
+                       count(*) FILTER (WHERE converted_at IS NULL) AS rest FROM u
+            )
+            SELECT event_name AS event,
+                   round(count(*) FILTER (WHERE converter) / greatest(any_value(n.conv), 1), 4)
+                       AS converters_share,
+                   round(count(*) FILTER (WHERE NOT converter) / greatest(any_value(n.rest), 1), 4)
+                       AS non_converters_share
+            FROM ev, n GROUP BY event_name
+            """
+            )
+            .df()
+            .assign(
+                ratio=lambda d: (
+                    d["converters_share"] / d["non_converters_share"].clip(lower=0.001)
+                ).round(2)
+            )
+            .sort_values(["ratio", "converters_share"], ascending=False, ignore_index=True)
+        )
+    finally:
+        con.close()
+
+
+def write(result: Backtest, out_dir: Path) -> Path:
+    """summary.json, bands.csv, signals.csv, users.csv and report.html, written atomically."""
+    from pql.report import TEMPLATES
+
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "summary.json").write_text(json.dumps(result.summary, indent=2, default=str))
+        pd.DataFrame(result.summary["checks"]).to_csv(tmp / "checks.csv", index=False)
+        result.bands.to_csv(tmp / "bands.csv", index=False)
+        result.signals.to_csv(tmp / "signals.csv", index=False)
+        result.users.to_csv(tmp / "users.csv", index=False)
+        html = TEMPLATES.get_template("backtest.html").render(
+            s=result.summary,
+            bands=result.bands.to_dict("records"),
+            signals=result.signals.head(15).to_dict("records"),
+            generated=datetime.now().isoformat(timespec="seconds"),
+        )
+        (tmp / "report.html").write_text(html)
+    return out_dir
