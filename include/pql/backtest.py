@@ -88,6 +88,8 @@ def _per_user(h: pd.DataFrame, outcomes: pd.DataFrame, target: str) -> pd.DataFr
         }
     ).reset_index()
     users["qualified_at"] = pd.to_datetime(users["qualified_at"], utc=True)
+    # Outcomes are matched by email: users never seen with one cannot convert in the CRM.
+    users = users[users["email"].notna()]
     users = users.merge(
         outcomes[["email", f"{target}_at"]].rename(columns={f"{target}_at": "converted_at"}),
         on="email",
