@@ -15,7 +15,7 @@ CFG = load()
 
 @dag(
     dag_id="pql_score_sync",
-    description="features → weighted score with reasons → CRM (only what changed)",
+    description="features → score (weighted, threshold or predictive) with reasons → CRM",
     schedule=[CANONICAL_EVENTS],
     start_date=datetime(2026, 1, 1),
     catchup=False,
@@ -35,15 +35,17 @@ def pql_score_sync():
     @task
     def enrich() -> dict:
         from pql import jobs
-        from pql_airflow.hooks import HubSpotHook
+        from pql_airflow.hooks import EnrichmentHook, HubSpotHook
 
         cfg = load()
-        hs = (
-            HubSpotHook(cfg.crm.connection_id).get_conn()
-            if cfg.enrichment.provider == "crm"
+        provider = cfg.enrichment.provider
+        hs = HubSpotHook(cfg.crm.connection_id).get_conn() if provider == "crm" else None
+        api = (
+            EnrichmentHook(cfg.enrichment.connection_id).session_and_host()
+            if provider == "api"
             else None
         )
-        return jobs.refresh_accounts(cfg, hs)
+        return jobs.refresh_accounts(cfg, hs, api)
 
     @task(outlets=[SCORES])
     def score(enriched: dict, params=None, triggering_asset_events=None) -> dict:
