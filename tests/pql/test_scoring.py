@@ -92,7 +92,9 @@ def test_features_see_only_the_past(tmp_path):
     assert f.loc["u1", "s0"] == 4 and f.loc["u1", "s2"] == 4
     assert (f.loc["u1", "email"], f.loc["u1", "account_key"]) == ("a@acme.io", "acme.io")
     assert f.loc["u2", "free_email"] and pd.isna(f.loc["u2", "account_key"])
-    earlier = user_features(glob, _at(5), FEATURES, ["gmail.com"], model=MODEL).set_index("user_key")
+    earlier = user_features(glob, _at(5), FEATURES, ["gmail.com"], model=MODEL).set_index(
+        "user_key"
+    )
     assert list(earlier.index) == ["u1"] and earlier.loc["u1", "s0"] == 2  # 6 and 8 days ago
 
 
