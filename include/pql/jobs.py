@@ -9,11 +9,12 @@ from __future__ import annotations
 import logging
 from datetime import UTC, date, datetime, timedelta
 
+import duckdb
 import pandas as pd
 import requests
 from hubspot import HubSpot
 
-from pql import enrich, outcomes, report, scores
+from pql import enrich, enrich_api, outcomes, report, scores
 from pql.config import Config
 from pql.crm import hubspot as crm_hubspot
 from pql.events import amplitude, mixpanel, profiles
@@ -109,19 +110,68 @@ def newest_events_day(cfg: Config) -> date:
     return max(days)
 
 
-def refresh_accounts(cfg: Config, hs: HubSpot | None) -> dict:
-    """Fetch firmographics from the configured provider and keep them in the lake."""
+def refresh_accounts(
+    cfg: Config,
+    hs: HubSpot | None,
+    enrichment: tuple[requests.Session, str | None] | None = None,
+) -> dict:
+    """Fetch firmographics from the configured provider and keep them in the lake.
+
+    `enrichment` is the API's (session, base URL) for provider 'api'.
+    """
     lake = Lake(cfg.lake.root)
     provider = cfg.enrichment.provider
+    stats = {}
     if provider == "crm":
         accounts = crm_hubspot.read_companies(hs)
     elif provider == "file":
         accounts = enrich.from_file(cfg.enrichment.file)
+    elif provider == "api":
+        if enrichment is None:
+            raise ValueError("enrichment provider 'api' needs the API's (session, base URL)")
+        e = cfg.enrichment
+        accounts = enrich_api.fetch(
+            *enrichment,
+            company_domains(lake, cfg.identity.free_email_domains),
+            lake,
+            ttl_days=e.cache_ttl_days,
+            requests_per_second=e.requests_per_second,
+            max_requests=e.max_requests_per_run,
+            connection_id=e.connection_id,
+        )
+        stats = accounts.attrs.get("enrichment", {})
     else:
         accounts = pd.DataFrame(columns=enrich.COLUMNS)
     path = enrich.write(lake, accounts)
     log.info("enrichment (%s): %s accounts", provider, len(accounts))
-    return {"accounts": len(accounts), "path": str(path)}
+    return {"accounts": len(accounts), "path": str(path), **stats}
+
+
+def company_domains(lake: Lake, free_email_domains: list[str]) -> list[str]:
+    """Distinct work-email domains of identified users, plus account keys that are domains.
+
+    Emails come from the canonical events and from the profiles the identity step looked up.
+    """
+    if not any((lake.root / "events").glob("source=*/date=*/*.parquet")):
+        return []
+
+    def scan(glob) -> str:
+        path = str(glob).replace("'", "''")
+        return f"read_parquet('{path}', hive_partitioning = false, union_by_name = true)"
+
+    emails = f"SELECT email FROM {scan(lake.events_glob())} WHERE user_key NOT LIKE '$device:%'"
+    if any((lake.root / "identity").glob("*/profiles.parquet")):
+        emails += f" UNION ALL SELECT email FROM {scan(lake.root / 'identity/*/profiles.parquet')}"
+    sql = f"""
+        SELECT lower(split_part(email, '@', 2)) FROM ({emails}) WHERE email LIKE '%_@_%._%'
+        UNION
+        SELECT lower(account_key) FROM {scan(lake.events_glob())}
+        WHERE regexp_full_match(lower(account_key), '([a-z0-9-]+\\.)+[a-z]{{2,}}')
+    """
+    free = {d.lower() for d in free_email_domains}
+    with duckdb.connect() as con:
+        found = {row[0] for row in con.sql(sql).fetchall()}
+    return sorted(d for d in found if d and d not in free)
 
 
 def score(cfg: Config, day: date) -> dict:

@@ -18,7 +18,7 @@ import requests
 import uvicorn
 from fastapi import FastAPI, Request
 
-from sandbox import amplitude, hubspot, mixpanel
+from sandbox import amplitude, enrichment, hubspot, mixpanel
 from sandbox.state import SandboxState, write_json_private
 
 HOST = "127.0.0.1"
@@ -31,6 +31,7 @@ def create_app(state: SandboxState) -> FastAPI:
     app.include_router(mixpanel.router(state))
     app.include_router(hubspot.router(state))
     app.include_router(amplitude.router(state))
+    app.include_router(enrichment.router(state))
 
     @app.get("/_sandbox/health")
     def health():
@@ -41,6 +42,10 @@ def create_app(state: SandboxState) -> FastAPI:
         body = await request.json()
         state.queue_fault(body["target"], int(body["status"]), int(body.get("count", 1)))
         return {"queued": body}
+
+    @app.get("/_sandbox/counters")
+    def counters():
+        return dict(state.counters)
 
     @app.post("/_sandbox/settings")
     async def settings(request: Request):

@@ -7,7 +7,7 @@ import os
 import secrets
 import sqlite3
 import threading
-from collections import deque
+from collections import Counter, deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +23,8 @@ DEFAULT_SETTINGS = {
     "mixpanel_queries_per_second": 3,
     # A legacy (pre-2023) project keeps days and `time` in its own zone.
     "mixpanel_project_timezone": "UTC",
+    # Company enrichment (Clearbit-style): 600 requests a minute, i.e. 10 in a rolling second.
+    "enrichment_rps": 10,
 }
 
 
@@ -40,6 +42,7 @@ def new_credentials() -> dict:
             "secret": secrets.token_urlsafe(24),
         },
         "hubspot": {"access_token": f"pat-na1-{secrets.token_hex(16)}"},
+        "enrichment": {"api_key": f"sk_{secrets.token_hex(16)}"},
     }
 
 
@@ -75,6 +78,7 @@ class SandboxState:
     settings: dict
     base_url: str = ""
     limiters: dict[str, RollingLimiter] = field(default_factory=dict)
+    counters: Counter = field(default_factory=Counter)  # requests served, by emulator's name
     _faults: dict[str, deque] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -112,6 +116,11 @@ class SandboxState:
         with self._lock:
             self._faults.setdefault(target, deque()).extend([status] * count)
 
+    def count(self, name: str) -> None:
+        """Add one to a request counter (tests read `counters` to see what a client asked)."""
+        with self._lock:
+            self.counters[name] += 1
+
     def take_fault(self, target: str) -> int | None:
         with self._lock:
             q = self._faults.get(target)
@@ -146,11 +155,12 @@ def write_json_private(path: Path, data: dict) -> None:
 
 def connection_env(state: SandboxState, base_url: str) -> dict[str, str]:
     """AIRFLOW_CONN_* variables pointing the pipeline's connections at this sandbox."""
-    from sandbox import amplitude  # imports this module: kept local to avoid the cycle
+    from sandbox import amplitude, enrichment  # they import this module: local, no cycle
 
     mp, hs = state.credentials["mixpanel"], state.credentials["hubspot"]
     return {
         **amplitude.connection_env(state, base_url),
+        **enrichment.connection_env(state, base_url),
         "AIRFLOW_CONN_MIXPANEL_DEFAULT": json.dumps(
             {
                 "conn_type": "http",

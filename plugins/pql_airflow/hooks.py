@@ -58,3 +58,34 @@ class HubSpotHook(BaseHook):
         if host and "://" not in host:
             host = f"{conn.schema or 'https'}://{host}" + (f":{conn.port}" if conn.port else "")
         return client(conn.password, host)
+
+
+class EnrichmentHook(HttpHook):
+    """A firmographic enrichment API (Clearbit-style company lookup): Bearer token auth.
+
+    Connection: password = the API key; host = optional base URL (leave empty for the vendor's
+    own host, https://company.clearbit.com).
+    """
+
+    conn_name_attr = "http_conn_id"
+    default_conn_name = "enrichment_default"
+    conn_type = "http"
+    hook_name = "Enrichment API"
+
+    def __init__(self, http_conn_id: str = default_conn_name, **kwargs):
+        super().__init__(method="GET", http_conn_id=http_conn_id, **kwargs)
+
+    def _configure_session_from_auth(self, session, connection):
+        if not connection.password:
+            raise ValueError(
+                f"connection {self.http_conn_id!r} has no password: "
+                "put the enrichment API key there"
+            )
+        session.auth = None
+        session.headers["Authorization"] = f"Bearer {connection.password}"
+        return session
+
+    def session_and_host(self) -> tuple[requests.Session, str | None]:
+        session = self.get_conn()
+        conn = self.get_connection(self.http_conn_id)
+        return session, (self.base_url if conn.host else None)
