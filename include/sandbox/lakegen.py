@@ -44,7 +44,9 @@ def write(
             n += 1
         o = world.outcome(spec, user)
         if o.meeting_at and o.meeting_at < known_until:
-            meetings.append({"meeting_id": f"m{k}", "email": user.email, "meeting_at": o.meeting_at})
+            meetings.append(
+                {"meeting_id": f"m{k}", "email": user.email, "meeting_at": o.meeting_at}
+            )
         if o.won_at and o.won_at < known_until:
             won.append(
                 {"deal_id": f"d{k}", "email": user.email, "won_at": o.won_at, "amount": o.amount}
