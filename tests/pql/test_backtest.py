@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from pql import backtest, cli, config, enrich, labels, scores
+from pql import backtest, cli, config, enrich, labels, scores, scoring
 from pql.lake import Lake
 from sandbox import lakegen, world
 
@@ -107,3 +107,38 @@ def test_labels_leave_out_converted_and_unmatchable_users():
     )
     got = labels.label(users, outcomes, datetime(2026, 2, 1, tzinfo=UTC), "won", 60)
     assert got.set_index("user_key")["label"].to_dict() == {"b": True, "d": False}
+
+
+PREDICTIVE = """\
+lake: {root: LAKE}
+sources: [{name: mixpanel, kind: mixpanel, project_id: 1, project_created: 2024-03-01}]
+model: {kind: predictive, target: meeting, horizon_days: 14, threshold: 0.05,
+        training_days: 63, holdout_days: 14, sample_every_days: 7}
+crm: {kind: hubspot}
+"""
+
+
+def test_train_promote_and_score_with_the_predictive_model(lake, tmp_path):
+    from pql.scoring import predictive
+
+    path = tmp_path / "predictive.yaml"
+    path.write_text(PREDICTIVE.replace("LAKE", str(lake.root)))
+    cfg = config.load(path)
+    scores_dir = lake.scores(date(2026, 5, 10))
+    with pytest.raises(scoring.NoTrainedModel, match="pql train"):
+        scores.score_day(cfg, date(2026, 5, 10), enrich.read(lake))
+    res = CliRunner().invoke(cli.main, ["train", "--config", str(path), "--until", "2026-05-10"])
+    assert res.exit_code == 0, res.output
+    assert "promoted:" in res.output and "auc" in res.output
+    version = predictive.current_version(lake.models())
+    assert version and version.startswith("predictive-")
+    again = CliRunner().invoke(cli.main, ["train", "--config", str(path), "--until", "2026-05-10"])
+    assert "not promoted" in again.output  # the same data cannot beat the current version
+    assert predictive.current_version(lake.models()) == version
+
+    result = scores.score_day(cfg, date(2026, 5, 10), enrich.read(lake))
+    snap = pd.read_parquet(scores_dir / "scores.parquet")
+    assert (snap["model_version"] == version).all() and result["pqls"] == snap["flag"].sum() > 0
+    flagged = snap[snap["flag"]]
+    assert flagged["reasons"].str.len().gt(0).all()
+    assert (pd.read_parquet(scores_dir / "accounts.parquet")["users"] > 0).all()

@@ -229,8 +229,8 @@ def expected_calibration_error(y, p, bins: int = 10) -> float:
 
 
 def new_version(prefix: str, now: datetime) -> str:
-    """A version name such as 'predictive-20261123-1415'."""
-    return f"{prefix}-{now:%Y%m%d-%H%M}"
+    """A version name such as 'predictive-20261123-141559' (never reused: a second apart)."""
+    return f"{prefix}-{now:%Y%m%d-%H%M%S}"
 
 
 def save(trained: Trained, models_dir: Path) -> Path:
