@@ -252,5 +252,5 @@ def test_promote_refuses_a_single_class_holdout(frame, full, tmp_path):
 
 def test_new_version():
     assert predictive.new_version("predictive", datetime(2026, 11, 23, 14, 15, 59, tzinfo=UTC)) == (
-        "predictive-20261123-1415"
+        "predictive-20261123-141559"
     )
