@@ -240,6 +240,40 @@ def train(config_path, until) -> None:
                + str(result["comparison"].get("reason", "")))  # fmt: skip
 
 
+@main.command()
+@config_option
+@click.option("--day", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="Scores of this day (default: the newest day extracted).")  # fmt: skip
+@click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
+def sync(config_path, day, dry_run) -> None:
+    """Write changed scores to the CRM (or, with --dry-run, show what would change).
+
+    Failed records from earlier runs are never in the ledger, so a run sends them again.
+    """
+    from pql import connections, jobs
+    from pql.crm import hubspot as crm_hubspot
+
+    cfg = _load(config_path)
+    day = day.date() if day else jobs.newest_events_day(cfg)
+    try:
+        conn = connections.from_env(cfg.crm.connection_id)
+        hs = crm_hubspot.client(conn.password or "", conn.host or None)
+        result = jobs.sync(cfg, day, hs, dry_run=dry_run)
+    except (LookupError, FileNotFoundError, crm_hubspot.SyncError) as e:
+        raise click.ClickException(str(e)) from None
+    if not dry_run:
+        click.echo(f"{day}: {result['written']:,} written, {result['unchanged']:,} unchanged, "
+                   f"{result['failed']:,} failed (run {result['run']})")  # fmt: skip
+        return
+    click.echo(f"{day} (dry run): {result['would_write']:,} would be written, "
+               f"{result['unchanged']:,} unchanged, nothing sent")  # fmt: skip
+    for rec in result["sample"]:
+        kind = "new" if rec["new_record"] else "update"
+        click.echo(f"  {rec['email']} ({kind})")
+        for field, (old, new) in rec["changes"].items():
+            click.echo(f"    {field}: {old!r} -> {new!r}")
+
+
 @main.group()
 def events() -> None:
     """Look at the canonical events in the lake."""

@@ -81,3 +81,48 @@ def test_rate_limit_and_server_errors_are_retried(sandbox, hs, tmp_path):
     result = crm.sync(hs, Lake(tmp_path), TARGET, _scores(["a@x.io", "b@x.io"]))
     assert result["written"] == 2
     assert sandbox.take_fault("hubspot") is None
+
+
+def test_dry_run_cli_shows_old_and_new_values_and_writes_nothing(
+    sandbox, hs, tmp_path, monkeypatch
+):
+    from datetime import date
+
+    from click.testing import CliRunner
+
+    from pql import cli, config
+    from sandbox.state import connection_env
+
+    lake = Lake(tmp_path)
+    emails = [f"dry{i}@acme.io" for i in range(5)]
+    crm.sync(hs, lake, TARGET, _scores(emails))
+    later = _scores(emails + ["new@acme.io"])
+    later.loc[0, "score"] = 91
+    day = date(2026, 10, 2)
+    lake.scores(day).mkdir(parents=True)
+    later.to_parquet(lake.scores(day) / "scores.parquet", index=False)
+    cfg_path = tmp_path / "pql.yaml"
+    cfg_path.write_text(
+        (config.DEFAULT_CONFIG.read_text()).replace("root: ../var/lake", f"root: {tmp_path}")
+    )
+    for k, v in connection_env(sandbox, sandbox.base_url).items():
+        monkeypatch.setenv(k, v)
+    before = HubSpotStore(sandbox).get_by("contacts", "email", "dry0@acme.io")["properties"]
+    res = CliRunner().invoke(
+        cli.main, ["sync", "--config", str(cfg_path), "--day", str(day), "--dry-run"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "2 would be written, 4 unchanged, nothing sent" in res.output
+    assert "dry0@acme.io (update)" in res.output and "pql_score: '70' -> '91'" in res.output
+    assert "new@acme.io (new)" in res.output
+    after = HubSpotStore(sandbox).get_by("contacts", "email", "dry0@acme.io")["properties"]
+    assert (
+        after == before and HubSpotStore(sandbox).get_by("contacts", "email", "new@acme.io") is None
+    )
+    res = CliRunner().invoke(cli.main, ["sync", "--config", str(cfg_path), "--day", str(day)])
+    assert res.exit_code == 0, res.output
+    assert "2 written, 4 unchanged, 0 failed" in res.output
+    assert (
+        HubSpotStore(sandbox).get_by("contacts", "email", "dry0@acme.io")["properties"]["pql_score"]
+        == "91"
+    )

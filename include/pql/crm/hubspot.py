@@ -238,7 +238,7 @@ def sync(
         "skipped_no_email": int(scores["email"].isna().sum()),
     }
     if dry_run:
-        return {**counts, "would_write": len(todo)}
+        return {**counts, "would_write": len(todo), "sample": diff_sample(todo, ledger)}
     ensure_properties(hs, target)
     results = pd.DataFrame(
         list(upsert_contacts(hs, todo)),
@@ -264,6 +264,18 @@ def sync(
             f"All results: {lake.sync('hubspot') / f'run={run_id}'}"
         )
     return counts
+
+
+def diff_sample(todo: pd.DataFrame, ledger: pd.DataFrame | None, n: int = 10) -> list[dict]:
+    """Up to n records that would be written, each with its changed fields' old and new values."""
+    last = {} if ledger is None else dict(zip(ledger["email"], ledger["values"], strict=True))
+    fields = [c for c in todo.columns if c != "email"]
+    out = []
+    for r in todo.head(n).to_dict("records"):
+        old = json.loads(last[r["email"]]) if r["email"] in last else {}
+        changes = {k: (old.get(k), r[k]) for k in fields if old.get(k) != r[k]}
+        out.append({"email": r["email"], "new_record": not old, "changes": changes})
+    return out
 
 
 def _update_ledger(lake: Lake, ledger: pd.DataFrame | None, written: pd.DataFrame) -> None:
