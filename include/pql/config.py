@@ -401,6 +401,10 @@ class HubSpotTarget(Strict):
     fields: CrmFields = CrmFields()
     create_missing: bool = True
     max_failed_share: float = Field(0.05, ge=0, le=1)
+    unflag: bool = True  # a lead that stops qualifying is written flag=false (never deleted)
+    on_manual_edit: Literal["overwrite", "keep"] = "overwrite"  # a value edited in the CRM
+    verify: Literal["sample", "all", "off"] = "sample"  # read back after writing
+    verify_sample: int = Field(50, ge=1)
 
 
 Crm = Annotated[HubSpotTarget, Field(discriminator="kind")]

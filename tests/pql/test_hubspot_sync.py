@@ -126,3 +126,40 @@ def test_dry_run_cli_shows_old_and_new_values_and_writes_nothing(
         HubSpotStore(sandbox).get_by("contacts", "email", "dry0@acme.io")["properties"]["pql_score"]
         == "91"
     )
+
+
+def _crm(sandbox, email):
+    return HubSpotStore(sandbox).get_by("contacts", "email", email)["properties"]
+
+
+@pytest.mark.parametrize("rule", ["overwrite", "keep"])
+def test_values_edited_by_hand_in_the_crm_follow_the_rule(sandbox, hs, tmp_path, rule):
+    lake = Lake(tmp_path)
+    target = TARGET.model_copy(update={"on_manual_edit": rule, "verify": "all"})
+    emails = [f"{rule}{i}@acme.io" for i in range(3)]
+    crm.sync(hs, lake, target, _scores(emails))
+    # A rep overwrites the score by hand (through the API, as the UI does).
+    list(crm.upsert_contacts(hs, pd.DataFrame({"email": [emails[0]], "pql_score": ["5"]})))
+    now = _scores(emails, score=80)
+    result = crm.sync(hs, lake, target, now)
+    assert result["edited_in_crm"] == 1
+    if rule == "overwrite":
+        assert (result["written"], result["kept_manual_edits"]) == (3, 0)
+        assert _crm(sandbox, emails[0])["pql_score"] in ("80", "80.0")
+    else:
+        assert (result["written"], result["kept_manual_edits"]) == (2, 1)
+        assert _crm(sandbox, emails[0])["pql_score"] in ("5", "5.0")
+    assert _crm(sandbox, emails[1])["pql_score"] in ("80", "80.0")
+
+
+def test_unflag_off_keeps_a_lead_flagged_once_written(sandbox, hs, tmp_path):
+    lake = Lake(tmp_path)
+    target = TARGET.model_copy(update={"unflag": False})
+    crm.sync(hs, lake, target, _scores(["keepflag@acme.io"], score=70))
+    crm.sync(hs, lake, target, _scores(["keepflag@acme.io"], score=30))
+    held = _crm(sandbox, "keepflag@acme.io")
+    assert held["pql_flag"] == "true" and held["pql_score"] in ("30", "30.0")
+    lake2 = Lake(tmp_path / "other")
+    crm.sync(hs, lake2, TARGET, _scores(["unflag@acme.io"], score=70))
+    crm.sync(hs, lake2, TARGET, _scores(["unflag@acme.io"], score=30))
+    assert _crm(sandbox, "unflag@acme.io")["pql_flag"] == "false"  # the default: un-flagged

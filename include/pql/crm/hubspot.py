@@ -216,6 +216,52 @@ def _error_message(body) -> str | None:
         return None
 
 
+def read_contacts(hs: HubSpot, emails: list[str], fields: list[str]) -> dict[str, dict]:
+    """Current values of `fields` for contacts by email (batch reads of 100; absent → missing)."""
+    from hubspot.crm.contacts import BatchReadInputSimplePublicObjectId, SimplePublicObjectId
+
+    out: dict[str, dict] = {}
+    for start in range(0, len(emails), BATCH):
+        chunk = emails[start : start + BATCH]
+        body = BatchReadInputSimplePublicObjectId(
+            id_property="email",
+            properties=["email", *fields],
+            inputs=[SimplePublicObjectId(id=e) for e in chunk],
+        )
+        resp = hs.crm.contacts.batch_api.read(batch_read_input_simple_public_object_id=body)
+        for r in resp.results or []:
+            props = r.properties or {}
+            out[(props.get("email") or "").lower()] = {k: props.get(k) for k in fields}
+    return out
+
+
+def same_value(a, b) -> bool:
+    """Equal as HubSpot stores them: '70' and '70.0', or two spellings of one instant, match."""
+    a, b = ("" if a is None else str(a)), ("" if b is None else str(b))
+    if a == b:
+        return True
+    for parse in (float, lambda v: pd.Timestamp(v).tz_convert("UTC")):
+        try:
+            return parse(a) == parse(b)
+        except (ValueError, TypeError):
+            continue
+    return False
+
+
+def edited_in_crm(current: dict[str, dict], ledger: pd.DataFrame | None) -> set[str]:
+    """Emails whose CRM values differ from what this pipeline last wrote (edited by hand)."""
+    if ledger is None or not current:
+        return set()
+    last = dict(zip(ledger["email"], ledger["values"], strict=True))
+    edited = set()
+    for email, values in current.items():
+        if email in last:
+            wrote = json.loads(last[email])
+            if any(not same_value(values.get(k), v) for k, v in wrote.items()):
+                edited.add(email)
+    return edited
+
+
 def load_ledger(lake: Lake) -> pd.DataFrame | None:
     path = lake.sync("hubspot") / "ledger" / "ledger.parquet"
     return pd.read_parquet(path) if path.exists() else None
@@ -231,6 +277,8 @@ def sync(
     """
     desired = desired_values(scores, target)
     ledger = load_ledger(lake)
+    if not target.unflag:
+        desired = _keep_flags(desired, ledger, target.fields.flag)
     todo = changed(desired, ledger)
     counts = {
         "candidates": len(desired),
@@ -240,10 +288,20 @@ def sync(
     if dry_run:
         return {**counts, "would_write": len(todo), "sample": diff_sample(todo, ledger)}
     ensure_properties(hs, target)
+    fields = [c for c in desired.columns if c != "email"]
+    known = todo["email"][todo["email"].isin(ledger["email"])] if ledger is not None else []
+    edited = edited_in_crm(read_contacts(hs, list(known), fields), ledger)
+    kept = todo[todo["email"].isin(edited)] if target.on_manual_edit == "keep" else todo[:0]
+    todo = todo[~todo["email"].isin(kept["email"])]
+    counts.update(edited_in_crm=len(edited), kept_manual_edits=len(kept))
+    if edited:
+        log.warning("%s records were edited in HubSpot since the last run: %s (on_manual_edit)",
+                    len(edited), "kept" if len(kept) else "overwritten")  # fmt: skip
     results = pd.DataFrame(
         list(upsert_contacts(hs, todo)),
         columns=["email", "status", "http_status", "message", "transient", "hubspot_id"],
     )
+    results = _verify(hs, target, todo, results, fields)
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     with atomic_dir(lake.sync("hubspot") / f"run={run_id}") as tmp:
         results.to_parquet(tmp / "results.parquet", index=False)
@@ -264,6 +322,42 @@ def sync(
             f"All results: {lake.sync('hubspot') / f'run={run_id}'}"
         )
     return counts
+
+
+def _keep_flags(desired: pd.DataFrame, ledger: pd.DataFrame | None, flag: str) -> pd.DataFrame:
+    """With unflag off, a lead once written as qualified stays flagged in the CRM."""
+    if ledger is None or ledger.empty:
+        return desired
+    was = ledger.set_index("email")["values"].map(lambda v: json.loads(v).get(flag) == "true")
+    keep = desired["email"].map(was).fillna(False).astype(bool)
+    return desired.assign(**{flag: desired[flag].where(~keep, "true")})
+
+
+def _verify(hs: HubSpot, target: HubSpotTarget, sent: pd.DataFrame, results: pd.DataFrame,
+            fields: list[str]) -> pd.DataFrame:  # fmt: skip
+    """Read written records back; one the CRM does not hold as sent is failed, not synced."""
+    written = results[results["status"] == "written"]["email"]
+    if target.verify == "off" or written.empty:
+        return results
+    check = written if target.verify == "all" else written.sample(
+        n=min(target.verify_sample, len(written)), random_state=0
+    )  # fmt: skip
+    held = read_contacts(hs, list(check), fields)
+    want = sent.set_index("email")
+    bad = {}
+    for email in check:
+        now = held.get(email, {})
+        diff = [k for k in fields if not same_value(now.get(k), want.at[email, k])]
+        if diff:
+            bad[email] = f"read back differs on {', '.join(diff)}"
+    if bad:
+        log.warning("read-back: %s of %s checked records differ; they stay unsynced", len(bad),
+                    len(check))  # fmt: skip
+        hit = results["email"].isin(bad.keys())
+        results.loc[hit, "status"] = "failed"
+        results.loc[hit, "message"] = results.loc[hit, "email"].map(bad)
+        results.loc[hit, "transient"] = True
+    return results
 
 
 def diff_sample(todo: pd.DataFrame, ledger: pd.DataFrame | None, n: int = 10) -> list[dict]:
