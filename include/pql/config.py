@@ -392,6 +392,9 @@ class CrmFields(Strict):
     qualified_at: CrmField = "pql_qualified_at"
     reasons: CrmField = "pql_reasons"
     model_version: CrmField = "pql_model_version"
+    account_qualified: CrmField = "pql_account_qualified"  # on companies (PQA)
+    account_score: CrmField = "pql_account_score"
+    account_reasons: CrmField = "pql_account_reasons"
 
 
 class HubSpotTarget(Strict):
@@ -401,6 +404,7 @@ class HubSpotTarget(Strict):
     fields: CrmFields = CrmFields()
     create_missing: bool = True
     max_failed_share: float = Field(0.05, ge=0, le=1)
+    sync_accounts: bool = True  # write account qualification (PQA) to companies by domain
     unflag: bool = True  # a lead that stops qualifying is written flag=false (never deleted)
     on_manual_edit: Literal["overwrite", "keep"] = "overwrite"  # a value edited in the CRM
     verify: Literal["sample", "all", "off"] = "sample"  # read back after writing

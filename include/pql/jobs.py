@@ -184,9 +184,14 @@ def sync(cfg: Config, day: date, hs: HubSpot, *, dry_run: bool = False) -> dict:
     path = Lake(cfg.lake.root).scores(day) / "scores.parquet"
     if not path.exists():
         raise FileNotFoundError(f"no scores for {day} at {path}: run the score step first")
-    return crm_hubspot.sync(
-        hs, Lake(cfg.lake.root), cfg.crm, pd.read_parquet(path), dry_run=dry_run
-    )
+    lake = Lake(cfg.lake.root)
+    result = crm_hubspot.sync(hs, lake, cfg.crm, pd.read_parquet(path), dry_run=dry_run)
+    accounts = path.parent / "accounts.parquet"
+    if cfg.crm.sync_accounts and accounts.exists() and not dry_run:
+        result["companies"] = crm_hubspot.sync_accounts(
+            hs, lake, cfg.crm, pd.read_parquet(accounts)
+        )
+    return result
 
 
 def weekly_report(cfg: Config, week: date, hs: HubSpot) -> dict:

@@ -163,3 +163,29 @@ def test_unflag_off_keeps_a_lead_flagged_once_written(sandbox, hs, tmp_path):
     crm.sync(hs, lake2, TARGET, _scores(["unflag@acme.io"], score=70))
     crm.sync(hs, lake2, TARGET, _scores(["unflag@acme.io"], score=30))
     assert _crm(sandbox, "unflag@acme.io")["pql_flag"] == "false"  # the default: un-flagged
+
+
+def test_account_qualification_goes_to_companies_by_domain(sandbox, hs, tmp_path):
+    lake = Lake(tmp_path)
+    store = HubSpotStore(sandbox)
+    store.upsert("companies", [{"domain": f"pqa{i}.io", "name": f"PQA {i}"} for i in range(3)])
+    rollup = pd.DataFrame(
+        {
+            "account_key": ["pqa0.io", "pqa1.io", "pqa2.io", "nocompany.io"],
+            "qualified": [True, False, True, True],
+            "best_score": [90, 40, 75, 80],
+            "reasons": ["3 of 4 active users qualified", "0 of 2", "2 of 3", "1 of 1"],
+        }
+    )
+    first = crm.sync_accounts(hs, lake, TARGET, rollup)
+    assert (first["written"], first["not_in_crm"], first["failed"]) == (3, 1, 0)
+    held = store.get_by("companies", "domain", "pqa0.io")["properties"]
+    assert held["pql_account_qualified"] == "true"
+    assert held["pql_account_reasons"] == "3 of 4 active users qualified"
+    again = crm.sync_accounts(hs, lake, TARGET, rollup)
+    assert again["written"] == 0 and again["unchanged"] == 3  # only the missing one is retried
+    rollup.loc[1, ["qualified", "best_score"]] = [True, 60]
+    assert crm.sync_accounts(hs, lake, TARGET, rollup)["written"] == 1
+    assert store.get_by("companies", "domain", "pqa1.io")["properties"][
+        "pql_account_qualified"
+    ] == ("true")

@@ -86,7 +86,7 @@ def property_specs(target: HubSpotTarget) -> list[dict]:
 
 
 def ensure_properties(
-    hs: HubSpot, target: HubSpotTarget, object_type: str = "contacts"
+    hs: HubSpot, target: HubSpotTarget, object_type: str = "contacts", specs: list | None = None
 ) -> list[str]:
     """Create the property group and any missing custom properties; returns what was created."""
     created = []
@@ -100,7 +100,7 @@ def ensure_properties(
         )
         created.append(f"group {target.property_group}")
     existing = {p.name for p in hs.crm.properties.core_api.get_all(object_type=object_type).results}
-    for spec in property_specs(target):
+    for spec in specs if specs is not None else property_specs(target):
         if spec["name"] in existing:
             continue
         hs.crm.properties.core_api.create(
@@ -130,14 +130,14 @@ def desired_values(scores: pd.DataFrame, target: HubSpotTarget) -> pd.DataFrame:
     ).reset_index(drop=True)
 
 
-def changed(desired: pd.DataFrame, ledger: pd.DataFrame | None) -> pd.DataFrame:
+def changed(desired: pd.DataFrame, ledger: pd.DataFrame | None, key: str = "email") -> pd.DataFrame:
     """Rows of `desired` whose values differ from what the ledger says was last written."""
     if ledger is None or ledger.empty:
         return desired
-    fields = [c for c in desired.columns if c != "email"]
-    last = ledger.set_index("email")["values"]
+    fields = [c for c in desired.columns if c != key]
+    last = ledger.set_index(key)["values"]
     now = desired.apply(lambda r: json.dumps({k: r[k] for k in fields}, sort_keys=True), axis=1)
-    return desired[now.ne(desired["email"].map(last))]
+    return desired[now.ne(desired[key].map(last))]
 
 
 def upsert_contacts(hs: HubSpot, rows: pd.DataFrame) -> Iterator[dict]:
@@ -262,8 +262,8 @@ def edited_in_crm(current: dict[str, dict], ledger: pd.DataFrame | None) -> set[
     return edited
 
 
-def load_ledger(lake: Lake) -> pd.DataFrame | None:
-    path = lake.sync("hubspot") / "ledger" / "ledger.parquet"
+def load_ledger(lake: Lake, name: str = "ledger") -> pd.DataFrame | None:
+    path = lake.sync("hubspot") / name / "ledger.parquet"
     return pd.read_parquet(path) if path.exists() else None
 
 
@@ -372,12 +372,13 @@ def diff_sample(todo: pd.DataFrame, ledger: pd.DataFrame | None, n: int = 10) ->
     return out
 
 
-def _update_ledger(lake: Lake, ledger: pd.DataFrame | None, written: pd.DataFrame) -> None:
-    fields = [c for c in written.columns if c != "email"]
+def _update_ledger(lake: Lake, ledger: pd.DataFrame | None, written: pd.DataFrame,
+                   key: str = "email", name: str = "ledger") -> None:  # fmt: skip
+    fields = [c for c in written.columns if c != key]
     now = datetime.now(UTC)
     fresh = pd.DataFrame(
         {
-            "email": written["email"],
+            key: written[key],
             "values": written.apply(
                 lambda r: json.dumps({k: r[k] for k in fields}, sort_keys=True), axis=1
             )
@@ -387,11 +388,9 @@ def _update_ledger(lake: Lake, ledger: pd.DataFrame | None, written: pd.DataFram
         }
     )
     merged = (
-        fresh
-        if ledger is None
-        else pd.concat([ledger, fresh]).drop_duplicates("email", keep="last")
+        fresh if ledger is None else pd.concat([ledger, fresh]).drop_duplicates(key, keep="last")
     )
-    with atomic_dir(lake.sync("hubspot") / "ledger") as tmp:
+    with atomic_dir(lake.sync("hubspot") / name) as tmp:
         merged.to_parquet(tmp / "ledger.parquet", index=False)
 
 
@@ -409,6 +408,7 @@ def read_companies(hs: HubSpot) -> pd.DataFrame:
             p = c.properties or {}
             rows.append(
                 {
+                    "hubspot_id": c.id,
                     "domain": p.get("domain"),
                     "employees": p.get("numberofemployees"),
                     "industry": p.get("industry"),
@@ -417,4 +417,91 @@ def read_companies(hs: HubSpot) -> pd.DataFrame:
             )
         after = page.paging.next.after if page.paging and page.paging.next else None
         if not after:
-            return pd.DataFrame(rows, columns=["domain", "employees", "industry", "country"])
+            cols = ["hubspot_id", "domain", "employees", "industry", "country"]
+            return pd.DataFrame(rows, columns=cols)
+
+
+# --- companies: account qualification (PQA) -------------------------------------------------
+
+
+def company_property_specs(target: HubSpotTarget) -> list[dict]:
+    """The custom company properties the account sync writes."""
+    f = target.fields
+    return [
+        {"name": f.account_qualified, "label": "PQA", "type": "bool",
+         "field_type": "booleancheckbox",
+         "options": [{"label": "Yes", "value": "true", "displayOrder": 0},
+                     {"label": "No", "value": "false", "displayOrder": 1}]},
+        {"name": f.account_score, "label": "PQA best user score", "type": "number",
+         "field_type": "number"},
+        {"name": f.account_reasons, "label": "PQA reasons", "type": "string",
+         "field_type": "textarea"},
+    ]  # fmt: skip
+
+
+def desired_accounts(accounts: pd.DataFrame, target: HubSpotTarget) -> pd.DataFrame:
+    """Company property values (strings, as on the wire) per domain, from an accounts rollup."""
+    f = target.fields
+    a = accounts[accounts["account_key"].notna()].drop_duplicates("account_key", keep="last")
+    return pd.DataFrame(
+        {
+            "domain": a["account_key"].str.lower(),
+            f.account_qualified: a["qualified"].map({True: "true", False: "false"}),
+            f.account_score: a["best_score"].astype(int).astype(str),
+            f.account_reasons: a["reasons"].fillna(""),
+        }
+    ).reset_index(drop=True)
+
+
+def sync_accounts(hs: HubSpot, lake: Lake, target: HubSpotTarget, accounts: pd.DataFrame) -> dict:
+    """Write changed account qualification to the companies with that domain (never creates).
+
+    Companies are found by domain and updated by record id in batches of 100; accounts without
+    a company in HubSpot are counted, not created (company records belong to their owners).
+    """
+    from hubspot.crm.companies import BatchInputSimplePublicObjectBatchInput
+    from hubspot.crm.companies import SimplePublicObjectBatchInput as CompanyInput
+
+    desired = desired_accounts(accounts, target)
+    ledger = load_ledger(lake, "companies_ledger")
+    todo = changed(desired, ledger, key="domain")
+    counts = {"accounts": len(desired), "unchanged": len(desired) - len(todo)}
+    if todo.empty:
+        return {**counts, "written": 0, "failed": 0, "not_in_crm": 0}
+    ensure_properties(hs, target, "companies", company_property_specs(target))
+    ids = read_companies(hs).dropna(subset=["domain"])
+    by_domain = dict(zip(ids["domain"].str.lower(), ids["hubspot_id"], strict=True))
+    todo = todo.assign(hubspot_id=todo["domain"].map(by_domain))
+    missing = todo[todo["hubspot_id"].isna()]
+    todo = todo[todo["hubspot_id"].notna()]
+    fields = [c for c in desired.columns if c != "domain"]
+    written, failed = [], []
+    records = todo.to_dict("records")
+    for start in range(0, len(records), BATCH):
+        batch = records[start : start + BATCH]
+        body = BatchInputSimplePublicObjectBatchInput(
+            inputs=[CompanyInput(id=r["hubspot_id"], properties={k: r[k] for k in fields})
+                    for r in batch]
+        )  # fmt: skip
+        try:
+            resp = hs.crm.companies.batch_api.update(
+                batch_input_simple_public_object_batch_input=body
+            )
+        except Exception as e:  # each hubspot package has its own ApiException class
+            if getattr(e, "status", None) is None:
+                raise
+            failed += [(r["domain"], str(getattr(e, "body", e))[:200]) for r in batch]
+            continue
+        bad = {i for err in getattr(resp, "errors", None) or []
+               for i in (err.context or {}).get("ids", [])}  # fmt: skip
+        for r in batch:
+            (failed.append((r["domain"], "rejected")) if r["hubspot_id"] in bad
+             else written.append(r["domain"]))  # fmt: skip
+    done = todo[todo["domain"].isin(written)].drop(columns=["hubspot_id"])
+    _update_ledger(lake, ledger, done, key="domain", name="companies_ledger")
+    counts.update(written=len(written), failed=len(failed), not_in_crm=len(missing))
+    if failed:
+        log.warning("HubSpot companies: %s failed, e.g. %s", len(failed), failed[:3])
+    log.info("HubSpot companies: %(written)s written, %(unchanged)s unchanged, "
+             "%(not_in_crm)s without a company record", counts)  # fmt: skip
+    return counts
