@@ -9,11 +9,12 @@ from airflow.sdk import CronDataIntervalTimetable, dag, task
 from pql.config import load
 from pql_airflow.assets import CANONICAL_EVENTS
 from pql_airflow.defaults import default_args
+from pql_airflow.pools import export_pool
 
 CFG = load()
 
 
-def build(source_name: str, schedule: str, conn_id: str):
+def build(source_name: str, kind: str, schedule: str, conn_id: str):
     @dag(
         dag_id=f"pql_extract_{source_name}",
         description=f"{source_name} export → canonical events in the lake, one UTC day per run",
@@ -25,7 +26,7 @@ def build(source_name: str, schedule: str, conn_id: str):
         default_args=default_args(retries=3, timeout_hours=2),
     )
     def extract():
-        @task(outlets=[CANONICAL_EVENTS])
+        @task(outlets=[CANONICAL_EVENTS], pool=export_pool(kind))
         def export_day(data_interval_end=None, outlet_events=None) -> dict:
             from pql import jobs
             from pql_airflow.hooks import ExportHook
@@ -42,4 +43,6 @@ def build(source_name: str, schedule: str, conn_id: str):
 
 
 for _src in CFG.sources:
-    globals()[f"pql_extract_{_src.name}"] = build(_src.name, _src.schedule, _src.connection_id)
+    globals()[f"pql_extract_{_src.name}"] = build(
+        _src.name, _src.kind, _src.schedule, _src.connection_id
+    )

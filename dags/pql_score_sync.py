@@ -9,6 +9,7 @@ from airflow.sdk import Param, dag, task
 from pql.config import load
 from pql_airflow.assets import CANONICAL_EVENTS, SCORES
 from pql_airflow.defaults import default_args
+from pql_airflow.pools import CRM
 
 CFG = load()
 
@@ -32,7 +33,7 @@ CFG = load()
     default_args=default_args(),
 )
 def pql_score_sync():
-    @task
+    @task(pool=CRM)  # reads CRM companies or an enrichment API: shares the CRM budget
     def enrich() -> dict:
         from pql import jobs
         from pql_airflow.hooks import EnrichmentHook, HubSpotHook
@@ -68,7 +69,7 @@ def pql_score_sync():
             day = jobs.newest_events_day(cfg)
         return jobs.score(cfg, day)
 
-    @task
+    @task(pool=CRM)
     def sync(scored: dict) -> dict:
         from datetime import date
 

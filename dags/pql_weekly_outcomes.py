@@ -8,6 +8,7 @@ from airflow.sdk import CronDataIntervalTimetable, dag, task
 
 from pql.config import load
 from pql_airflow.defaults import default_args
+from pql_airflow.pools import CRM
 
 CFG = load()
 
@@ -23,7 +24,7 @@ CFG = load()
     default_args=default_args(retry_minutes=5),
 )
 def pql_weekly_outcomes():
-    @task
+    @task(pool=CRM)
     def report(data_interval_end=None) -> dict:
         from pql import jobs, outcomes
         from pql_airflow.hooks import HubSpotHook

@@ -39,7 +39,10 @@ def test_compose_runs_every_airflow_3_component():
     }
     assert {"api-server", "scheduler", "dag-processor", "triggerer"} <= commands
     init = compose["services"]["airflow-init"]
-    assert init["command"] == ["airflow", "db", "migrate"]
+    assert init["entrypoint"] == ["/bin/bash", "-c"]
+    assert init["command"] == [
+        "airflow db migrate && airflow pools import /opt/pql/config/airflow_pools.json"
+    ]
     for name, svc in compose["services"].items():
         if name.startswith("airflow"):
             env = svc["environment"]

@@ -51,7 +51,10 @@ def main() -> None:
 
     from airflow.utils.db import resetdb
 
+    from pql_airflow import pools
+
     resetdb()
+    pools.ensure()
     dags = _dags(Path(os.environ["AIRFLOW__CORE__DAGS_FOLDER"]))
     extract, score = dags["pql_extract_mixpanel"], dags["pql_score_sync"]
     t0 = time.monotonic()

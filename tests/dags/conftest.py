@@ -9,4 +9,7 @@ import pytest
 def airflow_db():
     from airflow.utils.db import resetdb
 
+    from pql_airflow import pools
+
     resetdb()
+    pools.ensure()

@@ -47,3 +47,24 @@ def test_each_dag_file_parses_quickly_and_stays_thin():
         assert result["heavy"] == [], f"{path.name} imports {result['heavy']} at parse time"
         # Airflow's default dagbag_import_timeout is 30 s; a thin DAG file takes well under 1 s.
         assert result["seconds"] < 3, f"{path.name} took {result['seconds']:.2f}s to parse"
+
+
+def test_tasks_that_call_a_vendor_share_its_pool():
+    """Export and CRM tasks run in the pools defined for them (so parallel runs share a budget)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from pql_airflow import pools
+
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    defined = set(pools.definitions())
+    used = {(d.dag_id, t.task_id): t.pool for d in bag.dags.values() for t in d.tasks}
+    assert used == {
+        ("pql_extract_mixpanel", "export_day"): "pql_mixpanel_export",
+        ("pql_score_sync", "enrich"): "pql_crm_api",
+        ("pql_score_sync", "score"): "default_pool",
+        ("pql_score_sync", "sync"): "pql_crm_api",
+        ("pql_weekly_outcomes", "report"): "pql_crm_api",
+    }
+    assert set(used.values()) - {"default_pool"} <= defined
+    compose = (ROOT / "docker-compose.yaml").read_text()
+    assert "airflow pools import /opt/pql/config/airflow_pools.json" in compose
