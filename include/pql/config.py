@@ -404,6 +404,7 @@ class HubSpotTarget(Strict):
     fields: CrmFields = CrmFields()
     create_missing: bool = True
     max_failed_share: float = Field(0.05, ge=0, le=1)
+    requests_per_10s: int = Field(100, ge=1, le=250)  # the app's tier: 100, 190 (Pro/Ent), 250
     sync_accounts: bool = True  # write account qualification (PQA) to companies by domain
     unflag: bool = True  # a lead that stops qualifying is written flag=false (never deleted)
     on_manual_edit: Literal["overwrite", "keep"] = "overwrite"  # a value edited in the CRM

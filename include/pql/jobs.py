@@ -185,6 +185,7 @@ def sync(cfg: Config, day: date, hs: HubSpot, *, dry_run: bool = False) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"no scores for {day} at {path}: run the score step first")
     lake = Lake(cfg.lake.root)
+    crm_hubspot.set_rate(hs, cfg.crm.requests_per_10s)
     result = crm_hubspot.sync(hs, lake, cfg.crm, pd.read_parquet(path), dry_run=dry_run)
     accounts = path.parent / "accounts.parquet"
     if cfg.crm.sync_accounts and accounts.exists() and not dry_run:

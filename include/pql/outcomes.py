@@ -14,6 +14,7 @@ from hubspot.crm.associations.v4 import (
 from hubspot.crm.contacts import BatchReadInputSimplePublicObjectId, SimplePublicObjectId
 from hubspot.crm.objects import Filter, FilterGroup, PublicObjectSearchRequest
 
+from pql.crm.hubspot import limited
 from pql.lake import Lake, atomic_dir
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ def search_all(hs: HubSpot, object_type: str, filters: list[Filter], properties:
             Filter(property_name="hs_object_id", operator="GT", value=str(last_id)),
         ]
         while True:
+            limited(hs, "search")
             page = hs.crm.objects.search_api.do_search(
                 object_type=object_type,
                 public_object_search_request=PublicObjectSearchRequest(
@@ -62,6 +64,7 @@ def associated(hs: HubSpot, from_type: str, to_type: str, ids: list[str]) -> dic
     out: dict[str, list[str]] = {}
     for start in range(0, len(ids), 1000):
         chunk = ids[start : start + 1000]
+        limited(hs)
         resp = hs.crm.associations.v4.batch_api.get_page(
             from_object_type=from_type,
             to_object_type=to_type,
@@ -80,6 +83,7 @@ def contact_emails(hs: HubSpot, ids: list[str]) -> dict[str, str]:
     """Contact id → lower-cased email (batch read, 100 per call)."""
     out = {}
     for start in range(0, len(ids), 100):
+        limited(hs)
         resp = hs.crm.contacts.batch_api.read(
             batch_read_input_simple_public_object_id=BatchReadInputSimplePublicObjectId(
                 inputs=[SimplePublicObjectId(id=i) for i in ids[start : start + 100]],

@@ -18,6 +18,7 @@ from urllib3.util.retry import Retry
 
 from pql.config import HubSpotTarget
 from pql.lake import Lake, atomic_dir
+from pql.ratelimit import Budget
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,13 @@ class _CappedRetry(Retry):
         return None if after is None else min(after, 60.0)
 
 
-def client(access_token: str, host: str | None = None) -> HubSpot:
-    """A HubSpot client that retries 429 and 5xx with backoff (POSTs included)."""
+def client(access_token: str, host: str | None = None, requests_per_10s: int = 100) -> HubSpot:
+    """A HubSpot client that retries 429 and 5xx with backoff (POSTs included).
+
+    Every call this module (and outcomes) makes first waits for the client's budget: at most
+    `requests_per_10s` in any rolling 10 seconds (100 for most private apps, 190 on
+    Professional/Enterprise) and 5 searches a second, so 429s are the exception, not the pacing.
+    """
     retry = _CappedRetry(
         total=8,
         backoff_factor=0.5,
@@ -51,7 +57,25 @@ def client(access_token: str, host: str | None = None) -> HubSpot:
         raise_on_status=False,
         respect_retry_after_header=True,
     )
-    return HubSpot(access_token=access_token, host=(host or API_HOST).rstrip("/"), retry=retry)
+    hs = HubSpot(access_token=access_token, host=(host or API_HOST).rstrip("/"), retry=retry)
+    hs._pql_budgets = {  # read by limited(); an attribute so every holder of hs shares it
+        "api": Budget([(requests_per_10s, 10.0)]),
+        "search": Budget([(5, 1.0)]),
+    }
+    return hs
+
+
+def set_rate(hs: HubSpot, requests_per_10s: int) -> HubSpot:
+    """Set the client's rolling 10-second budget (the app's tier: 100, 190 or 250)."""
+    hs._pql_budgets["api"] = Budget([(requests_per_10s, 10.0)])
+    return hs
+
+
+def limited(hs: HubSpot, kind: str = "api") -> None:
+    """Wait until one more call of `kind` (api, search) fits HubSpot's rolling limits."""
+    budgets = getattr(hs, "_pql_budgets", None)
+    if budgets:
+        budgets[kind].acquire()
 
 
 def property_specs(target: HubSpotTarget) -> list[dict]:
@@ -90,8 +114,10 @@ def ensure_properties(
 ) -> list[str]:
     """Create the property group and any missing custom properties; returns what was created."""
     created = []
+    limited(hs)
     groups = {g.name for g in hs.crm.properties.groups_api.get_all(object_type=object_type).results}
     if target.property_group not in groups:
+        limited(hs)
         hs.crm.properties.groups_api.create(
             object_type=object_type,
             property_group_create=PropertyGroupCreate(
@@ -99,10 +125,12 @@ def ensure_properties(
             ),
         )
         created.append(f"group {target.property_group}")
+    limited(hs)
     existing = {p.name for p in hs.crm.properties.core_api.get_all(object_type=object_type).results}
     for spec in specs if specs is not None else property_specs(target):
         if spec["name"] in existing:
             continue
+        limited(hs)
         hs.crm.properties.core_api.create(
             object_type=object_type,
             property_create=PropertyCreate(group_name=target.property_group, **spec),
@@ -156,6 +184,7 @@ def _upsert_batch(hs: HubSpot, batch: list[dict], fields: list[str]) -> Iterator
         for r in batch
     ]
     try:
+        limited(hs)
         resp = hs.crm.contacts.batch_api.upsert(
             batch_input_simple_public_object_batch_input_upsert=(
                 BatchInputSimplePublicObjectBatchInputUpsert(inputs=inputs)
@@ -228,6 +257,7 @@ def read_contacts(hs: HubSpot, emails: list[str], fields: list[str]) -> dict[str
             properties=["email", *fields],
             inputs=[SimplePublicObjectId(id=e) for e in chunk],
         )
+        limited(hs)
         resp = hs.crm.contacts.batch_api.read(batch_read_input_simple_public_object_id=body)
         for r in resp.results or []:
             props = r.properties or {}
@@ -399,6 +429,7 @@ def read_companies(hs: HubSpot) -> pd.DataFrame:
     rows = []
     after = None
     while True:
+        limited(hs)
         page = hs.crm.companies.basic_api.get_page(
             limit=100,
             after=after,
@@ -484,6 +515,7 @@ def sync_accounts(hs: HubSpot, lake: Lake, target: HubSpotTarget, accounts: pd.D
                     for r in batch]
         )  # fmt: skip
         try:
+            limited(hs)
             resp = hs.crm.companies.batch_api.update(
                 batch_input_simple_public_object_batch_input=body
             )
