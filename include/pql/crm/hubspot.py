@@ -162,10 +162,18 @@ def changed(desired: pd.DataFrame, ledger: pd.DataFrame | None, key: str = "emai
     """Rows of `desired` whose values differ from what the ledger says was last written."""
     if ledger is None or ledger.empty:
         return desired
-    fields = [c for c in desired.columns if c != key]
     last = ledger.set_index(key)["values"]
-    now = desired.apply(lambda r: json.dumps({k: r[k] for k in fields}, sort_keys=True), axis=1)
+    now = pd.Series(values_json(desired, key), index=desired.index)
     return desired[now.ne(desired[key].map(last))]
+
+
+def values_json(frame: pd.DataFrame, key: str) -> list[str]:
+    """Each row's values except the key, as the ledger stores them (sorted-key JSON)."""
+    fields = sorted(c for c in frame.columns if c != key)
+    return [
+        json.dumps(dict(zip(fields, row, strict=True)))
+        for row in frame[fields].itertuples(index=False, name=None)
+    ]
 
 
 def upsert_contacts(hs: HubSpot, rows: pd.DataFrame) -> Iterator[dict]:
@@ -185,10 +193,13 @@ def _upsert_batch(hs: HubSpot, batch: list[dict], fields: list[str]) -> Iterator
     ]
     try:
         limited(hs)
+        # Raw JSON: the SDK's model deserialisation (dateutil on every timestamp) costs more CPU
+        # than the whole rest of a large sync.
         resp = hs.crm.contacts.batch_api.upsert(
             batch_input_simple_public_object_batch_input_upsert=(
                 BatchInputSimplePublicObjectBatchInputUpsert(inputs=inputs)
-            )
+            ),
+            _preload_content=False,
         )
     except Exception as e:  # each hubspot package has its own ApiException class
         status = getattr(e, "status", None)
@@ -210,13 +221,18 @@ def _upsert_batch(hs: HubSpot, batch: list[dict], fields: list[str]) -> Iterator
                 "transient": status == 429 or status >= 500,
             }
         return
-    if resp is None:
-        raise SyncError("HubSpot answered the batch upsert with an unexpected status")
+    try:
+        body = json.loads(resp.data)
+    except (AttributeError, ValueError):
+        raise SyncError("HubSpot answered the batch upsert with no JSON body") from None
     failed: dict[str, str] = {}
-    for err in getattr(resp, "errors", None) or []:
-        for rid in (err.context or {}).get("ids", []):
-            failed[rid.lower()] = err.message
-    done = {(r.properties or {}).get("email", "").lower(): r for r in resp.results or []}
+    for err in body.get("errors") or []:
+        for rid in (err.get("context") or {}).get("ids", []):
+            failed[rid.lower()] = err.get("message", "")
+    done = {
+        ((r.get("properties") or {}).get("email") or "").lower(): r["id"]
+        for r in body.get("results") or []
+    }
     for r in batch:
         email = r["email"]
         if email in failed or email not in done:
@@ -234,7 +250,7 @@ def _upsert_batch(hs: HubSpot, batch: list[dict], fields: list[str]) -> Iterator
                 "http_status": 200,
                 "message": "",
                 "transient": False,
-                "hubspot_id": done[email].id,
+                "hubspot_id": done[email],
             }
 
 
@@ -258,9 +274,11 @@ def read_contacts(hs: HubSpot, emails: list[str], fields: list[str]) -> dict[str
             inputs=[SimplePublicObjectId(id=e) for e in chunk],
         )
         limited(hs)
-        resp = hs.crm.contacts.batch_api.read(batch_read_input_simple_public_object_id=body)
-        for r in resp.results or []:
-            props = r.properties or {}
+        resp = hs.crm.contacts.batch_api.read(
+            batch_read_input_simple_public_object_id=body, _preload_content=False
+        )
+        for r in json.loads(resp.data).get("results") or []:
+            props = r.get("properties") or {}
             out[(props.get("email") or "").lower()] = {k: props.get(k) for k in fields}
     return out
 
@@ -404,19 +422,8 @@ def diff_sample(todo: pd.DataFrame, ledger: pd.DataFrame | None, n: int = 10) ->
 
 def _update_ledger(lake: Lake, ledger: pd.DataFrame | None, written: pd.DataFrame,
                    key: str = "email", name: str = "ledger") -> None:  # fmt: skip
-    fields = [c for c in written.columns if c != key]
     now = datetime.now(UTC)
-    fresh = pd.DataFrame(
-        {
-            key: written[key],
-            "values": written.apply(
-                lambda r: json.dumps({k: r[k] for k in fields}, sort_keys=True), axis=1
-            )
-            if len(written)
-            else pd.Series(dtype=str),
-            "synced_at": now,
-        }
-    )
+    fresh = pd.DataFrame({key: written[key], "values": values_json(written, key), "synced_at": now})
     merged = (
         fresh if ledger is None else pd.concat([ledger, fresh]).drop_duplicates(key, keep="last")
     )

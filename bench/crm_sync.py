@@ -1,0 +1,153 @@
+"""Benchmark: the diff-based HubSpot sync against the sandbox at 100 requests per 10 seconds.
+
+    .venv/bin/python bench/crm_sync.py                    # 100,000 contacts, 10% changed
+    .venv/bin/python bench/crm_sync.py --contacts 20000   # quicker
+
+The sandbox CRM starts holding `--contacts` contacts exactly as the last sync wrote them (seeded
+straight into its store, and the sync ledger to match). Then:
+
+1. 10% of the scores change and `crm.sync` runs: write calls, read calls, 429s, seconds,
+   records per second, and the request rate against the 10 requests/s the limit allows;
+2. the same scores again: an unchanged re-run must make no write call;
+3. the naive way, one request per changed record, on a sample of the same changes
+   (extrapolated per record), in the same process.
+
+Targets: write calls = ceil(changed / 100) plus a small constant; zero writes when unchanged;
+request rate at least 90% of what the limit allows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from pql.config import HubSpotTarget
+from pql.crm import hubspot as crm
+from pql.lake import Lake
+from sandbox.hubspot import HubSpotStore
+from sandbox.server import running
+
+LIMIT = 100  # requests per rolling 10 s (HubSpot Free/Starter private apps)
+
+
+def scores(n: int, changed: int = 0) -> pd.DataFrame:
+    """n users' scores; the first `changed` have moved since the last run."""
+    s = pd.Series(range(n))
+    score = (s * 7919 % 100).where(s >= changed, (s * 7919 + 13) % 100)
+    return pd.DataFrame(
+        {
+            "email": [f"user{i:06d}@company{i % 5000}.io" for i in range(n)],
+            "score": score,
+            "flag": score >= 50,
+            "qualified_at": pd.Timestamp("2026-11-02", tz="UTC"),
+            "reasons": "invited 3 teammates in 30 days; active 5 of the last 7 days",
+            "model_version": "weighted-2026.11",
+        }
+    )
+
+
+def seed(state, hs, lake: Lake, target: HubSpotTarget, frame: pd.DataFrame) -> None:
+    """The CRM and the ledger as a previous sync of `frame` left them."""
+    crm.ensure_properties(hs, target)
+    desired = crm.desired_values(frame, target)
+    store = HubSpotStore(state)
+    rows = desired.to_dict("records")
+    for start in range(0, len(rows), 5000):
+        store.upsert("contacts", rows[start : start + 5000], id_property="email")
+    crm._update_ledger(lake, None, desired)
+
+
+def calls(state, before: dict) -> dict:
+    now = dict(state.counters)
+    delta = {k: now.get(k, 0) - before.get(k, 0) for k in now}
+    kinds = {"write": 0, "read": 0, "other": 0, "429": delta.get("hubspot 429", 0)}
+    for k, v in delta.items():
+        if not k.startswith("hubspot ") or k == "hubspot 429":
+            continue
+        if k.endswith(("/batch/upsert", "/batch/update", "/batch/create")) or " PATCH " in k:
+            kinds["write"] += v
+        elif k.endswith("/batch/read"):
+            kinds["read"] += v
+        else:
+            kinds["other"] += v
+    return kinds
+
+
+def naive(hs, frame: pd.DataFrame, target: HubSpotTarget) -> float:
+    """One upsert request per record, paced by the same client budget."""
+    desired = crm.desired_values(frame, target)
+    started = time.perf_counter()
+    for _, row in desired.iterrows():
+        list(crm.upsert_contacts(hs, row.to_frame().T))
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--contacts", type=int, default=100_000)
+    ap.add_argument("--changed-share", type=float, default=0.10)
+    ap.add_argument("--naive-sample", type=int, default=300)
+    args = ap.parse_args()
+    n, changed = args.contacts, int(args.contacts * args.changed_share)
+    target = HubSpotTarget(kind="hubspot", verify="sample")
+    with tempfile.TemporaryDirectory(prefix="bench-crm-") as tmp:
+        settings = {"hubspot_requests_per_10s": LIMIT, "hubspot_daily_limit": 10_000_000}
+        with running(Path(tmp) / "sandbox", settings) as state:
+            hs = crm.client(state.credentials["hubspot"]["access_token"], state.base_url, LIMIT)
+            lake = Lake(Path(tmp) / "lake")
+            t = time.perf_counter()
+            seed(state, hs, lake, target, scores(n))
+            print(f"seeded {n:,} contacts and the ledger in {time.perf_counter() - t:.0f} s")
+
+            before = dict(state.counters)
+            t = time.perf_counter()
+            result = crm.sync(hs, lake, target, scores(n, changed))
+            seconds = time.perf_counter() - t
+            run = calls(state, before)
+            requests = run["write"] + run["read"] + run["other"]
+            print(f"\nsync, {changed:,} of {n:,} changed: {result['written']:,} written, "
+                  f"{result['unchanged']:,} unchanged, {result['failed']} failed in "
+                  f"{seconds:.1f} s")  # fmt: skip
+            print(f"  calls: {run['write']} write, {run['read']} read (hand-edit check, "
+                  f"read-back), {run['other']} other, {run['429']} answered 429")  # fmt: skip
+            rate = requests / seconds
+            print(
+                f"  {result['written'] / seconds:,.0f} records/s, {rate:.2f} requests/s "
+                f"({rate / (LIMIT / 10):.0%} of the {LIMIT / 10:.0f}/s the limit allows)"
+            )
+
+            before = dict(state.counters)
+            again = crm.sync(hs, lake, target, scores(n, changed))
+            rerun = calls(state, before)
+            print(f"\nunchanged re-run: {again['written']} written, {rerun['write']} write calls")
+
+            sample = scores(n, changed).head(args.naive_sample).assign(score=1, flag=False)
+            naive_s = naive(hs, sample, target) / len(sample) * changed
+            print(f"\nnaive one-request-per-record sync of the same {changed:,} changes: "
+                  f"{naive_s:,.0f} s extrapolated from {len(sample)} "
+                  f"({changed / naive_s:,.1f} records/s); the batched sync is "
+                  f"{naive_s / seconds:,.0f}x faster")  # fmt: skip
+
+    expected = math.ceil(changed / crm.BATCH)
+    print("\ntargets:")
+    print(
+        f"  write calls {run['write']} = ceil({changed:,} / 100) + {run['write'] - expected}: "
+        + ("met" if run["write"] - expected <= 3 else "NOT met")
+    )
+    print(
+        f"  unchanged re-run write calls {rerun['write']}: "
+        + ("met" if rerun["write"] == 0 else "NOT met")
+    )
+    print(
+        f"  request rate {rate / (LIMIT / 10):.0%} of the limit: "
+        + ("met" if rate >= 0.9 * LIMIT / 10 else "NOT met")
+    )
+
+
+if __name__ == "__main__":
+    main()
