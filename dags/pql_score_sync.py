@@ -80,7 +80,27 @@ def pql_score_sync():
         hs = HubSpotHook(cfg.crm.connection_id).get_conn()
         return jobs.sync(cfg, date.fromisoformat(scored["day"]), hs)
 
-    sync(score(enrich()))
+    @task(pool=CRM)
+    def route(scored: dict, synced: dict) -> dict:
+        """After the sync, so a newly created contact exists for its follow-up task."""
+        from datetime import date
+
+        from pql import jobs
+        from pql_airflow.hooks import HubSpotHook, SlackWebhookHook
+
+        cfg = load()
+        if not (cfg.routing.crm_task or cfg.routing.slack):
+            return {"routing": "off"}
+        hs = HubSpotHook(cfg.crm.connection_id).get_conn() if cfg.routing.crm_task else None
+        slack = (
+            SlackWebhookHook(cfg.routing.slack_connection_id).session_and_url()
+            if cfg.routing.slack
+            else None
+        )
+        return jobs.route(cfg, date.fromisoformat(scored["day"]), hs, slack)
+
+    scored = score(enrich())
+    route(scored, sync(scored))
 
 
 pql_score_sync()

@@ -415,6 +415,16 @@ class HubSpotTarget(Strict):
 Crm = Annotated[HubSpotTarget, Field(discriminator="kind")]
 
 
+class Routing(Strict):
+    """What happens once when a lead newly qualifies (each channel at most once per lead)."""
+
+    crm_task: bool = False  # a follow-up task for the contact's owner in the CRM
+    task_subject: str = "Product-qualified lead: follow up with {email} (score {score})"
+    task_due_hours: int = Field(24, ge=0, le=24 * 30)
+    slack: bool = False  # a message to a Slack incoming webhook
+    slack_connection_id: str = "slack_pql"  # HTTP connection: host = the webhook URL
+
+
 class Outcomes(Strict):
     schedule: Cron = "0 6 * * 1"
     attribution_window_days: int = Field(90, gt=0, le=730)
@@ -431,6 +441,7 @@ class Config(Strict):
     model: Model
     accounts: Accounts = Accounts()
     crm: Crm
+    routing: Routing = Routing()
     outcomes: Outcomes = Outcomes()
 
     @model_validator(mode="after")

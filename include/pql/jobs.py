@@ -195,6 +195,18 @@ def sync(cfg: Config, day: date, hs: HubSpot, *, dry_run: bool = False) -> dict:
     return result
 
 
+def route(cfg: Config, day: date, hs: HubSpot | None, slack=None) -> dict:
+    """Follow-ups for leads that newly qualified in the day's scores (each once per lead)."""
+    from pql import routing
+
+    path = Lake(cfg.lake.root).scores(day) / "scores.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"no scores for {day} at {path}: run the score step first")
+    return routing.route(
+        Lake(cfg.lake.root), cfg.routing, pd.read_parquet(path), hs=hs, slack=slack
+    )
+
+
 def weekly_report(cfg: Config, week: date, hs: HubSpot) -> dict:
     """Pull outcomes up to the end of `week` and write the conversion report for it."""
     lake = Lake(cfg.lake.root)

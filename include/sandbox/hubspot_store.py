@@ -23,15 +23,30 @@ from typing import Any
 from sandbox.state import SandboxState
 
 # Canonical object type names and the ids HubSpot also accepts in paths (§7).
-OBJECT_TYPE_IDS = {"contacts": "0-1", "companies": "0-2", "deals": "0-3", "meetings": "0-47"}
+OBJECT_TYPE_IDS = {
+    "contacts": "0-1",
+    "companies": "0-2",
+    "deals": "0-3",
+    "meetings": "0-47",
+    "tasks": "0-27",
+}
 _TYPE_ALIASES = {
     **{name: name for name in OBJECT_TYPE_IDS},
     **{type_id: name for name, type_id in OBJECT_TYPE_IDS.items()},
-    **{name[:-1]: name for name in ("contacts", "deals", "meetings")},
+    **{name[:-1]: name for name in ("contacts", "deals", "meetings", "tasks")},
     "company": "companies",
 }
-_SINGULAR = {"contacts": "contact", "companies": "company", "deals": "deal", "meetings": "meeting"}
-CREATED_PROPERTY = {t: "createdate" for t in OBJECT_TYPE_IDS} | {"meetings": "hs_createdate"}
+_SINGULAR = {
+    "contacts": "contact",
+    "companies": "company",
+    "deals": "deal",
+    "meetings": "meeting",
+    "tasks": "task",
+}
+CREATED_PROPERTY = {t: "createdate" for t in OBJECT_TYPE_IDS} | {
+    "meetings": "hs_createdate",
+    "tasks": "hs_createdate",
+}
 MODIFIED_PROPERTY = {t: "hs_lastmodifieddate" for t in OBJECT_TYPE_IDS} | {
     "contacts": "lastmodifieddate"
 }
@@ -44,6 +59,7 @@ DEFAULT_RETURNED = {
     "companies": ["domain", "name"],
     "deals": ["amount", "closedate", "dealname", "dealstage", "pipeline"],
     "meetings": ["hs_timestamp"],
+    "tasks": ["hs_timestamp", "hs_task_subject", "hs_task_status"],
 }
 # Properties the free-text `query` of a search looks at.
 _QUERY_PROPERTIES = {
@@ -51,8 +67,9 @@ _QUERY_PROPERTIES = {
     "companies": ["name", "domain"],
     "deals": ["dealname"],
     "meetings": ["hs_meeting_title"],
+    "tasks": ["hs_task_subject"],
 }
-_REQUIRED_ON_CREATE = {"meetings": ["hs_timestamp"]}
+_REQUIRED_ON_CREATE = {"meetings": ["hs_timestamp"], "tasks": ["hs_timestamp"]}
 
 # Association type ids (SDK AssociationType, §7): type id -> (from, to, inverse type id).
 ASSOCIATION_TYPES = {
@@ -72,6 +89,10 @@ ASSOCIATION_TYPES = {
     187: ("companies", "meetings", 188),
     212: ("meetings", "deals", 211),
     211: ("deals", "meetings", 212),
+    204: ("tasks", "contacts", 203),
+    203: ("contacts", "tasks", 204),
+    192: ("tasks", "companies", 191),
+    191: ("companies", "tasks", 192),
 }
 # Primary labels always come with the unlabeled association of the same pair.
 PRIMARY_BASE_TYPE = {1: 279, 2: 280, 5: 341, 6: 342}
@@ -344,11 +365,38 @@ BUILTIN_PROPERTIES = {
         ],
     ),
 }
+BUILTIN_PROPERTIES["tasks"] = _builtins(
+    "task",
+    "hs_createdate",
+    "hs_lastmodifieddate",
+    [
+        _p("hs_timestamp", "Due date", "datetime", "date"),
+        _p("hs_task_subject", "Task Title", "string", "text"),
+        _p("hs_task_body", "Notes", "string", "textarea"),
+        _p(
+            "hs_task_status",
+            "Task Status",
+            "enumeration",
+            "select",
+            options=_options("NOT_STARTED", "IN_PROGRESS", "WAITING", "COMPLETED", "DEFERRED"),
+        ),
+        _p(
+            "hs_task_priority",
+            "Priority",
+            "enumeration",
+            "select",
+            options=_options("NONE", "LOW", "MEDIUM", "HIGH"),
+        ),
+        _p("hs_task_type", "Task Type", "enumeration", "select",
+           options=_options("CALL", "EMAIL", "TODO")),
+    ],
+)  # fmt: skip
 BUILTIN_GROUPS = {  # object type -> (group name, label)
     "contacts": ("contactinformation", "Contact information"),
     "companies": ("companyinformation", "Company information"),
     "deals": ("dealinformation", "Deal information"),
     "meetings": ("meeting", "Meeting information"),
+    "tasks": ("task", "Task information"),
 }
 
 

@@ -18,7 +18,7 @@ import requests
 import uvicorn
 from fastapi import FastAPI, Request
 
-from sandbox import amplitude, enrichment, hubspot, mixpanel
+from sandbox import amplitude, enrichment, hubspot, mixpanel, slack
 from sandbox.state import SandboxState, write_json_private
 
 HOST = "127.0.0.1"
@@ -32,6 +32,7 @@ def create_app(state: SandboxState) -> FastAPI:
     app.include_router(hubspot.router(state))
     app.include_router(amplitude.router(state))
     app.include_router(enrichment.router(state))
+    app.include_router(slack.router(state))
 
     @app.get("/_sandbox/health")
     def health():

@@ -155,7 +155,7 @@ def write_json_private(path: Path, data: dict) -> None:
 
 def connection_env(state: SandboxState, base_url: str) -> dict[str, str]:
     """AIRFLOW_CONN_* variables pointing the pipeline's connections at this sandbox."""
-    from sandbox import amplitude, enrichment  # they import this module: local, no cycle
+    from sandbox import amplitude, enrichment, slack  # they import this module: local, no cycle
 
     mp, hs = state.credentials["mixpanel"], state.credentials["hubspot"]
     return {
@@ -171,5 +171,9 @@ def connection_env(state: SandboxState, base_url: str) -> dict[str, str]:
         ),
         "AIRFLOW_CONN_HUBSPOT_DEFAULT": json.dumps(
             {"conn_type": "http", "host": base_url, "password": hs["access_token"]}
+        ),
+        # The webhook URL holds its secret: it goes in the password, like a real one should.
+        "AIRFLOW_CONN_SLACK_PQL": json.dumps(
+            {"conn_type": "http", "password": base_url + slack.webhook_path(state)}
         ),
     }

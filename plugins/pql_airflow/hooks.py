@@ -89,3 +89,28 @@ class EnrichmentHook(HttpHook):
         session = self.get_conn()
         conn = self.get_connection(self.http_conn_id)
         return session, (self.base_url if conn.host else None)
+
+
+class SlackWebhookHook(BaseHook):
+    """A Slack incoming-webhook URL from a connection: its password (the URL is a secret)."""
+
+    conn_name_attr = "slack_conn_id"
+    default_conn_name = "slack_pql"
+    conn_type = "http"
+    hook_name = "Slack webhook"
+
+    def __init__(self, slack_conn_id: str = default_conn_name):
+        super().__init__()
+        self.slack_conn_id = slack_conn_id
+
+    def session_and_url(self) -> tuple[requests.Session, str]:
+        import requests
+
+        conn = self.get_connection(self.slack_conn_id)
+        url = conn.password or ""
+        if not url.startswith("https://") and not url.startswith("http://"):
+            raise ValueError(
+                f"connection {self.slack_conn_id!r}: put the Slack incoming-webhook URL "
+                "(https://hooks.slack.com/services/...) in its password"
+            )
+        return requests.Session(), url

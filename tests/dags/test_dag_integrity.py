@@ -63,6 +63,7 @@ def test_tasks_that_call_a_vendor_share_its_pool():
         ("pql_score_sync", "enrich"): "pql_crm_api",
         ("pql_score_sync", "score"): "default_pool",
         ("pql_score_sync", "sync"): "pql_crm_api",
+        ("pql_score_sync", "route"): "pql_crm_api",
         ("pql_weekly_outcomes", "report"): "pql_crm_api",
     }
     assert set(used.values()) - {"default_pool"} <= defined
