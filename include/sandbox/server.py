@@ -18,7 +18,7 @@ import requests
 import uvicorn
 from fastapi import FastAPI, Request
 
-from sandbox import amplitude, enrichment, hubspot, mixpanel, slack
+from sandbox import amplitude, enrichment, hubspot, mixpanel, salesforce, slack
 from sandbox.state import SandboxState, write_json_private
 
 HOST = "127.0.0.1"
@@ -32,6 +32,7 @@ def create_app(state: SandboxState) -> FastAPI:
     app.include_router(hubspot.router(state))
     app.include_router(amplitude.router(state))
     app.include_router(enrichment.router(state))
+    app.include_router(salesforce.router(state))
     app.include_router(slack.router(state))
 
     @app.get("/_sandbox/health")
@@ -63,9 +64,20 @@ def _bind(port: int) -> socket.socket:
     return sock
 
 
-def _server(state: SandboxState) -> uvicorn.Server:
-    config = uvicorn.Config(create_app(state), log_level="warning", access_log=False)
+def _server(app: FastAPI, **options) -> uvicorn.Server:
+    config = uvicorn.Config(app, log_level="warning", access_log=False, **options)
     return uvicorn.Server(config)
+
+
+def _tls_server(
+    app: FastAPI, state: SandboxState, port: int
+) -> tuple[uvicorn.Server, socket.socket]:
+    """The same app over TLS (simple-salesforce only speaks https); sets state.salesforce_url."""
+    files = salesforce.tls_files(state)
+    sock = _bind(port)
+    server = _server(app, ssl_certfile=str(files["cert"]), ssl_keyfile=str(files["key"]))
+    salesforce.publish_instance_url(state, f"https://{HOST}:{sock.getsockname()[1]}")
+    return server, sock
 
 
 @contextmanager
@@ -77,18 +89,30 @@ def running(root: Path, settings: dict | None = None):
     state = SandboxState.open(root)
     if settings:
         state.settings.update(settings)
-    sock = _bind(0)
-    server = _server(state)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    state.base_url = f"http://{HOST}:{sock.getsockname()[1]}"
+    app = create_app(state)
+    servers = [(_server(app), _bind(0)), _tls_server(app, state, 0)]
+    threads = [
+        threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        for server, sock in servers
+    ]
+    for thread in threads:
+        thread.start()
+    state.base_url = f"http://{HOST}:{servers[0][1].getsockname()[1]}"
     _wait_healthy(state.base_url, timeout=15)
+    deadline = time.monotonic() + 15
+    while not servers[1][0].started and time.monotonic() < deadline:
+        time.sleep(0.02)
     try:
         yield state
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+        for server, _ in servers:
+            server.should_exit = True
+        # Idle TLS keep-alive connections would hold shutdown until the client's close_notify.
+        servers[1][0].force_exit = True
+        for thread in threads:
+            thread.join(timeout=10)
+        for _, sock in servers:
+            sock.close()
 
 
 def _wait_healthy(base_url: str, timeout: float) -> None:
@@ -132,14 +156,18 @@ def start(root: Path, port: int = 0) -> dict:
     if port == 0:
         with _bind(0) as s:
             port = s.getsockname()[1]
+    with _bind(0) as s:
+        tls_port = s.getsockname()[1]
     with open(root / "server.log", "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sandbox.server", "--root", str(root), "--port", str(port)],
+            [sys.executable, "-m", "sandbox.server", "--root", str(root), "--port", str(port)]
+            + ["--tls-port", str(tls_port)],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     info = {"pid": proc.pid, "base_url": f"http://{HOST}:{port}", "root": str(root)}
+    info["salesforce_url"] = f"https://{HOST}:{tls_port}"
     try:
         _wait_healthy(info["base_url"], timeout=30)
     except RuntimeError:
@@ -170,9 +198,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Run the PQL sandbox server in the foreground.")
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--tls-port", type=int, default=0, help="HTTPS port (Salesforce clients)")
     args = parser.parse_args()
     state = SandboxState.open(args.root)
-    _server(state).run(sockets=[_bind(args.port)])
+    app = create_app(state)
+    tls, tls_sock = _tls_server(app, state, args.tls_port)
+    threading.Thread(target=tls.run, kwargs={"sockets": [tls_sock]}, daemon=True).start()
+    _server(app).run(sockets=[_bind(args.port)])
 
 
 if __name__ == "__main__":

@@ -25,12 +25,25 @@ DEFAULT_SETTINGS = {
     "mixpanel_project_timezone": "UTC",
     # Company enrichment (Clearbit-style): 600 requests a minute, i.e. 10 in a rolling second.
     "enrichment_rps": 10,
+    # Salesforce (Enterprise base: 100k API requests per rolling 24 h, 25 concurrent requests).
+    "salesforce_daily_api_requests": 100_000,
+    "salesforce_concurrent_requests": 25,
+    "salesforce_session_seconds": 7200,  # idle time before 401 INVALID_SESSION_ID
+    "salesforce_query_batch_size": 2000,  # records per query page
+    "salesforce_bulk_delay_s": 0,  # Bulk 2.0 jobs finish this long after UploadComplete
+    "salesforce_lock_rate": 0.0,  # share of record writes failing with UNABLE_TO_LOCK_ROW
+    "salesforce_archive_days": 365,  # older Events / closed Tasks only come back from queryAll
+    # "salesforce_custom_fields": {"Lead": {"PQL_Score__c": "double", ...}} replaces the default
+    # PQL fields of Lead and Contact (see sandbox.salesforce_store.DEFAULT_CUSTOM_FIELDS).
 }
 
 
 def default_state_dir() -> Path:
     """Where the sandbox keeps its state unless PQL_SANDBOX_DIR says otherwise."""
     return Path(os.environ.get("PQL_SANDBOX_DIR", "var/sandbox")).resolve()
+
+
+_ALNUM = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
 
 def new_credentials() -> dict:
@@ -43,6 +56,13 @@ def new_credentials() -> dict:
         },
         "hubspot": {"access_token": f"pat-na1-{secrets.token_hex(16)}"},
         "enrichment": {"api_key": f"sk_{secrets.token_hex(16)}"},
+        "salesforce": {
+            "username": f"pql-sandbox.{secrets.token_hex(3)}@example.com",
+            "password": secrets.token_urlsafe(12),
+            "security_token": "".join(secrets.choice(_ALNUM) for _ in range(24)),
+            "client_id": "3MVG9" + "".join(secrets.choice(_ALNUM) for _ in range(80)),
+            "client_secret": secrets.token_hex(32).upper(),
+        },
     }
 
 
@@ -77,6 +97,7 @@ class SandboxState:
     credentials: dict
     settings: dict
     base_url: str = ""
+    salesforce_url: str = ""  # the TLS listener (simple-salesforce only speaks https)
     limiters: dict[str, RollingLimiter] = field(default_factory=dict)
     counters: Counter = field(default_factory=Counter)  # requests served, by emulator's name
     _faults: dict[str, deque] = field(default_factory=dict)
@@ -155,12 +176,13 @@ def write_json_private(path: Path, data: dict) -> None:
 
 def connection_env(state: SandboxState, base_url: str) -> dict[str, str]:
     """AIRFLOW_CONN_* variables pointing the pipeline's connections at this sandbox."""
-    from sandbox import amplitude, enrichment, slack  # they import this module: local, no cycle
+    from sandbox import amplitude, enrichment, salesforce, slack  # they import this module
 
     mp, hs = state.credentials["mixpanel"], state.credentials["hubspot"]
     return {
         **amplitude.connection_env(state, base_url),
         **enrichment.connection_env(state, base_url),
+        **salesforce.connection_env(state, base_url),
         "AIRFLOW_CONN_MIXPANEL_DEFAULT": json.dumps(
             {
                 "conn_type": "http",
