@@ -13,24 +13,28 @@ straight into its store, and the sync ledger to match). Then:
    (extrapolated per record), in the same process.
 
 Targets: write calls = ceil(changed / 100) plus a small constant; zero writes when unchanged;
-request rate at least 90% of what the limit allows.
+throughput at least 90% of what the limit allows (the least time a rolling window of 100 calls
+per 10 s allows for the calls made, over the time taken).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
+import requests
 
 from pql.config import HubSpotTarget
 from pql.crm import hubspot as crm
 from pql.lake import Lake
+from sandbox import server
 from sandbox.hubspot import HubSpotStore
-from sandbox.server import running
+from sandbox.state import SandboxState
 
 LIMIT = 100  # requests per rolling 10 s (HubSpot Free/Starter private apps)
 
@@ -62,8 +66,12 @@ def seed(state, hs, lake: Lake, target: HubSpotTarget, frame: pd.DataFrame) -> N
     crm._update_ledger(lake, None, desired)
 
 
-def calls(state, before: dict) -> dict:
-    now = dict(state.counters)
+def counters(base_url: str) -> dict:
+    return requests.get(base_url + "/_sandbox/counters", timeout=10).json()
+
+
+def calls(base_url: str, before: dict) -> dict:
+    now = counters(base_url)
     delta = {k: now.get(k, 0) - before.get(k, 0) for k in now}
     kinds = {"write": 0, "read": 0, "other": 0, "429": delta.get("hubspot 429", 0)}
     for k, v in delta.items():
@@ -96,35 +104,47 @@ def main() -> None:
     n, changed = args.contacts, int(args.contacts * args.changed_share)
     target = HubSpotTarget(kind="hubspot", verify="sample")
     with tempfile.TemporaryDirectory(prefix="bench-crm-") as tmp:
+        # The sandbox in its own process, as in the demo: in this one it would share the GIL.
+        root = Path(tmp) / "sandbox"
+        state = SandboxState.open(root)
         settings = {"hubspot_requests_per_10s": LIMIT, "hubspot_daily_limit": 10_000_000}
-        with running(Path(tmp) / "sandbox", settings) as state:
-            hs = crm.client(state.credentials["hubspot"]["access_token"], state.base_url, LIMIT)
+        (root / "settings.json").write_text(json.dumps(settings))
+        base = server.start(root)["base_url"]
+        try:
+            hs = crm.client(state.credentials["hubspot"]["access_token"], base, LIMIT)
             lake = Lake(Path(tmp) / "lake")
             t = time.perf_counter()
             seed(state, hs, lake, target, scores(n))
             print(f"seeded {n:,} contacts and the ledger in {time.perf_counter() - t:.0f} s")
 
-            before = dict(state.counters)
+            before = counters(base)
             t = time.perf_counter()
             result = crm.sync(hs, lake, target, scores(n, changed))
             seconds = time.perf_counter() - t
-            run = calls(state, before)
-            requests = run["write"] + run["read"] + run["other"]
+            run = calls(base, before)
+            made = run["write"] + run["read"] + run["other"]
             print(f"\nsync, {changed:,} of {n:,} changed: {result['written']:,} written, "
                   f"{result['unchanged']:,} unchanged, {result['failed']} failed in "
                   f"{seconds:.1f} s")  # fmt: skip
             print(f"  calls: {run['write']} write, {run['read']} read (hand-edit check, "
                   f"read-back), {run['other']} other, {run['429']} answered 429")  # fmt: skip
-            rate = requests / seconds
+            rate = made / seconds
+            # The least time the limit allows for these calls: every full window of LIMIT
+            # calls costs 10 s, the rest go out at once.
+            ideal = (made - 1) // LIMIT * 10.0
+            share = ideal / seconds if ideal else float("nan")
             print(
-                f"  {result['written'] / seconds:,.0f} records/s, {rate:.2f} requests/s "
-                f"({rate / (LIMIT / 10):.0%} of the {LIMIT / 10:.0f}/s the limit allows)"
+                f"  {result['written'] / seconds:,.0f} records/s, {rate:.2f} requests/s; "
+                f"the limit allows {made} calls in {ideal:.0f} s at best: {share:.0%} of that"
             )
 
-            before = dict(state.counters)
+            before = counters(base)
+            t = time.perf_counter()
             again = crm.sync(hs, lake, target, scores(n, changed))
-            rerun = calls(state, before)
-            print(f"\nunchanged re-run: {again['written']} written, {rerun['write']} write calls")
+            local = time.perf_counter() - t
+            rerun = calls(base, before)
+            print(f"\nunchanged re-run: {again['written']} written, {rerun['write']} write calls, "
+                  f"{local:.1f} s (the diff of {n:,} records, no API call)")  # fmt: skip
 
             sample = scores(n, changed).head(args.naive_sample).assign(score=1, flag=False)
             naive_s = naive(hs, sample, target) / len(sample) * changed
@@ -132,6 +152,8 @@ def main() -> None:
                   f"{naive_s:,.0f} s extrapolated from {len(sample)} "
                   f"({changed / naive_s:,.1f} records/s); the batched sync is "
                   f"{naive_s / seconds:,.0f}x faster")  # fmt: skip
+        finally:
+            server.stop(root)
 
     expected = math.ceil(changed / crm.BATCH)
     print("\ntargets:")
@@ -144,8 +166,8 @@ def main() -> None:
         + ("met" if rerun["write"] == 0 else "NOT met")
     )
     print(
-        f"  request rate {rate / (LIMIT / 10):.0%} of the limit: "
-        + ("met" if rate >= 0.9 * LIMIT / 10 else "NOT met")
+        f"  throughput {share:.0%} of what the limit allows: "
+        + ("met" if share >= 0.9 else "NOT met (or the run fits one window: latency-bound)")
     )
 
 
