@@ -64,14 +64,14 @@ from sandbox.salesforce_store import (
     SaveError,
     SaveResult,
     Tx,
-    _csv_text,
-    _job_base,
     check_ingest_spec,
+    csv_text,
     decode_locator,
     encode_locator,
     fmt_datetime,
     full_record,
     index_key,
+    job_info,
     normalize_id,
     not_found,
     parse_soql,
@@ -266,12 +266,9 @@ def _error(error: SalesforceError) -> JSONResponse:
 
 def _save_errors(result: SaveResult) -> SalesforceError:
     """Single-record writes answer 400 with every save error as a top-level item (§3, §6)."""
-    first = result.errors[0]
-    error = SalesforceError(400, first.code, first.message, list(first.fields))
-    error.body = lambda: [  # type: ignore[method-assign]
-        {"message": e.message, "errorCode": e.code, "fields": list(e.fields)} for e in result.errors
-    ]
-    return error
+    first, *rest = result.errors
+    more = [{"message": e.message, "errorCode": e.code, "fields": list(e.fields)} for e in rest]
+    return SalesforceError(400, first.code, first.message, list(first.fields), more)
 
 
 def _session_error() -> SalesforceError:
@@ -1141,7 +1138,7 @@ class _Jobs:
         delay = float(self.state.settings["salesforce_bulk_delay_s"])
         with self.org.tx() as tx:
             job_id, _ = tx._next_id(JOB_PREFIX)
-            info = _job_base(self.kind, job_id, spec, version[1:], datetime.now(UTC))
+            info = job_info(self.kind, job_id, spec, version[1:], datetime.now(UTC))
             if self.kind == "query":
                 info["query"] = spec["query"]
             ready_at = None if self.kind == "ingest" else time.time() + delay
@@ -1270,7 +1267,7 @@ class _Jobs:
         info, results = job["info"], job["results"]
         rows = results["rows"][offset : offset + int(raw_max)]
         end = offset + len(rows)
-        text = _csv_text(
+        text = csv_text(
             [results["header"], *rows],
             LINE_ENDINGS[info["lineEnding"]],
             DELIMITERS[info["columnDelimiter"]],

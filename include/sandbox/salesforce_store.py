@@ -52,15 +52,23 @@ JOB_PREFIX, LOCATOR_PREFIX, ORG_PREFIX = "750", "01g", "00D"
 class SalesforceError(Exception):
     """A whole-request error: HTTP status and Salesforce's JSON-array body (§6)."""
 
-    def __init__(self, status: int, code: str, message: str, fields: list[str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        fields: list[str] | None = None,
+        more: list[dict] | None = None,
+    ):
         super().__init__(f"{code}: {message}")
         self.status, self.code, self.message, self.fields = status, code, message, fields
+        self.more = more or []  # further items of the body (several save errors at once)
 
     def body(self) -> list[dict]:
         item: dict[str, Any] = {"message": self.message, "errorCode": self.code}
         if self.fields is not None:
             item["fields"] = list(self.fields)
-        return [item]
+        return [item, *self.more]
 
 
 def not_found() -> SalesforceError:
@@ -374,7 +382,7 @@ def _activity(task: bool) -> list[FieldDef]:
         _f("WhoId", "reference", "Name ID", ref=_WHO, rel="Who"),
         _f("WhatId", "reference", "Related To ID", ref=_WHAT, rel="What"),
         _f("AccountId", "reference", "Account ID", ro=True, ref=("Account",), rel="Account"),
-        _f("ActivityDate", "date", "Due Date Only" if task else "Due Date Only"),
+        _f("ActivityDate", "date", "Due Date Only"),
         _f("Type", "picklist", "Type", picklist=("Call", "Email", "Meeting", "Other")),
         _f("Description", "textarea", "Description"),
         _f("IsArchived", "boolean", "Archived", ro=True),
@@ -2020,14 +2028,14 @@ INGEST_OPERATIONS = {"insert", "update", "upsert", "delete", "hardDelete"}
 TERMINAL_STATES = {"JobComplete", "Failed", "Aborted"}
 
 
-def _csv_text(rows: list[list[str]], line_ending: str, delimiter: str) -> str:
+def csv_text(rows: list[list[str]], line_ending: str, delimiter: str) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, delimiter=delimiter, lineterminator=line_ending, quoting=csv.QUOTE_ALL)
     writer.writerows(rows)
     return buf.getvalue()
 
 
-def _job_base(kind: str, job_id: str, spec: Mapping, version: str, now: datetime) -> dict:
+def job_info(kind: str, job_id: str, spec: Mapping, version: str, now: datetime) -> dict:
     stamp = fmt_datetime(now)
     info = {
         "id": job_id,
@@ -2129,9 +2137,9 @@ def process_ingest(tx: Tx, info: dict, upload: str | None) -> dict:
         else:
             failed.append([result.id or "", result.errors[0].to_csv(), *row])
     return {
-        "successful": _csv_text(successful, ending, delimiter),
-        "failed": _csv_text(failed, ending, delimiter),
-        "unprocessed": _csv_text([header], ending, delimiter),
+        "successful": csv_text(successful, ending, delimiter),
+        "failed": csv_text(failed, ending, delimiter),
+        "unprocessed": csv_text([header], ending, delimiter),
         "_processed": len(data),
         "_failed": len(failed) - 1,
     }
@@ -2143,7 +2151,7 @@ def unprocessed_csv(info: dict, upload: str | None) -> str:
         return ""
     delimiter = DELIMITERS[info["columnDelimiter"]]
     rows = [r for r in csv.reader(io.StringIO(upload, newline=""), delimiter=delimiter) if r]
-    return _csv_text(rows, LINE_ENDINGS[info["lineEnding"]], delimiter)
+    return csv_text(rows, LINE_ENDINGS[info["lineEnding"]], delimiter)
 
 
 def encode_locator(offset: int) -> str:
