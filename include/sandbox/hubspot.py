@@ -494,13 +494,24 @@ def _read(tx: StoreTx, object_type: str, body: dict) -> tuple[list, list]:
     return results, [_not_found_error(object_type, missing)] if missing else []
 
 
+class _Undo(Exception):
+    """Rolls back a batch that is answered as if it had been written."""
+
+
 def _object_routes(api: APIRouter, store: HubSpotStore) -> None:
     def batch_endpoint(path: str, ok_status: int, work) -> None:
         @api.post(f"/crm/v3/objects/{{object_type}}/batch/{path}")
         def batch(object_type: str, body: JsonBody) -> JSONResponse:
             started, object_type = now_iso(), canonical_type(object_type)
-            with store.transaction() as tx:
-                results, errors = work(tx, object_type, body)
+            # LOST_WRITE_FAULT: answered as written, then undone (a workflow reverting it).
+            lost = path in ("upsert", "update") and store.state.take_fault("hubspot_lost_write")
+            try:
+                with store.transaction() as tx:
+                    results, errors = work(tx, object_type, body)
+                    if lost:
+                        raise _Undo
+            except _Undo:
+                pass
             return _batch(started, results, errors, ok_status)
 
     batch_endpoint("upsert", 200, lambda tx, t, body: _upsert(tx, t, _inputs(body, BATCH_LIMIT)))

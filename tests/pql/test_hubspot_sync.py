@@ -189,3 +189,19 @@ def test_account_qualification_goes_to_companies_by_domain(sandbox, hs, tmp_path
     assert store.get_by("companies", "domain", "pqa1.io")["properties"][
         "pql_account_qualified"
     ] == ("true")
+
+
+def test_a_write_the_crm_did_not_keep_is_caught_by_the_read_back(sandbox, hs, tmp_path):
+    lake = Lake(tmp_path)
+    target = TARGET.model_copy(update={"verify": "all"})
+    emails = [f"lost{i}@acme.io" for i in range(3)]
+    crm.sync(hs, lake, target, _scores(emails))
+    # HubSpot answers the next upsert as written, then a workflow reverts it.
+    sandbox.queue_fault("hubspot_lost_write", 200)
+    with pytest.raises(crm.SyncError, match="3 of 3 records were rejected.*read back differs"):
+        crm.sync(hs, lake, target, _scores(emails, score=90))
+    assert _crm(sandbox, emails[0])["pql_score"] in ("70", "70.0")
+    # Not marked synced: the next run sends them again, and this time they stay.
+    again = crm.sync(hs, lake, target, _scores(emails, score=90))
+    assert (again["written"], again["failed"]) == (3, 0)
+    assert _crm(sandbox, emails[0])["pql_score"] in ("90", "90.0")
