@@ -21,9 +21,11 @@ def write(
     *,
     generated_at: datetime,
     window_days: int,
+    health: list[dict] | None = None,
 ) -> Path:
-    """Write reports/week=W/{cohorts.csv, totals.csv, index.html}; returns the HTML path."""
+    """Write reports/week=W/{cohorts.csv, totals.csv, health.csv, index.html}; returns the HTML."""
     html = TEMPLATES.get_template("report.html").render(
+        health=health or [],
         week=week,
         generated_at=generated_at.strftime("%Y-%m-%d %H:%M UTC"),
         window_days=window_days,
@@ -33,5 +35,7 @@ def write(
     with atomic_dir(lake.reports(week)) as tmp:
         cohorts.to_csv(tmp / "cohorts.csv", index=False)
         overall.to_csv(tmp / "totals.csv", index=False)
+        if health:
+            pd.DataFrame(health).to_csv(tmp / "health.csv", index=False)
         (tmp / "index.html").write_text(html)
     return lake.reports(week) / "index.html"
