@@ -412,7 +412,31 @@ class HubSpotTarget(Strict):
     verify_sample: int = Field(50, ge=1)
 
 
-Crm = Annotated[HubSpotTarget, Field(discriminator="kind")]
+# A Salesforce field API name (custom fields end in __c).
+SalesforceField = Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$", max_length=100)]
+
+
+class SalesforceFields(Strict):
+    """Field API names written on both Lead and Contact (the emulator's defaults)."""
+
+    score: SalesforceField = "PQL_Score__c"
+    flag: SalesforceField = "PQL_Flag__c"
+    qualified_at: SalesforceField = "PQL_Qualified_At__c"
+    reasons: SalesforceField = "PQL_Reasons__c"
+    model_version: SalesforceField = "PQL_Model_Version__c"
+
+
+class SalesforceTarget(Strict):
+    kind: Literal["salesforce"]
+    connection_id: str = "salesforce_default"
+    fields: SalesforceFields = SalesforceFields()
+    create_missing: bool = True  # unknown emails become Leads (else counted, not written)
+    lead_source: str = "Product"  # LeadSource of the Leads the sync creates
+    bulk_threshold: int = Field(2000, ge=1)  # records to write at/above which Bulk API 2.0 is used
+    max_failed_share: float = Field(0.05, ge=0, le=1)
+
+
+Crm = Annotated[HubSpotTarget | SalesforceTarget, Field(discriminator="kind")]
 
 
 class Routing(Strict):

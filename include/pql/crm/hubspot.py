@@ -17,7 +17,7 @@ from hubspot.crm.contacts import (
 from hubspot.crm.properties import PropertyCreate, PropertyGroupCreate
 from urllib3.util.retry import Retry
 
-from pql.config import HubSpotTarget
+from pql.config import HubSpotTarget, SalesforceTarget
 from pql.lake import Lake, atomic_dir
 from pql.ratelimit import Budget
 
@@ -146,8 +146,8 @@ def ensure_properties(
     return created
 
 
-def desired_values(scores: pd.DataFrame, target: HubSpotTarget) -> pd.DataFrame:
-    """HubSpot property values (strings, as on the wire) per email, from a scores snapshot."""
+def desired_values(scores: pd.DataFrame, target: HubSpotTarget | SalesforceTarget) -> pd.DataFrame:
+    """CRM field values (strings, as HubSpot takes them) per email, from a scores snapshot."""
     f = target.fields
     s = scores[scores["email"].notna()].drop_duplicates("email", keep="last")
     qualified = pd.to_datetime(s["qualified_at"], utc=True)
@@ -332,8 +332,9 @@ def edited_in_crm(current: dict[str, dict], ledger: pd.DataFrame | None) -> set[
     return edited
 
 
-def load_ledger(lake: Lake, name: str = "ledger") -> pd.DataFrame | None:
-    path = lake.sync("hubspot") / name / "ledger.parquet"
+def load_ledger(lake: Lake, name: str = "ledger", crm: str = "hubspot") -> pd.DataFrame | None:
+    """What the sync last wrote to `crm` (key, sorted-key JSON values, synced_at), or None."""
+    path = lake.sync(crm) / name / "ledger.parquet"
     return pd.read_parquet(path) if path.exists() else None
 
 
@@ -444,13 +445,14 @@ def diff_sample(todo: pd.DataFrame, ledger: pd.DataFrame | None, n: int = 10) ->
 
 
 def _update_ledger(lake: Lake, ledger: pd.DataFrame | None, written: pd.DataFrame,
-                   key: str = "email", name: str = "ledger") -> None:  # fmt: skip
+                   key: str = "email", name: str = "ledger",
+                   crm: str = "hubspot") -> None:  # fmt: skip
     now = datetime.now(UTC)
     fresh = pd.DataFrame({key: written[key], "values": values_json(written, key), "synced_at": now})
     merged = (
         fresh if ledger is None else pd.concat([ledger, fresh]).drop_duplicates(key, keep="last")
     )
-    with atomic_dir(lake.sync("hubspot") / name) as tmp:
+    with atomic_dir(lake.sync(crm) / name) as tmp:
         merged.to_parquet(tmp / "ledger.parquet", index=False)
 
 

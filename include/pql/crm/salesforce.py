@@ -1,0 +1,337 @@
+"""Salesforce through simple-salesforce: field check, diff-based Lead/Contact writes.
+
+Same shape as the HubSpot sync (pql.crm.hubspot): desired values per email, diffed against a
+ledger in the lake, only changed records written, per-record results kept under the run folder,
+only successes recorded in the ledger. Records are found by email: a Contact wins, a converted
+Lead writes to its Contact, else the Lead; unknown emails become Leads (create_missing).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import pandas as pd
+from simple_salesforce import Salesforce
+from simple_salesforce.exceptions import SalesforceExpiredSession
+
+from pql.config import SalesforceTarget
+from pql.crm.hubspot import (
+    SyncError,
+    _update_ledger,
+    changed,
+    desired_values,
+    diff_sample,
+    load_ledger,
+)
+from pql.lake import Lake, atomic_dir
+
+log = logging.getLogger(__name__)
+
+CRM = "salesforce"  # the lake's sync folder
+COLLECTION = 200  # sObject Collections' maximum records per call
+LOOKUP = 300  # emails per SOQL IN (...) (well under the 100,000-character statement limit)
+LOCK_RETRIES = 3  # extra attempts for records failing with UNABLE_TO_LOCK_ROW
+LOCK_BACKOFF_S = 0.25  # doubled after each attempt
+BULK_WAIT_S = 1  # first poll of a Bulk API 2.0 job
+OBJECTS = ("Lead", "Contact")
+FIELD_TYPES = {  # what check_fields asks an admin to create
+    "score": "Number(18, 0)",
+    "flag": "Checkbox",
+    "qualified_at": "Date/Time",
+    "reasons": "Long Text Area(32768)",
+    "model_version": "Text(80)",
+}
+RESULT_COLUMNS = ["email", "status", "object", "record_id", "status_code", "message", "transient"]
+
+
+class _Session:
+    """The client plus one re-login: an expired session is refreshed once, then fails clearly."""
+
+    def __init__(self, sf: Salesforce, login: Callable[[], Salesforce] | None):
+        self.sf, self.login, self.refreshed = sf, login, False
+
+    def __call__(self, fn: Callable[[Salesforce], object]):
+        try:
+            return fn(self.sf)
+        except SalesforceExpiredSession as e:
+            if self.refreshed or self.login is None:
+                raise SyncError(
+                    "Salesforce session expired (401 INVALID_SESSION_ID)"
+                    + (" again after logging in again" if self.refreshed else "")
+                    + ": check the connection's credentials and the org's session timeout"
+                ) from e
+            log.info("Salesforce session expired: logging in again")
+            self.refreshed = True
+            self.sf = self.login()
+            return self(fn)
+
+
+def check_fields(sf: Salesforce, target: SalesforceTarget) -> None:
+    """Raise SyncError naming every mapped field missing on Lead or Contact (with its type)."""
+    wanted = target.fields.model_dump()
+    missing = []
+    for obj in OBJECTS:
+        have = {f["name"].lower() for f in getattr(sf, obj).describe()["fields"]}
+        missing += [
+            f"{obj}.{name} ({FIELD_TYPES[key]})"
+            for key, name in wanted.items()
+            if name.lower() not in have
+        ]
+    if missing:
+        raise SyncError(
+            "Salesforce is missing fields the PQL sync writes; create them (Setup → Object "
+            "Manager → Fields & Relationships) or map others in config crm.fields: "
+            + ", ".join(missing)
+        )
+
+
+def soql_quote(value: str) -> str:
+    """A SOQL string literal: backslashes and single quotes escaped."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def find_records(call: _Session, emails: list[str]) -> dict[str, tuple[str, str, str | None]]:
+    """email → (object, record id, account id) of the record to write, for those that exist."""
+    contacts: dict[str, tuple] = {}
+    leads: dict[str, tuple] = {}
+    converted: dict[str, tuple] = {}
+    for i in range(0, len(emails), LOOKUP):
+        quoted = ", ".join(soql_quote(e) for e in emails[i : i + LOOKUP])
+        for r in call(
+            lambda sf, q=quoted: sf.query_all(
+                f"SELECT Id, Email, AccountId FROM Contact WHERE Email IN ({q}) ORDER BY Id"
+            )
+        )["records"]:
+            contacts.setdefault(r["Email"].lower(), ("Contact", r["Id"], r.get("AccountId")))
+        for r in call(
+            lambda sf, q=quoted: sf.query_all(
+                "SELECT Id, Email, IsConverted, ConvertedContactId, ConvertedAccountId FROM Lead "
+                f"WHERE Email IN ({q}) ORDER BY Id"
+            )
+        )["records"]:
+            email = r["Email"].lower()
+            if r.get("IsConverted") and r.get("ConvertedContactId"):
+                converted.setdefault(
+                    email, ("Contact", r["ConvertedContactId"], r.get("ConvertedAccountId"))
+                )
+            elif not r.get("IsConverted"):
+                leads.setdefault(email, ("Lead", r["Id"], None))
+    return {**leads, **converted, **contacts}
+
+
+def _wire(row: dict, target: SalesforceTarget) -> dict:
+    """Ledger strings → Salesforce JSON values (number, boolean, datetime or null)."""
+    f = target.fields
+    return {
+        f.score: float(row[f.score]),
+        f.flag: row[f.flag] == "true",
+        f.qualified_at: row[f.qualified_at] or None,
+        f.reasons: row[f.reasons] or None,
+        f.model_version: row[f.model_version] or None,
+    }
+
+
+def _new_lead(email: str, target: SalesforceTarget) -> dict:
+    local, _, domain = email.partition("@")
+    return {
+        "LastName": local or email,
+        "Company": domain or "[not provided]",
+        "Email": email,
+        "LeadSource": target.lead_source,
+    }
+
+
+def _result(email, status, obj, rid, code="", message="", transient=False) -> dict:
+    return dict(
+        zip(RESULT_COLUMNS, [email, status, obj, rid, code, message, transient], strict=True)
+    )
+
+
+def _collections(call: _Session, writes: list[dict]) -> list[dict]:
+    """Write via sObject Collections (200 a call, allOrNone false); lock failures retried."""
+    results: dict[int, dict] = {}
+    pending = list(range(len(writes)))
+    for attempt in range(LOCK_RETRIES + 1):
+        if attempt:
+            time.sleep(LOCK_BACKOFF_S * 2 ** (attempt - 1))
+            log.info("retrying %s records locked by Salesforce (attempt %s)", len(pending), attempt)
+        locked = []
+        for method in ("PATCH", "POST"):  # updates (with id), then creates
+            todo = [i for i in pending if (writes[i]["id"] is not None) == (method == "PATCH")]
+            for start in range(0, len(todo), COLLECTION):
+                chunk = todo[start : start + COLLECTION]
+                records = [writes[i]["record"] for i in chunk]
+                answer = call(
+                    lambda sf, rs=records, m=method: sf.restful(
+                        "composite/sobjects", method=m, json={"allOrNone": False, "records": rs}
+                    )
+                )
+                for i, r in zip(chunk, answer, strict=True):
+                    w = writes[i]
+                    if r.get("success"):
+                        results[i] = _result(w["email"], "written", w["object"], r.get("id"))
+                        continue
+                    errors = r.get("errors") or [{}]
+                    code = errors[0].get("statusCode", "")
+                    message = "; ".join(e.get("message", "") for e in errors)
+                    results[i] = _result(
+                        w["email"], "failed", w["object"], w["id"], code, message,
+                        code == "UNABLE_TO_LOCK_ROW",
+                    )  # fmt: skip
+                    if code == "UNABLE_TO_LOCK_ROW":
+                        locked.append(i)
+        pending = locked
+        if not pending:
+            break
+    return [results[i] for i in range(len(writes))]
+
+
+def _bulk(call: _Session, writes: list[dict]) -> list[dict]:
+    """Write via Bulk API 2.0 (one job per object and operation); lock failures go again
+    through Collections (with its retries)."""
+    results: dict[int, dict] = {}
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, w in enumerate(writes):
+        groups.setdefault((w["object"], "update" if w["id"] else "insert"), []).append(i)
+    for (obj, op), idx in groups.items():
+        rows = []
+        for i in idx:
+            r = {k: v for k, v in writes[i]["record"].items() if k not in ("attributes", "id")}
+            if op == "update":
+                r = {"Id": writes[i]["id"], **r}
+            rows.append({k: _csv(v) for k, v in r.items()})
+        key = (lambda i: writes[i]["id"]) if op == "update" else (lambda i: writes[i]["email"])
+        by_key = {key(i).lower(): i for i in idx}
+
+        def run(sf, obj=obj, op=op, rows=rows):
+            handler = getattr(sf.bulk2, obj)
+            jobs = getattr(handler, op)(records=rows, wait=BULK_WAIT_S)
+            out = []
+            for job in jobs:
+                out.append(
+                    (
+                        handler.get_successful_records(job["job_id"]),
+                        handler.get_failed_records(job["job_id"]),
+                    )
+                )
+            return out
+
+        for ok_text, failed_text in call(run):
+            for r in csv.DictReader(io.StringIO(ok_text)):
+                k = (r.get("Id") if op == "update" else r.get("Email")) or ""
+                if k.lower() in by_key:
+                    i = by_key[k.lower()]
+                    w = writes[i]
+                    results[i] = _result(w["email"], "written", obj, r.get("sf__Id") or w["id"])
+            for r in csv.DictReader(io.StringIO(failed_text)):
+                k = (r.get("Id") or r.get("sf__Id") if op == "update" else r.get("Email")) or ""
+                if k.lower() in by_key:
+                    i = by_key[k.lower()]
+                    code, _, message = (r.get("sf__Error") or "").partition(":")
+                    message = message.rsplit(":", 1)[0] if ":" in message else message
+                    w = writes[i]
+                    results[i] = _result(
+                        w["email"], "failed", obj, w["id"], code, message,
+                        code == "UNABLE_TO_LOCK_ROW",
+                    )  # fmt: skip
+    locked = [i for i, r in results.items() if r["status_code"] == "UNABLE_TO_LOCK_ROW"]
+    if locked:
+        for i, r in zip(locked, _collections(call, [writes[i] for i in locked]), strict=True):
+            results[i] = r
+    return [
+        results.get(i)
+        or _result(w["email"], "failed", w["object"], w["id"], "", "not in the job's results")
+        for i, w in enumerate(writes)
+    ]
+
+
+def _csv(value) -> str:
+    """A Bulk API 2.0 CSV cell: empty means 'leave unchanged', so null is #N/A."""
+    if value is None or value == "":
+        return "#N/A"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def sync(
+    sf: Salesforce,
+    lake: Lake,
+    target: SalesforceTarget,
+    scores: pd.DataFrame,
+    *,
+    dry_run: bool = False,
+    login: Callable[[], Salesforce] | None = None,
+) -> dict:
+    """Write changed scores to Salesforce Leads/Contacts; record every result; update the ledger.
+
+    `login` builds a fresh client: an expired session is refreshed with it once.
+    """
+    desired = desired_values(scores, target)
+    ledger = load_ledger(lake, crm=CRM)
+    todo = changed(desired, ledger)
+    counts = {
+        "candidates": len(desired),
+        "unchanged": len(desired) - len(todo),
+        "skipped_no_email": int(scores["email"].isna().sum()),
+    }
+    if dry_run:
+        return {**counts, "would_write": len(todo), "sample": diff_sample(todo, ledger)}
+    call = _Session(sf, login)
+    call(lambda s: check_fields(s, target))
+    found = find_records(call, list(todo["email"])) if len(todo) else {}
+    writes, not_in_crm = [], []
+    for row in todo.to_dict("records"):
+        email, values = row["email"], _wire(row, target)
+        if email in found:
+            obj, rid, account = found[email]
+            record = {"attributes": {"type": obj}, "id": rid, **values}
+        elif target.create_missing:
+            obj, rid, account = "Lead", None, None
+            record = {"attributes": {"type": "Lead"}, **_new_lead(email, target), **values}
+        else:
+            not_in_crm.append(email)
+            continue
+        writes.append({"email": email, "object": obj, "id": rid, "account": account,
+                       "record": record})  # fmt: skip
+    # Records of one account together: fewer parent locks contended across calls.
+    writes.sort(key=lambda w: (w["account"] or "", w["object"], w["id"] or ""))
+    bulk = len(writes) >= target.bulk_threshold
+    results = pd.DataFrame(
+        (_bulk if bulk else _collections)(call, writes) if writes else [], columns=RESULT_COLUMNS
+    )
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    run_dir = lake.sync(CRM) / f"run={run_id}"
+    with atomic_dir(run_dir) as tmp:
+        results.to_parquet(tmp / "results.parquet", index=False)
+    written = results[results["status"] == "written"]
+    _update_ledger(lake, ledger, todo[todo["email"].isin(written["email"])], crm=CRM)
+    failed = results[results["status"] == "failed"]
+    counts.update(
+        written=len(written),
+        failed=len(failed),
+        created=int((written["record_id"].notna() & ~written["email"].isin(found)).sum()),
+        not_in_crm=len(not_in_crm),
+        api="bulk" if bulk else "collections",
+        run=run_id,
+    )
+    log.info(
+        "Salesforce sync: %(written)s written, %(unchanged)s unchanged, %(failed)s failed, "
+        "%(not_in_crm)s not in Salesforce (via %(api)s)",
+        counts,
+    )
+    if len(failed) and len(failed) / len(desired) > target.max_failed_share:
+        sample = "; ".join(
+            f"{r.email}: {r.status_code} {r.message}" for r in failed.head(5).itertuples()
+        )
+        raise SyncError(
+            f"{len(failed)} of {len(desired)} records were rejected by Salesforce (more than "
+            f"max_failed_share {target.max_failed_share:.0%}); e.g. {sample}. "
+            f"All results: {run_dir}"
+        )
+    return counts

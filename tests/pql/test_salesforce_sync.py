@@ -1,0 +1,222 @@
+"""Salesforce sync against the sandbox emulator (simple-salesforce over TLS): field check, diff,
+Contacts and converted Leads, per-record failures, lock retries, Bulk API 2.0, session refresh."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import requests
+from simple_salesforce import Salesforce
+
+from pql.config import SalesforceTarget
+from pql.crm import salesforce as crm
+from pql.crm.hubspot import SyncError, load_ledger
+from pql.lake import Lake
+from sandbox.salesforce import SalesforceStore, credentials, tls_files
+from sandbox.salesforce_store import DEFAULT_CUSTOM_FIELDS
+
+TARGET = SalesforceTarget(kind="salesforce", max_failed_share=0.5)
+
+
+def _scores(emails, score=70):
+    n = len(emails)
+    return pd.DataFrame(
+        {
+            "email": emails,
+            "score": [score] * n,
+            "flag": [score >= 50] * n,
+            "qualified_at": [pd.Timestamp("2026-10-01", tz="UTC") if score >= 50 else pd.NaT] * n,
+            "reasons": ["invited 3 teammates"] * n,
+            "model_version": ["weighted-test"] * n,
+        }
+    )
+
+
+@pytest.fixture
+def login(sandbox):
+    """Builds a client with a fresh client-credentials session (what the DAG's hook does)."""
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = str(tls_files(sandbox)["ca"])
+    creds = credentials(sandbox)
+    calls = []
+
+    def login() -> Salesforce:
+        calls.append(1)
+        token = session.post(
+            f"{sandbox.salesforce_url}/services/oauth2/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": creds["client_id"],
+                "client_secret": creds["client_secret"],
+            },
+            timeout=10,
+        ).json()["access_token"]
+        return Salesforce(instance_url=sandbox.salesforce_url, session_id=token, session=session)
+
+    login.calls = calls
+    yield login
+    session.close()
+
+
+@pytest.fixture
+def sf(login):
+    return login()
+
+
+def _writes(sandbox) -> int:
+    c = sandbox.counters
+    return sum(c[k] for k in c if k.startswith("salesforce.collections_") or "ingest" in k)
+
+
+def _lead(store, email):
+    return store.query(f"SELECT Id, PQL_Score__c, LeadSource FROM Lead WHERE Email = '{email}'")
+
+
+def test_missing_field_is_named_with_its_type(sandbox, sf, tmp_path):
+    custom = json.loads(json.dumps(DEFAULT_CUSTOM_FIELDS))
+    del custom["Contact"]["PQL_Reasons__c"]
+    sandbox.settings["salesforce_custom_fields"] = custom
+    with pytest.raises(SyncError) as err:
+        crm.sync(sf, Lake(tmp_path), TARGET, _scores(["a@acme.io"]))
+    assert "Contact.PQL_Reasons__c (Long Text Area(32768))" in str(err.value)
+    assert "Lead." not in str(err.value)
+
+
+def test_creates_leads_then_writes_only_changes(sandbox, sf, tmp_path):
+    lake = Lake(tmp_path)
+    emails = [f"user{i}@acme.io" for i in range(250)]
+    first = crm.sync(sf, lake, TARGET, _scores(emails))
+    assert (first["written"], first["failed"], first["created"]) == (250, 0, 250)
+    store = SalesforceStore(sandbox)
+    [lead] = store.query(
+        "SELECT LastName, Company, LeadSource, PQL_Score__c, PQL_Flag__c, PQL_Reasons__c, "
+        "PQL_Qualified_At__c FROM Lead WHERE Email = 'user7@acme.io'"
+    )
+    assert (lead["LastName"], lead["Company"], lead["LeadSource"]) == (
+        "user7",
+        "acme.io",
+        "Product",
+    )
+    assert (lead["PQL_Score__c"], lead["PQL_Flag__c"]) == (70, True)
+    assert lead["PQL_Qualified_At__c"].startswith("2026-10-01T00:00:00")
+    before = _writes(sandbox)
+    again = crm.sync(sf, lake, TARGET, _scores(emails))
+    assert (again["written"], again["unchanged"]) == (0, 250)
+    assert _writes(sandbox) == before
+    changed = _scores(emails)
+    changed.loc[:9, "score"] = 80
+    third = crm.sync(sf, lake, TARGET, changed)
+    assert (third["written"], third["created"]) == (10, 0)
+    assert _writes(sandbox) == before + 1
+    assert store.count("Lead") == 250
+    assert crm.sync(sf, lake, TARGET, changed, dry_run=True)["would_write"] == 0
+
+
+def test_contacts_and_converted_leads_get_the_values(sandbox, sf, tmp_path):
+    store = SalesforceStore(sandbox)
+    [account] = store.create("Account", [{"Name": "Acme"}])
+    [contact, converted_to] = store.create(
+        "Contact",
+        [
+            {"LastName": "Ng", "Email": "ana@acme.io", "AccountId": account},
+            {"LastName": "Lee", "Email": "kim.contact@acme.io", "AccountId": account},
+        ],
+    )
+    [old_lead] = store.create(
+        "Lead", [{"LastName": "Kim", "Company": "Acme", "Email": "kim@acme.io"}]
+    )
+    store.convert_lead(old_lead, account, converted_to)
+    result = crm.sync(sf, Lake(tmp_path), TARGET, _scores(["ana@acme.io", "kim@acme.io"]))
+    assert (result["written"], result["created"]) == (2, 0)
+    assert store.count("Lead") == 1
+    assert store.get(contact)["PQL_Score__c"] == 70
+    assert store.get(converted_to)["PQL_Score__c"] == 70
+    assert store.get(old_lead).get("PQL_Score__c") is None
+
+
+def test_skips_missing_when_not_creating(sandbox, sf, tmp_path):
+    target = SalesforceTarget(kind="salesforce", create_missing=False)
+    result = crm.sync(sf, Lake(tmp_path), target, _scores(["new@acme.io"]))
+    assert (result["written"], result["not_in_crm"]) == (0, 1)
+    assert SalesforceStore(sandbox).count("Lead") == 0
+
+
+def test_rejected_records_are_recorded_and_retried(sandbox, sf, tmp_path):
+    lake = Lake(tmp_path)
+    emails = [f"user{i}@acme.io" for i in range(30)] + ["not-an-email"]
+    result = crm.sync(sf, lake, TARGET, _scores(emails))
+    assert (result["written"], result["failed"]) == (30, 1)
+    run = pd.read_parquet(next(lake.sync("salesforce").glob("run=*")) / "results.parquet")
+    bad = run[run["status"] == "failed"].iloc[0]
+    assert bad["email"] == "not-an-email" and bad["status_code"] == "INVALID_EMAIL_ADDRESS"
+    assert "invalid email" in bad["message"]
+    assert "not-an-email" not in set(load_ledger(lake, crm="salesforce")["email"])
+    retry = crm.sync(sf, lake, TARGET, _scores(emails))
+    assert (retry["written"], retry["failed"], retry["unchanged"]) == (0, 1, 30)
+
+
+def test_too_many_failures_fail_the_run(sandbox, sf, tmp_path):
+    strict = SalesforceTarget(kind="salesforce", max_failed_share=0.01)
+    with pytest.raises(SyncError, match="1 of 3 records were rejected.*INVALID_EMAIL_ADDRESS"):
+        crm.sync(sf, Lake(tmp_path), strict, _scores(["a@x.io", "b@x.io", "nope"]))
+
+
+def test_locked_records_are_retried_alone(sandbox, sf, tmp_path):
+    lake = Lake(tmp_path)
+    emails = [f"user{i}@acme.io" for i in range(5)]
+    crm.sync(sf, lake, TARGET, _scores(emails))
+    creates = sandbox.counters["salesforce.collections_create"]
+    sandbox.queue_fault("salesforce_lock", 400, count=2)
+    result = crm.sync(sf, lake, TARGET, _scores(emails, score=90))
+    assert (result["written"], result["failed"]) == (5, 0)
+    assert sandbox.counters["salesforce.collections_update"] == 2  # all five, then the two
+    assert sandbox.counters["salesforce.collections_create"] == creates
+    scores = {
+        r["PQL_Score__c"] for r in SalesforceStore(sandbox).query("SELECT PQL_Score__c FROM Lead")
+    }
+    assert scores == {90}
+
+
+def test_bulk_path_above_the_threshold_with_a_failed_record(sandbox, sf, tmp_path):
+    lake = Lake(tmp_path)
+    target = SalesforceTarget(kind="salesforce", bulk_threshold=5, max_failed_share=0.5)
+    emails = [f"user{i}@acme.io" for i in range(8)] + ["bad email"]
+    first = crm.sync(sf, lake, target, _scores(emails))
+    assert first["api"] == "bulk"
+    assert (first["written"], first["failed"]) == (8, 1)
+    assert sandbox.counters["salesforce.collections_create"] == 0
+    run = pd.read_parquet(next(lake.sync("salesforce").glob("run=*")) / "results.parquet")
+    assert run.set_index("email").at["bad email", "status_code"] == "INVALID_EMAIL_ADDRESS"
+    second = crm.sync(sf, lake, target, _scores(emails, score=20))  # bulk update, nulls too
+    assert (second["written"], second["failed"], second["api"]) == (8, 1, "bulk")
+    [lead] = SalesforceStore(sandbox).query(
+        "SELECT PQL_Score__c, PQL_Flag__c, PQL_Qualified_At__c FROM Lead "
+        "WHERE Email = 'user3@acme.io'"
+    )
+    assert (lead["PQL_Score__c"], lead["PQL_Flag__c"], lead["PQL_Qualified_At__c"]) == (
+        20,
+        False,
+        None,
+    )
+
+
+def test_expired_session_is_refreshed_once(sandbox, login, tmp_path):
+    sf = login()
+    SalesforceStore(sandbox).expire_sessions()
+    result = crm.sync(sf, Lake(tmp_path), TARGET, _scores(["a@acme.io"]), login=login)
+    assert result["written"] == 1 and len(login.calls) == 2
+    SalesforceStore(sandbox).expire_sessions()
+    with pytest.raises(SyncError, match="INVALID_SESSION_ID"):
+        crm.sync(sf, Lake(tmp_path), TARGET, _scores(["b@acme.io"]))
+
+    def expired_login():
+        fresh = login()
+        SalesforceStore(sandbox).expire_sessions()
+        return fresh
+
+    SalesforceStore(sandbox).expire_sessions()
+    with pytest.raises(SyncError, match="again after logging in again"):
+        crm.sync(sf, Lake(tmp_path), TARGET, _scores(["c@acme.io"]), login=expired_login)
