@@ -274,6 +274,33 @@ def sync(config_path, day, dry_run) -> None:
             click.echo(f"    {field}: {old!r} -> {new!r}")
 
 
+@main.command()
+@config_option
+@click.option("--week", type=click.DateTime(["%Y-%m-%d"]), required=True,
+              help="Any day of the week to report (weeks start on Monday).")  # fmt: skip
+def report(config_path, week) -> None:
+    """Pull the week's outcomes from the CRM and write the conversion report (as the DAG does)."""
+    from pql import connections, jobs, outcomes
+    from pql.crm import hubspot as crm_hubspot
+
+    cfg = _load(config_path)
+    start = outcomes.week_start(week.date())
+    try:
+        conn = connections.from_env(cfg.crm.connection_id)
+        hs = crm_hubspot.client(conn.password or "", conn.host or None)
+        result = jobs.weekly_report(cfg, start, hs)
+    except (LookupError, FileNotFoundError) as e:
+        raise click.ClickException(str(e)) from None
+
+    def pct(v):
+        return "n/a" if v is None else f"{100 * v:.1f}%"
+
+    click.echo(f"week of {start}: {result['meetings']:,} meetings, {result['won_deals']:,} won "
+               f"deals; PQL→meeting {pct(result['pql_meeting_rate'])}, "
+               f"PQL→won {pct(result['pql_won_rate'])}")  # fmt: skip
+    click.echo(f"written: {result['report']}")
+
+
 @main.group()
 def events() -> None:
     """Look at the canonical events in the lake."""

@@ -160,3 +160,18 @@ def test_weekly_dag_reports_rates_that_match_the_crm(env):
     assert cohorts["users"].sum() == len(users)
     assert set(cohorts["group"]) == {"PQL", "non-PQL"}
     assert not cohorts["mature"].any()  # a 90-day window cannot have closed in a 4-week world
+
+
+def test_report_cli_writes_the_same_report_as_the_dag(env, tmp_path):
+    from click.testing import CliRunner
+
+    from pql import cli
+
+    state, lake, dags = env
+    end = START + timedelta(days=DAYS)
+    monday = end - timedelta(days=end.weekday() + 7)
+    dag_totals = pd.read_csv(lake.reports(monday) / "totals.csv")
+    res = CliRunner().invoke(cli.main, ["report", "--week", str(monday + timedelta(days=3))])
+    assert res.exit_code == 0, res.output
+    assert f"week of {monday}" in res.output and "index.html" in res.output
+    pd.testing.assert_frame_equal(pd.read_csv(lake.reports(monday) / "totals.csv"), dag_totals)
