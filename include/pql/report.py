@@ -22,10 +22,12 @@ def write(
     generated_at: datetime,
     window_days: int,
     health: list[dict] | None = None,
+    charts: list[dict] | None = None,
 ) -> Path:
     """Write reports/week=W/{cohorts.csv, totals.csv, health.csv, index.html}; returns the HTML."""
     html = TEMPLATES.get_template("report.html").render(
         health=health or [],
+        charts=charts or [],
         week=week,
         generated_at=generated_at.strftime("%Y-%m-%d %H:%M UTC"),
         window_days=window_days,
@@ -37,5 +39,8 @@ def write(
         overall.to_csv(tmp / "totals.csv", index=False)
         if health:
             pd.DataFrame(health).to_csv(tmp / "health.csv", index=False)
+        for c in charts or []:  # each chart's numbers, to check or chart elsewhere
+            data = {"label": c["labels"], **{s["name"]: s["values"] for s in c["series"]}}
+            pd.DataFrame(data).to_csv(tmp / f"chart_{c['id']}.csv", index=False)
         (tmp / "index.html").write_text(html)
     return lake.reports(week) / "index.html"

@@ -84,3 +84,32 @@ def test_the_report_shows_the_checks_and_keeps_them_as_csv(tmp_path):
     assert "25.0% → 10.7% → 0.0% → 0.0%" in page  # the trend of the PQL share
     kept = pd.read_csv(html.parent / "health.csv")
     assert list(kept["status"]) == [c["status"] for c in checks]
+
+
+def test_the_report_draws_its_charts_from_the_numbers_it_keeps(tmp_path):
+    import re
+    from datetime import UTC, date, datetime
+
+    from pql import charts, report
+    from pql.lake import Lake
+
+    per_user, users = _world()
+    drawn = charts.build(per_user, users)
+    html = report.write(
+        Lake(tmp_path), date(2026, 10, 5), outcomes.cohort_rates(per_user, datetime.now(UTC), 90),
+        outcomes.totals(per_user), generated_at=datetime.now(UTC), window_days=90, charts=drawn,
+    )  # fmt: skip
+    page = html.read_text()
+    for c in drawn:
+        assert f'id="chart-{c["id"]}"' in page
+        kept = pd.read_csv(html.parent / f"chart_{c['id']}.csv")
+        assert list(kept["label"].astype(str)) == c["labels"]
+    funnel = pd.read_csv(html.parent / "chart_funnel.csv")
+    assert list(funnel["users"]) == [100, 10, 3, 3]
+    svg = page[
+        page.index('id="chart-funnel"') : page.index("</figure>", page.index('id="chart-funnel"'))
+    ]
+    values = [float(v) for v in re.findall(r'data-value="([0-9.]+)"', svg)]
+    assert values == [100, 10, 3, 3]  # the bars are the kept numbers
+    band = pd.read_csv(html.parent / "chart_by_band.csv").set_index("label")["won rate"]
+    assert band["80-100"] == 0.3 and round(band["0-19"], 4) == round(1 / 90, 4)
