@@ -40,6 +40,11 @@ def pql_score_sync():
 
         cfg = load()
         provider = cfg.enrichment.provider
+        if provider == "crm" and cfg.crm.kind != "hubspot":
+            raise ValueError(
+                f"enrichment provider 'crm' reads HubSpot companies; with crm kind "
+                f"{cfg.crm.kind!r} use enrichment provider 'file', 'api' or 'none'"
+            )
         hs = HubSpotHook(cfg.crm.connection_id).get_conn() if provider == "crm" else None
         api = (
             EnrichmentHook(cfg.enrichment.connection_id).session_and_host()
@@ -74,11 +79,15 @@ def pql_score_sync():
         from datetime import date
 
         from pql import jobs
-        from pql_airflow.hooks import HubSpotHook
+        from pql_airflow.hooks import HubSpotHook, salesforce_login
 
         cfg = load()
+        day = date.fromisoformat(scored["day"])
+        if cfg.crm.kind == "salesforce":
+            login = salesforce_login(cfg.crm.connection_id)
+            return jobs.sync(cfg, day, login(), login=login)
         hs = HubSpotHook(cfg.crm.connection_id).get_conn()
-        return jobs.sync(cfg, date.fromisoformat(scored["day"]), hs)
+        return jobs.sync(cfg, day, hs)
 
     @task(pool=CRM)
     def route(scored: dict, synced: dict) -> dict:

@@ -179,12 +179,22 @@ def score(cfg: Config, day: date) -> dict:
     return scores.score_day(cfg, day, enrich.read(Lake(cfg.lake.root)))
 
 
-def sync(cfg: Config, day: date, hs: HubSpot, *, dry_run: bool = False) -> dict:
-    """Write the day's changed scores into the CRM."""
+def sync(cfg: Config, day: date, hs, *, dry_run: bool = False, login=None) -> dict:
+    """Write the day's changed scores into the CRM.
+
+    `hs` is the configured CRM's client: a HubSpot client, or a simple_salesforce.Salesforce
+    (then `login`, if given, builds a fresh one when the session expires).
+    """
     path = Lake(cfg.lake.root).scores(day) / "scores.parquet"
     if not path.exists():
         raise FileNotFoundError(f"no scores for {day} at {path}: run the score step first")
     lake = Lake(cfg.lake.root)
+    if cfg.crm.kind == "salesforce":
+        from pql.crm import salesforce as crm_salesforce
+
+        return crm_salesforce.sync(
+            hs, lake, cfg.crm, pd.read_parquet(path), dry_run=dry_run, login=login
+        )
     crm_hubspot.set_rate(hs, cfg.crm.requests_per_10s)
     result = crm_hubspot.sync(hs, lake, cfg.crm, pd.read_parquet(path), dry_run=dry_run)
     accounts = path.parent / "accounts.parquet"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from airflow.providers.http.hooks.http import HttpHook
@@ -10,6 +11,7 @@ from airflow.sdk import BaseHook
 if TYPE_CHECKING:
     import requests
     from hubspot import HubSpot
+    from simple_salesforce import Salesforce
 
 
 class ExportHook(HttpHook):
@@ -58,6 +60,30 @@ class HubSpotHook(BaseHook):
         if host and "://" not in host:
             host = f"{conn.schema or 'https'}://{host}" + (f":{conn.port}" if conn.port else "")
         return client(conn.password, host)
+
+
+def salesforce_login(conn_id: str = "salesforce_default") -> Callable[[], Salesforce]:
+    """A function that logs in to Salesforce afresh from a connection, via the provider's hook.
+
+    The provider's SalesforceHook (conn_type salesforce: login/password + security token, or
+    consumer_key/consumer_secret, domain, instance_url in extras) caches its client per hook, so
+    each call builds a new hook: the sync calls it again once when a session expires. An optional
+    extra `ca_bundle` (ignored by the provider) is the CA file requests verifies TLS with.
+    """
+
+    def login() -> Salesforce:
+        import requests
+        from airflow.providers.salesforce.hooks.salesforce import SalesforceHook
+
+        session = requests.Session()
+        hook = SalesforceHook(salesforce_conn_id=conn_id, session=session)
+        ca = hook.get_connection(conn_id).extra_dejson.get("ca_bundle")
+        if ca:
+            session.trust_env = False  # REQUESTS_CA_BUNDLE would override verify
+            session.verify = ca
+        return hook.get_conn()
+
+    return login
 
 
 class EnrichmentHook(HttpHook):

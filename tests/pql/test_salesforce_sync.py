@@ -220,3 +220,23 @@ def test_expired_session_is_refreshed_once(sandbox, login, tmp_path):
     SalesforceStore(sandbox).expire_sessions()
     with pytest.raises(SyncError, match="again after logging in again"):
         crm.sync(sf, Lake(tmp_path), TARGET, _scores(["c@acme.io"]), login=expired_login)
+
+
+def test_dag_path_hook_login_and_jobs_dispatch(sandbox, tmp_path, monkeypatch):
+    from datetime import date
+
+    from pql import config, jobs
+    from pql_airflow.hooks import salesforce_login
+    from sandbox.salesforce import connection_env
+
+    for name, value in connection_env(sandbox, sandbox.base_url).items():
+        monkeypatch.setenv(name, value)
+    cfg = config.load().model_copy(update={"lake": config.Lake(root=tmp_path), "crm": TARGET})
+    day = date(2026, 11, 20)
+    folder = Lake(tmp_path).scores(day)
+    folder.mkdir(parents=True)
+    _scores(["ana@acme.io", "bo@beta.dev"]).to_parquet(folder / "scores.parquet")
+    login = salesforce_login(cfg.crm.connection_id)
+    result = jobs.sync(cfg, day, login(), login=login)
+    assert (result["written"], result["created"]) == (2, 2)
+    assert SalesforceStore(sandbox).count("Lead") == 2
