@@ -14,7 +14,7 @@ import pandas as pd
 import requests
 from hubspot import HubSpot
 
-from pql import enrich, enrich_api, outcomes, report, scores
+from pql import charts, enrich, enrich_api, health, outcomes, report, scores
 from pql.config import Config
 from pql.crm import hubspot as crm_hubspot
 from pql.events import amplitude, mixpanel, profiles
@@ -232,7 +232,14 @@ def weekly_report(cfg: Config, week: date, hs: HubSpot) -> dict:
     cohorts = outcomes.cohort_rates(per_user, until, window)
     overall = outcomes.totals(per_user)
     html = report.write(
-        lake, week, cohorts, overall, generated_at=datetime.now(UTC), window_days=window
+        lake,
+        week,
+        cohorts,
+        overall,
+        generated_at=datetime.now(UTC),
+        window_days=window,
+        health=health.checks(per_user, users),
+        charts=charts.build(per_user, users),
     )
     pql = overall.set_index("group").to_dict("index").get("PQL", {})
     return {

@@ -124,6 +124,10 @@ def test_weekly_dag_reports_rates_that_match_the_crm(env):
     cohorts = pd.read_csv(report / "cohorts.csv")
     totals = pd.read_csv(report / "totals.csv").set_index("group")
     assert "PQL conversion" in html and "<table" in html
+    assert 'id="health"' in html and 'id="chart-funnel"' in html
+    funnel = pd.read_csv(report / "chart_funnel.csv").set_index("label")["users"]
+    assert funnel["PQLs"] == totals.loc["PQL", "users"]
+    assert funnel["sign-ups"] == cohorts["users"].sum()
 
     # Recompute independently: the CRM's meetings/won deals, by contact email, vs the scores.
     store = HubSpotStore(state)
