@@ -33,7 +33,17 @@ def pql_weekly_outcomes():
         week = outcomes.week_start(jobs.day_before(data_interval_end))
         return jobs.weekly_report(cfg, week, HubSpotHook(cfg.crm.connection_id).get_conn())
 
-    report()
+    @task
+    def retrain(reported: dict) -> dict:
+        """Closing the loop: the outcomes just pulled become labels for a candidate model."""
+        from datetime import date, timedelta
+
+        from pql import jobs
+
+        week = date.fromisoformat(reported["week"])
+        return jobs.retrain(load(), week + timedelta(days=6))
+
+    retrain(report())
 
 
 pql_weekly_outcomes()

@@ -20,6 +20,7 @@ from pql.crm import hubspot as crm_hubspot
 from pql.events import amplitude, mixpanel, profiles
 from pql.lake import Lake
 from pql.ratelimit import Budget
+from pql.scoring import predictive
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +218,22 @@ def route(cfg: Config, day: date, hs: HubSpot | None, slack=None) -> dict:
     )
 
 
+def retrain(cfg: Config, day: date) -> dict:
+    """Propose a new predictive version from the lake's outcomes; promoted only if better."""
+    from pql import training
+
+    if cfg.model.kind != "predictive":
+        return {"retrained": False, "why": f"model.kind is {cfg.model.kind!r}"}
+    until = datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC)
+    result = training.train(cfg, until, enrich.read(Lake(cfg.lake.root)))
+    return {
+        "retrained": True,
+        **{k: result[k] for k in ("version", "promoted", "rows")},
+        "auc": result["metrics"].get("auc"),
+        "reason": result["comparison"].get("reason"),
+    }
+
+
 def weekly_report(cfg: Config, week: date, hs: HubSpot) -> dict:
     """Pull outcomes up to the end of `week` and write the conversion report for it."""
     lake = Lake(cfg.lake.root)
@@ -240,6 +257,7 @@ def weekly_report(cfg: Config, week: date, hs: HubSpot) -> dict:
         window_days=window,
         health=health.checks(per_user, users),
         charts=charts.build(per_user, users),
+        models=predictive.versions(lake.models()),
     )
     pql = overall.set_index("group").to_dict("index").get("PQL", {})
     return {

@@ -23,11 +23,13 @@ def write(
     window_days: int,
     health: list[dict] | None = None,
     charts: list[dict] | None = None,
+    models: list[dict] | None = None,
 ) -> Path:
     """Write reports/week=W/{cohorts.csv, totals.csv, health.csv, index.html}; returns the HTML."""
     html = TEMPLATES.get_template("report.html").render(
         health=health or [],
         charts=charts or [],
+        models=models or [],
         week=week,
         generated_at=generated_at.strftime("%Y-%m-%d %H:%M UTC"),
         window_days=window_days,
@@ -39,6 +41,8 @@ def write(
         overall.to_csv(tmp / "totals.csv", index=False)
         if health:
             pd.DataFrame(health).to_csv(tmp / "health.csv", index=False)
+        if models:
+            pd.DataFrame(models).to_csv(tmp / "models.csv", index=False)
         for c in charts or []:  # each chart's numbers, to check or chart elsewhere
             data = {"label": c["labels"], **{s["name"]: s["values"] for s in c["series"]}}
             pd.DataFrame(data).to_csv(tmp / f"chart_{c['id']}.csv", index=False)

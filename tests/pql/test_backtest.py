@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from pql import backtest, cli, config, enrich, labels, scores, scoring
+from pql import backtest, cli, config, enrich, jobs, labels, scores, scoring
 from pql.lake import Lake
 from sandbox import lakegen, world
 
@@ -135,6 +135,17 @@ def test_train_promote_and_score_with_the_predictive_model(lake, tmp_path):
     again = CliRunner().invoke(cli.main, ["train", "--config", str(path), "--until", "2026-05-10"])
     assert "not promoted" in again.output  # the same data cannot beat the current version
     assert predictive.current_version(lake.models()) == version
+    listed = predictive.versions(lake.models())
+    assert len(listed) == 2 and [v["current"] for v in listed].count(True) == 1
+    assert all(0.5 < v["auc"] <= 1 and v["ece"] >= 0 for v in listed)
+    # The weekly retraining task proposes a version the same way; a weighted config skips it.
+    assert jobs.retrain(cfg, date(2026, 5, 10))["retrained"] is True
+    weighted = _cfg(lake)
+    assert jobs.retrain(weighted, date(2026, 5, 10)) == {
+        "retrained": False,
+        "why": "model.kind is 'weighted'",
+    }
+    assert len(predictive.versions(lake.models())) == 3
 
     result = scores.score_day(cfg, date(2026, 5, 10), enrich.read(lake))
     snap = pd.read_parquet(scores_dir / "scores.parquet")

@@ -113,3 +113,27 @@ def test_the_report_draws_its_charts_from_the_numbers_it_keeps(tmp_path):
     assert values == [100, 10, 3, 3]  # the bars are the kept numbers
     band = pd.read_csv(html.parent / "chart_by_band.csv").set_index("label")["won rate"]
     assert band["80-100"] == 0.3 and round(band["0-19"], 4) == round(1 / 90, 4)
+
+
+def test_the_report_puts_model_versions_side_by_side(tmp_path):
+    from datetime import UTC, date, datetime
+
+    from pql import report
+    from pql.lake import Lake
+
+    per_user, _ = _world()
+    models = [
+        {"version": "predictive-20261116-060000", "trained_at": "2026-11-16T06:00:00+00:00",
+         "holdout_from": "2026-09-20T00:00:00+00:00", "current": False, "auc": 0.91,
+         "ece": 0.004, "brier": 0.02},
+        {"version": "predictive-20261109-060000", "trained_at": "2026-11-09T06:00:00+00:00",
+         "holdout_from": "2026-09-13T00:00:00+00:00", "current": True, "auc": 0.93,
+         "ece": 0.003, "brier": 0.02},
+    ]  # fmt: skip
+    html = report.write(
+        Lake(tmp_path), date(2026, 10, 5), outcomes.cohort_rates(per_user, datetime.now(UTC), 90),
+        outcomes.totals(per_user), generated_at=datetime.now(UTC), window_days=90, models=models,
+    )  # fmt: skip
+    page = html.read_text()
+    assert 'id="models"' in page and "0.910" in page and "0.930" in page
+    assert list(pd.read_csv(html.parent / "models.csv")["current"]) == [False, True]

@@ -278,6 +278,20 @@ def current_version(models_dir: Path) -> str | None:
     return json.loads(path.read_text())["version"]
 
 
+def versions(models_dir: Path) -> list[dict]:
+    """Every saved version, newest first, with its held-out metrics and whether it is current."""
+    models_dir = Path(models_dir)
+    current = current_version(models_dir)
+    out = []
+    for path in models_dir.glob("*/metrics.json") if models_dir.exists() else []:
+        info = json.loads(path.read_text())
+        numbers = {k: v for k, v in info["metrics"].items() if isinstance(v, int | float)}
+        out.append({"version": info["version"], "trained_at": info["trained_at"],
+                    "holdout_from": info["holdout_from"], "current": info["version"] == current,
+                    **numbers})  # fmt: skip
+    return sorted(out, key=lambda v: v["trained_at"], reverse=True)
+
+
 def promote(
     models_dir: Path, candidate: Trained, holdout: pd.DataFrame, *, label: str = "label"
 ) -> tuple[bool, dict]:
