@@ -18,13 +18,12 @@ import duckdb
 import pandas as pd
 
 from pql import labels, scores, scoring
+from pql.charts import BAND_LABELS, BANDS
 from pql.config import Config
 from pql.lake import Lake, atomic_dir
 
 log = logging.getLogger(__name__)
 
-BANDS = [0, 20, 40, 60, 80, 101]
-BAND_LABELS = ["0-19", "20-39", "40-59", "60-79", "80-100"]
 
 
 @dataclass
