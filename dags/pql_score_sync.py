@@ -36,16 +36,17 @@ def pql_score_sync():
     @task(pool=CRM)  # reads CRM companies or an enrichment API: shares the CRM budget
     def enrich() -> dict:
         from pql import jobs
-        from pql_airflow.hooks import EnrichmentHook, HubSpotHook
+        from pql_airflow.hooks import EnrichmentHook, HubSpotHook, salesforce_login
 
         cfg = load()
         provider = cfg.enrichment.provider
-        if provider == "crm" and cfg.crm.kind != "hubspot":
-            raise ValueError(
-                f"enrichment provider 'crm' reads HubSpot companies; with crm kind "
-                f"{cfg.crm.kind!r} use enrichment provider 'file', 'api' or 'none'"
+        hs = None
+        if provider == "crm":  # HubSpot companies or Salesforce Accounts
+            hs = (
+                salesforce_login(cfg.crm.connection_id)()
+                if cfg.crm.kind == "salesforce"
+                else HubSpotHook(cfg.crm.connection_id).get_conn()
             )
-        hs = HubSpotHook(cfg.crm.connection_id).get_conn() if provider == "crm" else None
         api = (
             EnrichmentHook(cfg.enrichment.connection_id).session_and_host()
             if provider == "api"

@@ -118,12 +118,17 @@ def refresh_accounts(
 ) -> dict:
     """Fetch firmographics from the configured provider and keep them in the lake.
 
-    `enrichment` is the API's (session, base URL) for provider 'api'.
+    `hs` is the CRM's client for provider 'crm' (HubSpot, or simple_salesforce for Salesforce
+    Accounts); `enrichment` is the API's (session, base URL) for provider 'api'.
     """
     lake = Lake(cfg.lake.root)
     provider = cfg.enrichment.provider
     stats = {}
-    if provider == "crm":
+    if provider == "crm" and cfg.crm.kind == "salesforce":
+        from pql.crm import salesforce as crm_salesforce
+
+        accounts = crm_salesforce.read_accounts(hs)
+    elif provider == "crm":
         accounts = crm_hubspot.read_companies(hs)
     elif provider == "file":
         accounts = enrich.from_file(cfg.enrichment.file)

@@ -240,3 +240,30 @@ def test_dag_path_hook_login_and_jobs_dispatch(sandbox, tmp_path, monkeypatch):
     result = jobs.sync(cfg, day, login(), login=login)
     assert (result["written"], result["created"]) == (2, 2)
     assert SalesforceStore(sandbox).count("Lead") == 2
+
+
+def test_salesforce_accounts_are_an_enrichment_provider(sandbox, sf, tmp_path, monkeypatch):
+    from pql import config, enrich, jobs
+    from pql.crm import salesforce as crm_salesforce
+
+    sf.Account.create({"Name": "Acme", "Website": "https://www.Acme.io/about",
+                       "NumberOfEmployees": 250, "Industry": "Technology",
+                       "BillingCountry": "US", "AnnualRevenue": 25_000_000})  # fmt: skip
+    sf.Account.create({"Name": "No site", "NumberOfEmployees": 3})
+    got = crm_salesforce.read_accounts(sf).set_index("domain")
+    assert list(got.index) == ["acme.io"]  # an Account without a website has no domain
+    want = {"employees": 250, "industry": "Technology", "country": "US",
+            "revenue_band": "$10M-$50M"}  # fmt: skip
+    assert got.loc["acme.io"].to_dict() == want
+    cfg = config.load().model_copy(
+        update={
+            "lake": config.Lake(root=tmp_path),
+            "crm": TARGET,
+            "enrichment": config.Enrichment(provider="crm"),
+        }
+    )
+    assert jobs.refresh_accounts(cfg, sf)["accounts"] == 1
+    kept = enrich.read(Lake(tmp_path)).set_index("domain")
+    assert kept.loc["acme.io", "employees"] == 250 and kept.loc["acme.io", "revenue_band"] == (
+        "$10M-$50M"
+    )

@@ -335,3 +335,42 @@ def sync(
             f"All results: {run_dir}"
         )
     return counts
+
+
+# --- accounts as an enrichment provider -------------------------------------------------------
+
+_REVENUE_BANDS = [(1e6, "<$1M"), (1e7, "$1M-$10M"), (5e7, "$10M-$50M"), (2.5e8, "$50M-$250M")]
+
+
+def revenue_band(amount) -> str | None:
+    """AnnualRevenue as the band enrichment uses elsewhere (None when unknown)."""
+    if amount is None or pd.isna(amount):
+        return None
+    return next((band for limit, band in _REVENUE_BANDS if amount < limit), "$250M+")
+
+
+def domain_of(website: str | None) -> str | None:
+    """'https://www.Acme.io/about' → 'acme.io' (Account.Website is free text)."""
+    if not website or not str(website).strip():
+        return None
+    host = str(website).strip().lower().split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+    host = host.removeprefix("www.")
+    return host or None
+
+
+def read_accounts(sf: Salesforce) -> pd.DataFrame:
+    """Firmographics of every Account with a website, by its domain (enrichment provider crm)."""
+    rows = sf.query_all(
+        "SELECT Website, NumberOfEmployees, Industry, BillingCountry, AnnualRevenue FROM Account"
+    )["records"]
+    frame = pd.DataFrame(
+        {
+            "domain": [domain_of(r.get("Website")) for r in rows],
+            "employees": [r.get("NumberOfEmployees") for r in rows],
+            "industry": [r.get("Industry") for r in rows],
+            "country": [r.get("BillingCountry") for r in rows],
+            "revenue_band": [revenue_band(r.get("AnnualRevenue")) for r in rows],
+        },
+        columns=["domain", "employees", "industry", "country", "revenue_band"],
+    )
+    return frame[frame["domain"].notna()].reset_index(drop=True)
