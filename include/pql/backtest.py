@@ -25,7 +25,6 @@ from pql.lake import Lake, atomic_dir
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class Backtest:
     summary: dict
