@@ -424,6 +424,9 @@ class SalesforceFields(Strict):
     qualified_at: SalesforceField = "PQL_Qualified_At__c"
     reasons: SalesforceField = "PQL_Reasons__c"
     model_version: SalesforceField = "PQL_Model_Version__c"
+    account_qualified: SalesforceField = "PQA_Qualified__c"  # on Account (PQA)
+    account_score: SalesforceField = "PQA_Best_Score__c"
+    account_reasons: SalesforceField = "PQA_Reasons__c"
 
 
 class SalesforceTarget(Strict):
@@ -433,6 +436,7 @@ class SalesforceTarget(Strict):
     create_missing: bool = True  # unknown emails become Leads (else counted, not written)
     lead_source: str = "Product"  # LeadSource of the Leads the sync creates
     bulk_threshold: int = Field(2000, ge=1)  # records to write at/above which Bulk API 2.0 is used
+    sync_accounts: bool = True  # write account qualification to Accounts found by Website domain
     max_failed_share: float = Field(0.05, ge=0, le=1)
 
 

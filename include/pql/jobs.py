@@ -195,15 +195,20 @@ def sync(cfg: Config, day: date, hs, *, dry_run: bool = False, login=None) -> di
     if not path.exists():
         raise FileNotFoundError(f"no scores for {day} at {path}: run the score step first")
     lake = Lake(cfg.lake.root)
+    accounts = path.parent / "accounts.parquet"
     if cfg.crm.kind == "salesforce":
         from pql.crm import salesforce as crm_salesforce
 
-        return crm_salesforce.sync(
+        result = crm_salesforce.sync(
             hs, lake, cfg.crm, pd.read_parquet(path), dry_run=dry_run, login=login
         )
+        if cfg.crm.sync_accounts and accounts.exists() and not dry_run:
+            result["accounts"] = crm_salesforce.sync_accounts(
+                hs, lake, cfg.crm, pd.read_parquet(accounts), login=login
+            )
+        return result
     crm_hubspot.set_rate(hs, cfg.crm.requests_per_10s)
     result = crm_hubspot.sync(hs, lake, cfg.crm, pd.read_parquet(path), dry_run=dry_run)
-    accounts = path.parent / "accounts.parquet"
     if cfg.crm.sync_accounts and accounts.exists() and not dry_run:
         result["companies"] = crm_hubspot.sync_accounts(
             hs, lake, cfg.crm, pd.read_parquet(accounts)

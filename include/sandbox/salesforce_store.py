@@ -575,7 +575,17 @@ _PQL_FIELDS = {
     "PQL_Reasons__c": {"type": "textarea", "length": 32768, "label": "PQL Reasons"},
     "PQL_Model_Version__c": {"type": "string", "length": 80, "label": "PQL Model Version"},
 }
-DEFAULT_CUSTOM_FIELDS = {"Lead": dict(_PQL_FIELDS), "Contact": dict(_PQL_FIELDS)}
+# Account qualification (PQA) fields the account sync writes.
+_PQA_FIELDS = {
+    "PQA_Qualified__c": {"type": "boolean", "label": "PQA"},
+    "PQA_Best_Score__c": {"type": "double", "label": "PQA Best User Score"},
+    "PQA_Reasons__c": {"type": "textarea", "label": "PQA Reasons"},
+}
+DEFAULT_CUSTOM_FIELDS = {
+    "Lead": dict(_PQL_FIELDS),
+    "Contact": dict(_PQL_FIELDS),
+    "Account": dict(_PQA_FIELDS),
+}
 # Reference fields not worth indexing (every record points at the one integration user).
 _UNINDEXED = {"OwnerId", "CreatedById", "LastModifiedById"}
 

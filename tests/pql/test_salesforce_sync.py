@@ -267,3 +267,30 @@ def test_salesforce_accounts_are_an_enrichment_provider(sandbox, sf, tmp_path, m
     assert kept.loc["acme.io", "employees"] == 250 and kept.loc["acme.io", "revenue_band"] == (
         "$10M-$50M"
     )
+
+
+def test_account_qualification_goes_to_accounts_by_website_domain(sandbox, sf, tmp_path):
+    from pql.crm import salesforce as crm_salesforce
+
+    acme = sf.Account.create({"Name": "Acme", "Website": "https://www.acme.io"})["id"]
+    sf.Account.create({"Name": "Beta", "Website": "beta.dev/home"})
+    rollup = pd.DataFrame(
+        {
+            "account_key": ["acme.io", "beta.dev", "nowhere.io"],
+            "qualified": [True, False, True],
+            "best_score": [90, 40, 70],
+            "reasons": ["3 of 4 active users qualified", "0 of 2", "1 of 1"],
+        }
+    )
+    lake = Lake(tmp_path)
+    first = crm_salesforce.sync_accounts(sf, lake, TARGET, rollup)
+    assert (first["written"], first["not_in_crm"], first["failed"]) == (2, 1, 0)
+    held = sf.Account.get(acme)
+    assert held["PQA_Qualified__c"] is True and held["PQA_Best_Score__c"] == 90
+    assert held["PQA_Reasons__c"] == "3 of 4 active users qualified"
+    before = _writes(sandbox)
+    again = crm_salesforce.sync_accounts(sf, lake, TARGET, rollup)
+    assert again["written"] == 0 and again["unchanged"] == 2
+    rollup.loc[1, ["qualified", "best_score"]] = [True, 60]
+    assert crm_salesforce.sync_accounts(sf, lake, TARGET, rollup)["written"] == 1
+    assert _writes(sandbox) - before == 1  # only the changed account was written

@@ -45,6 +45,15 @@ FIELD_TYPES = {  # what check_fields asks an admin to create
     "qualified_at": "Date/Time",
     "reasons": "Long Text Area(32768)",
     "model_version": "Text(80)",
+    "account_qualified": "Checkbox",
+    "account_score": "Number(18, 0)",
+    "account_reasons": "Long Text Area(32768)",
+}
+# Which mapped fields live on which object.
+LEVELS = {
+    "Lead": ("score", "flag", "qualified_at", "reasons", "model_version"),
+    "Contact": ("score", "flag", "qualified_at", "reasons", "model_version"),
+    "Account": ("account_qualified", "account_score", "account_reasons"),
 }
 RESULT_COLUMNS = ["email", "status", "object", "record_id", "status_code", "message", "transient"]
 
@@ -71,16 +80,16 @@ class _Session:
             return self(fn)
 
 
-def check_fields(sf: Salesforce, target: SalesforceTarget) -> None:
-    """Raise SyncError naming every mapped field missing on Lead or Contact (with its type)."""
+def check_fields(sf: Salesforce, target: SalesforceTarget, objects=OBJECTS) -> None:
+    """Raise SyncError naming every mapped field missing on `objects` (with its type)."""
     wanted = target.fields.model_dump()
     missing = []
-    for obj in OBJECTS:
+    for obj in objects:
         have = {f["name"].lower() for f in getattr(sf, obj).describe()["fields"]}
         missing += [
-            f"{obj}.{name} ({FIELD_TYPES[key]})"
-            for key, name in wanted.items()
-            if name.lower() not in have
+            f"{obj}.{wanted[key]} ({FIELD_TYPES[key]})"
+            for key in LEVELS[obj]
+            if wanted[key].lower() not in have
         ]
     if missing:
         raise SyncError(
@@ -334,6 +343,69 @@ def sync(
             f"max_failed_share {target.max_failed_share:.0%}); e.g. {sample}. "
             f"All results: {run_dir}"
         )
+    return counts
+
+
+# --- accounts: qualification (PQA) -------------------------------------------------------------
+
+
+def sync_accounts(
+    sf: Salesforce,
+    lake: Lake,
+    target: SalesforceTarget,
+    accounts: pd.DataFrame,
+    *,
+    login: Callable[[], Salesforce] | None = None,
+) -> dict:
+    """Write changed account qualification to the Accounts whose Website has that domain.
+
+    Accounts are never created (they belong to their owners); a domain without one is counted.
+    Writes go through Collections (lock errors retried alone), successes into their own ledger.
+    """
+    f = target.fields
+    a = accounts[accounts["account_key"].notna()].drop_duplicates("account_key", keep="last")
+    desired = pd.DataFrame(
+        {
+            "domain": a["account_key"].str.lower(),
+            f.account_qualified: a["qualified"].map({True: "true", False: "false"}),
+            f.account_score: a["best_score"].astype(int).astype(str),
+            f.account_reasons: a["reasons"].fillna(""),
+        }
+    ).reset_index(drop=True)
+    ledger = load_ledger(lake, "accounts_ledger", crm=CRM)
+    todo = changed(desired, ledger, key="domain")
+    counts = {"accounts": len(desired), "unchanged": len(desired) - len(todo)}
+    if todo.empty:
+        return {**counts, "written": 0, "failed": 0, "not_in_crm": 0}
+    call = _Session(sf, login)
+    call(lambda s: check_fields(s, target, ("Account",)))
+    rows = call(lambda s: s.query_all("SELECT Id, Website FROM Account WHERE Website != null"))
+    ids: dict[str, str] = {}
+    for r in rows["records"]:
+        ids.setdefault(domain_of(r.get("Website")) or "", r["Id"])
+    writes, missing = [], 0
+    for row in todo.to_dict("records"):
+        rid = ids.get(row["domain"])
+        if rid is None:
+            missing += 1
+            continue
+        values = {
+            f.account_qualified: row[f.account_qualified] == "true",
+            f.account_score: float(row[f.account_score]),
+            f.account_reasons: row[f.account_reasons] or None,
+        }
+        record = {"attributes": {"type": "Account"}, "id": rid, **values}
+        # `email` is the results' key column: here it holds the domain.
+        writes.append({"email": row["domain"], "object": "Account", "id": rid, "account": rid,
+                       "record": record})  # fmt: skip
+    results = pd.DataFrame(_collections(call, writes) if writes else [], columns=RESULT_COLUMNS)
+    written = results.loc[results["status"] == "written", "email"]
+    _update_ledger(lake, ledger, todo[todo["domain"].isin(written)], key="domain",
+                   name="accounts_ledger", crm=CRM)  # fmt: skip
+    counts.update(written=len(written), failed=int((results["status"] == "failed").sum()),
+                  not_in_crm=missing)  # fmt: skip
+    log.info("Salesforce Accounts: %(written)s written, %(unchanged)s unchanged, "
+             "%(failed)s failed, %(not_in_crm)s without an Account", counts)  # fmt: skip
     return counts
 
 
