@@ -39,3 +39,20 @@ def sandbox(tmp_path):
     """
     with server.running(tmp_path / "sandbox", settings=dict(FAST)) as state:
         yield state
+
+
+def scores_frame(emails: list[str], score: int = 70):
+    """A scores snapshot for CRM sync tests: every user with the same score (PQL from 50)."""
+    import pandas as pd
+
+    n = len(emails)
+    return pd.DataFrame(
+        {
+            "email": emails,
+            "score": [score] * n,
+            "flag": [score >= 50] * n,
+            "qualified_at": [pd.Timestamp("2026-10-01", tz="UTC") if score >= 50 else pd.NaT] * n,
+            "reasons": ["invited 3 teammates"] * n,
+            "model_version": ["weighted-test"] * n,
+        }
+    )

@@ -29,7 +29,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from sandbox import world
-from sandbox.state import SandboxState, new_credentials, write_json_private
+from sandbox.state import SandboxState, vendor_credentials
 
 FIND_PATH = "/enrichment/v2/companies/find"
 MOUNT = "/enrichment"
@@ -46,7 +46,6 @@ REVENUE_BANDS = (
 )
 TOP_BAND = "$10B+"
 _DOMAIN_RE = re.compile(r"^(?=.{4,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
-_CREDENTIALS_LOCK = threading.Lock()
 
 
 class EnrichmentError(Exception):
@@ -71,18 +70,7 @@ class EnrichmentError(Exception):
 
 def credentials(state: SandboxState) -> dict:
     """{"api_key"}: made with the other vendors' keys, or added on first use to older sandboxes."""
-    creds = state.credentials.get("enrichment")
-    if creds is not None:
-        return creds
-    with _CREDENTIALS_LOCK:
-        path = state.root / "credentials.json"
-        stored = json.loads(path.read_text()) if path.exists() else dict(state.credentials)
-        creds = stored.get("enrichment")
-        if creds is None:
-            creds = stored["enrichment"] = new_credentials()["enrichment"]
-            write_json_private(path, stored)
-        state.credentials["enrichment"] = creds
-        return creds
+    return vendor_credentials(state, "enrichment")
 
 
 def connection_env(state: SandboxState, base_url: str) -> dict[str, str]:

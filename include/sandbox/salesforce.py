@@ -81,7 +81,7 @@ from sandbox.salesforce_store import (
     run_query,
     unprocessed_csv,
 )
-from sandbox.state import SandboxState, new_credentials, write_json_private
+from sandbox.state import SandboxState, vendor_credentials, write_json_private
 
 __all__ = [
     "SalesforceError",
@@ -98,7 +98,6 @@ DATA = "/services/data/{version}"
 JsonBody = Annotated[Any, Body()]
 DAILY_BULK_BATCHES, DAILY_BULK_QUERY_JOBS = 15_000, 10_000
 BULK_BATCH_RECORDS = 10_000  # Salesforce splits uploads into batches of about this size (§5)
-_CREDENTIALS_LOCK = threading.Lock()
 _TLS_LOCK = threading.Lock()
 
 
@@ -107,18 +106,7 @@ _TLS_LOCK = threading.Lock()
 
 def credentials(state: SandboxState) -> dict:
     """username, password, security_token, client_id, client_secret (added to older sandboxes)."""
-    creds = state.credentials.get("salesforce")
-    if creds is not None:
-        return creds
-    with _CREDENTIALS_LOCK:
-        path = state.root / "credentials.json"
-        stored = json.loads(path.read_text()) if path.exists() else dict(state.credentials)
-        creds = stored.get("salesforce")
-        if creds is None:
-            creds = stored["salesforce"] = new_credentials()["salesforce"]
-            write_json_private(path, stored)
-        state.credentials["salesforce"] = creds
-        return creds
+    return vendor_credentials(state, "salesforce")
 
 
 def tls_files(state: SandboxState) -> dict[str, Path]:

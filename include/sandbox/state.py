@@ -165,6 +165,25 @@ class SandboxState:
             conn.close()
 
 
+_CREDENTIALS_LOCK = threading.Lock()
+
+
+def vendor_credentials(state: SandboxState, vendor: str) -> dict:
+    """A vendor's sandbox credentials, added on first use to sandboxes made before it existed."""
+    creds = state.credentials.get(vendor)
+    if creds is not None:
+        return creds
+    with _CREDENTIALS_LOCK:
+        path = state.root / "credentials.json"
+        stored = json.loads(path.read_text()) if path.exists() else dict(state.credentials)
+        creds = stored.get(vendor)
+        if creds is None:
+            creds = stored[vendor] = new_credentials()[vendor]
+            write_json_private(path, stored)
+        state.credentials[vendor] = creds
+        return creds
+
+
 def write_json_private(path: Path, data: dict) -> None:
     """Write JSON readable by the owner only, atomically."""
     tmp = path.with_suffix(".tmp")

@@ -9,22 +9,9 @@ from pql.config import HubSpotTarget
 from pql.crm import hubspot as crm
 from pql.lake import Lake
 from sandbox.hubspot import HubSpotStore
+from tests.conftest import scores_frame as _scores
 
 TARGET = HubSpotTarget(kind="hubspot", max_failed_share=0.5)
-
-
-def _scores(emails, score=70):
-    n = len(emails)
-    return pd.DataFrame(
-        {
-            "email": emails,
-            "score": [score] * n,
-            "flag": [score >= 50] * n,
-            "qualified_at": [pd.Timestamp("2026-10-01", tz="UTC") if score >= 50 else pd.NaT] * n,
-            "reasons": ["invited 3 teammates"] * n,
-            "model_version": ["weighted-test"] * n,
-        }
-    )
 
 
 @pytest.fixture

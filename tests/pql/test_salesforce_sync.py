@@ -16,22 +16,9 @@ from pql.crm.hubspot import SyncError, load_ledger
 from pql.lake import Lake
 from sandbox.salesforce import SalesforceStore, credentials, tls_files
 from sandbox.salesforce_store import DEFAULT_CUSTOM_FIELDS
+from tests.conftest import scores_frame as _scores
 
 TARGET = SalesforceTarget(kind="salesforce", max_failed_share=0.5)
-
-
-def _scores(emails, score=70):
-    n = len(emails)
-    return pd.DataFrame(
-        {
-            "email": emails,
-            "score": [score] * n,
-            "flag": [score >= 50] * n,
-            "qualified_at": [pd.Timestamp("2026-10-01", tz="UTC") if score >= 50 else pd.NaT] * n,
-            "reasons": ["invited 3 teammates"] * n,
-            "model_version": ["weighted-test"] * n,
-        }
-    )
 
 
 @pytest.fixture

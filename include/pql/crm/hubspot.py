@@ -502,8 +502,10 @@ def company_property_specs(target: HubSpotTarget) -> list[dict]:
     ]  # fmt: skip
 
 
-def desired_accounts(accounts: pd.DataFrame, target: HubSpotTarget) -> pd.DataFrame:
-    """Company property values (strings, as on the wire) per domain, from an accounts rollup."""
+def desired_accounts(
+    accounts: pd.DataFrame, target: HubSpotTarget | SalesforceTarget
+) -> pd.DataFrame:
+    """Account qualification values as strings per domain, from an accounts rollup (either CRM)."""
     f = target.fields
     a = accounts[accounts["account_key"].notna()].drop_duplicates("account_key", keep="last")
     return pd.DataFrame(

@@ -24,6 +24,7 @@ from pql.crm.hubspot import (
     SyncError,
     _update_ledger,
     changed,
+    desired_accounts,
     desired_values,
     diff_sample,
     load_ledger,
@@ -363,15 +364,7 @@ def sync_accounts(
     Writes go through Collections (lock errors retried alone), successes into their own ledger.
     """
     f = target.fields
-    a = accounts[accounts["account_key"].notna()].drop_duplicates("account_key", keep="last")
-    desired = pd.DataFrame(
-        {
-            "domain": a["account_key"].str.lower(),
-            f.account_qualified: a["qualified"].map({True: "true", False: "false"}),
-            f.account_score: a["best_score"].astype(int).astype(str),
-            f.account_reasons: a["reasons"].fillna(""),
-        }
-    ).reset_index(drop=True)
+    desired = desired_accounts(accounts, target)  # the same wire strings as HubSpot's
     ledger = load_ledger(lake, "accounts_ledger", crm=CRM)
     todo = changed(desired, ledger, key="domain")
     counts = {"accounts": len(desired), "unchanged": len(desired) - len(todo)}
