@@ -1147,6 +1147,8 @@ class Tx:
         rec = self._defaults(obj) if new else dict(existing)
         rec.update(clean)
         errors += self._references(obj, clean)
+        if mode != "system":
+            errors += self._inactive_owner(obj, clean)
         self._derive(obj, rec, clean, new)
         errors += _missing(obj, rec, clean, new)
         if not errors:
@@ -1195,6 +1197,17 @@ class Tx:
                 message = "invalid cross reference id"
                 errors.append(SaveError("INVALID_CROSS_REFERENCE_KEY", message, (fd.name,)))
         return errors
+
+    def _inactive_owner(self, obj: ObjectDef, clean: dict) -> list[SaveError]:
+        """A record given to a deactivated user is refused (e.g. a lead whose rep has left)."""
+        owner = self.live(clean.get("OwnerId"))
+        if owner is None or owner["_type"] != "User" or owner.get("IsActive"):
+            return []
+        message = (
+            f"operation performed with inactive user [{owner['Id']}] as owner of "
+            f"{obj.label.lower()}"
+        )
+        return [SaveError("INACTIVE_OWNER_OR_USER", message)]
 
     def _derive(self, obj: ObjectDef, rec: dict, clean: dict, new: bool) -> None:
         name = obj.name

@@ -692,6 +692,68 @@ def test_converted_leads_cannot_be_updated(sandbox, sf):
     assert sf.Contact.update(contact, {"PQL_Score__c": 5}) == 204  # write to the Contact instead
 
 
+def test_tasks_link_who_and_what_and_refuse_an_inactive_owner(sandbox, sf):
+    store = SalesforceStore(sandbox)
+    [rep, gone] = store.create(
+        "User",
+        [
+            {"Username": "kim@acme.test", "LastName": "Kim", "Email": "kim@acme.test"},
+            {"Username": "old@acme.test", "LastName": "Old", "Email": "old@acme.test",
+             "IsActive": False},
+        ],
+    )  # fmt: skip
+    [account] = store.create("Account", [{"Name": "Acme"}])
+    [contact] = store.create("Contact", [{"LastName": "Ng", "AccountId": account}])
+    [open_lead] = store.create("Lead", [{**leads(1)[0], "OwnerId": rep}])
+
+    def task(**values) -> dict:
+        return {"attributes": {"type": "Task"}, "Subject": "Follow up", "Priority": "High",
+                "ActivityDate": "2026-11-03", **values}  # fmt: skip
+
+    results = collection(
+        sf,
+        "POST",
+        [
+            task(WhoId=contact, WhatId=account, OwnerId=rep),
+            task(WhoId=open_lead, OwnerId=rep),
+            task(WhoId=open_lead, OwnerId=gone),
+        ],
+    )
+    assert [r["success"] for r in results] == [True, True, False]
+    assert results[2]["errors"] == [
+        {
+            "statusCode": "INACTIVE_OWNER_OR_USER",
+            "message": f"operation performed with inactive user [{gone}] as owner of task",
+            "fields": [],
+        }
+    ]
+    [on_contact] = sf.query(
+        f"SELECT WhoId, What.Type, AccountId, OwnerId, Status, IsClosed, ActivityDate, "
+        f"TaskSubtype FROM Task WHERE Id = '{results[0]['id']}'"
+    )["records"]
+    assert (on_contact["WhoId"], on_contact["What"]["Type"], on_contact["AccountId"]) == (
+        contact,
+        "Account",
+        account,
+    )  # AccountId is derived from the Contact
+    assert (on_contact["OwnerId"], on_contact["Status"], on_contact["IsClosed"]) == (
+        rep,
+        "Not Started",
+        False,
+    )
+    assert (on_contact["ActivityDate"], on_contact["TaskSubtype"]) == ("2026-11-03", "Task")
+    store.update("User", gone, {"IsActive": True})  # reactivated: the same task now saves
+    [retried] = collection(sf, "POST", [task(WhoId=open_lead, OwnerId=gone)])
+    assert retried["success"] is True
+    # Only an owner given in the write is checked: records already held by a departed rep
+    # stay writable (the PQL sync never sets OwnerId).
+    store.update("User", rep, {"IsActive": False})
+    [edit] = collection(
+        sf, "PATCH", [{"attributes": {"type": "Lead"}, "id": open_lead, "PQL_Score__c": 5}]
+    )
+    assert edit["success"] is True
+
+
 def test_lock_faults_fail_some_records_until_retried(sandbox, sf):
     sandbox.queue_fault("salesforce_lock", 400, count=2)
     results = collection(sf, "POST", [lead(LastName=f"L{i}") for i in range(4)])
