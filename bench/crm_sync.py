@@ -63,7 +63,7 @@ def seed(state, hs, lake: Lake, target: HubSpotTarget, frame: pd.DataFrame) -> N
     rows = desired.to_dict("records")
     for start in range(0, len(rows), 5000):
         store.upsert("contacts", rows[start : start + 5000], id_property="email")
-    crm._update_ledger(lake, None, desired)
+    crm.update_ledger(lake, None, desired)
 
 
 def counters(base_url: str) -> dict:

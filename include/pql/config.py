@@ -397,19 +397,24 @@ class CrmFields(Strict):
     account_reasons: CrmField = "pql_account_reasons"
 
 
-class HubSpotTarget(Strict):
-    kind: Literal["hubspot"]
-    connection_id: str = "hubspot_default"
-    property_group: CrmField = "pql"
-    fields: CrmFields = CrmFields()
-    create_missing: bool = True
-    max_failed_share: float = Field(0.05, ge=0, le=1)
-    requests_per_10s: int = Field(100, ge=1, le=250)  # the app's tier: 100, 190 (Pro/Ent), 250
-    sync_accounts: bool = True  # write account qualification (PQA) to companies by domain
+class SyncRules(Strict):
+    """How either CRM is written: what to create, un-flag, verify, and do with hand edits."""
+
+    create_missing: bool = True  # users missing from the CRM are created (else counted)
+    max_failed_share: float = Field(0.05, ge=0, le=1)  # a run fails above this rejected share
+    sync_accounts: bool = True  # write account qualification (PQA) to companies/Accounts
     unflag: bool = True  # a lead that stops qualifying is written flag=false (never deleted)
     on_manual_edit: Literal["overwrite", "keep"] = "overwrite"  # a value edited in the CRM
     verify: Literal["sample", "all", "off"] = "sample"  # read back after writing
     verify_sample: int = Field(50, ge=1)
+
+
+class HubSpotTarget(SyncRules):
+    kind: Literal["hubspot"]
+    connection_id: str = "hubspot_default"
+    property_group: CrmField = "pql"
+    fields: CrmFields = CrmFields()
+    requests_per_10s: int = Field(100, ge=1, le=250)  # the app's tier: 100, 190 (Pro/Ent), 250
 
 
 # A Salesforce field API name (custom fields end in __c).
@@ -429,15 +434,15 @@ class SalesforceFields(Strict):
     account_reasons: SalesforceField = "PQA_Reasons__c"
 
 
-class SalesforceTarget(Strict):
+class SalesforceTarget(SyncRules):
     kind: Literal["salesforce"]
     connection_id: str = "salesforce_default"
     fields: SalesforceFields = SalesforceFields()
-    create_missing: bool = True  # unknown emails become Leads (else counted, not written)
+    # How a user is found on Lead and Contact: by Email, or by an external id field holding
+    # the product's user id (then new Leads get it too).
+    match_on: SalesforceField = "Email"
     lead_source: str = "Product"  # LeadSource of the Leads the sync creates
     bulk_threshold: int = Field(2000, ge=1)  # records to write at/above which Bulk API 2.0 is used
-    sync_accounts: bool = True  # write account qualification to Accounts found by Website domain
-    max_failed_share: float = Field(0.05, ge=0, le=1)
 
 
 Crm = Annotated[HubSpotTarget | SalesforceTarget, Field(discriminator="kind")]
@@ -453,9 +458,19 @@ class Routing(Strict):
     slack_connection_id: str = "slack_pql"  # HTTP connection: host = the webhook URL
 
 
+Email = Annotated[str, Field(pattern=r"^[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+$", max_length=254)]
+
+
 class Outcomes(Strict):
+    """The weekly conversion report: when it runs and where it is delivered (once per week)."""
+
     schedule: Cron = "0 6 * * 1"
     attribution_window_days: int = Field(90, gt=0, le=730)
+    email_to: list[Email] = []  # the report by email (HTML attached) to these; empty: no email
+    smtp_connection_id: str = "smtp_default"  # SMTP connection; extra from_email = the sender
+    slack: bool = False  # headline numbers and a link to a Slack incoming webhook
+    slack_connection_id: str = "slack_pql"  # HTTP connection: password = the webhook URL
+    report_url: str = Field("", pattern=r"^(https?://\S+)?$")  # the Airflow report view, for links
 
 
 class Config(Strict):

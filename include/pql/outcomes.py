@@ -12,51 +12,16 @@ from hubspot.crm.associations.v4 import (
     PublicFetchAssociationsBatchRequest,
 )
 from hubspot.crm.contacts import BatchReadInputSimplePublicObjectId, SimplePublicObjectId
-from hubspot.crm.objects import Filter, FilterGroup, PublicObjectSearchRequest
+from hubspot.crm.objects import Filter
 
-from pql.crm.hubspot import limited
+from pql.crm.hubspot import limited, search_all
 from pql.lake import Lake, atomic_dir
 
 log = logging.getLogger(__name__)
 
-SEARCH_PAGE = 200  # HubSpot's maximum search page
-SEARCH_CAP = 10_000  # HubSpot refuses `after` at or beyond this: slice by object id instead
-
 
 def _iso(t: datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.000Z")
-
-
-def search_all(hs: HubSpot, object_type: str, filters: list[Filter], properties: list[str]):
-    """Every record matching `filters`, past the 10,000-result cap (sliced by hs_object_id)."""
-    last_id = 0
-    while True:
-        after, seen = None, 0
-        slice_filters = [
-            *filters,
-            Filter(property_name="hs_object_id", operator="GT", value=str(last_id)),
-        ]
-        while True:
-            limited(hs, "search")
-            page = hs.crm.objects.search_api.do_search(
-                object_type=object_type,
-                public_object_search_request=PublicObjectSearchRequest(
-                    filter_groups=[FilterGroup(filters=slice_filters)],
-                    sorts=[{"propertyName": "hs_object_id", "direction": "ASCENDING"}],
-                    properties=properties,
-                    limit=SEARCH_PAGE,
-                    after=after,
-                ),
-            )
-            for r in page.results or []:
-                last_id = max(last_id, int(r.id))
-                yield r
-            seen += len(page.results or [])
-            after = page.paging.next.after if page.paging and page.paging.next else None
-            if not after:
-                return
-            if int(after) >= SEARCH_CAP - SEARCH_PAGE + 1 or seen >= SEARCH_CAP - SEARCH_PAGE:
-                break  # start a new slice above the last id seen
 
 
 def associated(hs: HubSpot, from_type: str, to_type: str, ids: list[str]) -> dict[str, list[str]]:

@@ -9,8 +9,10 @@ session (idle sessions expire after `salesforce_session_seconds` -> 401 INVALID_
 the daily request budget and concurrency limit (403 REQUEST_LIMIT_EXCEEDED), then the endpoint;
 responses carry `Sforce-Limit-Info`. Record writes can be made to fail with UNABLE_TO_LOCK_ROW:
 queue faults with target "salesforce_lock" (one record each) or set `salesforce_lock_rate`.
-Requests are counted in state.counters as "salesforce", "salesforce.<endpoint>" and
-"salesforce.<status>". Storage and the org's rules live in sandbox.salesforce_store.
+A "salesforce_lost_write" fault answers one Collections update as saved and then undoes it
+(as a Flow reverting the values would). Requests are counted in state.counters as
+"salesforce", "salesforce.<endpoint>" and "salesforce.<status>". Storage and the org's rules
+live in sandbox.salesforce_store.
 """
 
 from __future__ import annotations
@@ -608,6 +610,11 @@ def _login_routes(api: APIRouter, state: SandboxState, store: SalesforceStore) -
         return {"expired": store.expire_sessions()}
 
 
+class _Undone(Exception):
+    def __init__(self, answer):
+        self.answer = answer
+
+
 class _Org:
     """The gated REST and Bulk 2.0 endpoints of the one sandbox org."""
 
@@ -946,9 +953,17 @@ class _Org:
                 )
             return tx.save(type_name, "update", record, record_id=raw_id)
 
-        with self.tx() as tx:
-            work = [(lambda r=r: update(tx, r), False) for r in records]
-            return self._collection(tx, work, bool(body.get("allOrNone")))
+        # salesforce_lost_write: answered as saved, then undone (a Flow reverting the values).
+        lost = self.state.take_fault("salesforce_lost_write") is not None
+        try:
+            with self.tx() as tx:
+                work = [(lambda r=r: update(tx, r), False) for r in records]
+                answer = self._collection(tx, work, bool(body.get("allOrNone")))
+                if lost:
+                    raise _Undone(answer)
+        except _Undone as undone:
+            return undone.answer
+        return answer
 
     def collections_upsert(
         self, version: str, type_name: str, field: str, body: JsonBody = None

@@ -125,18 +125,51 @@ def test_values_edited_by_hand_in_the_crm_follow_the_rule(sandbox, hs, tmp_path,
     target = TARGET.model_copy(update={"on_manual_edit": rule, "verify": "all"})
     emails = [f"{rule}{i}@acme.io" for i in range(3)]
     crm.sync(hs, lake, target, _scores(emails))
-    # A rep overwrites the score by hand (through the API, as the UI does).
+    # A rep overwrites a score by hand (through the API, as the UI does); the computed
+    # scores do not change.
     list(crm.upsert_contacts(hs, pd.DataFrame({"email": [emails[0]], "pql_score": ["5"]})))
-    now = _scores(emails, score=80)
-    result = crm.sync(hs, lake, target, now)
-    if rule == "overwrite":  # written without reading first: half the API calls
-        assert result["written"] == 3 and "edited_in_crm" not in result
-        assert _crm(sandbox, emails[0])["pql_score"] in ("80", "80.0")
+    same = crm.sync(hs, lake, target, _scores(emails))
+    if rule == "overwrite":
+        assert (same["edited_in_crm"], same["written"], same["overwritten"]) == (1, 1, 1)
+        assert _crm(sandbox, emails[0])["pql_score"] in ("70", "70.0")
     else:
-        assert result["edited_in_crm"] == 1
-        assert (result["written"], result["kept_manual_edits"]) == (2, 1)
+        assert same["written"] == 0
+        assert _crm(sandbox, emails[0])["pql_score"] in ("5", "5.0")
+    later = crm.sync(hs, lake, target, _scores(emails, score=80))
+    if rule == "overwrite":
+        assert later["written"] == 3 and later["edited_in_crm"] == 0
+        assert _crm(sandbox, emails[0])["pql_score"] in ("80", "80.0")
+    else:  # kept for good, not only on the run that noticed it
+        assert (later["written"], later["kept_manual_edits"]) == (2, 1)
         assert _crm(sandbox, emails[0])["pql_score"] in ("5", "5.0")
     assert _crm(sandbox, emails[1])["pql_score"] in ("80", "80.0")
+
+
+def test_edit_check_pages_past_the_search_cap(sandbox, hs, tmp_path, monkeypatch):
+    """The overwrite check searches every contact changed since the last run began."""
+    from sandbox import hubspot_store
+
+    # HubSpot's 10,000-result cap, scaled down on both sides (the sandbox runs in-process).
+    monkeypatch.setattr(crm, "SEARCH_CAP", 400)
+    monkeypatch.setattr(hubspot_store, "SEARCH_WINDOW", 400)
+    lake = Lake(tmp_path)
+    emails = [f"cap{i}@acme.io" for i in range(450)]
+    crm.sync(hs, lake, TARGET, _scores(emails))
+    edits = pd.DataFrame({"email": [emails[5], emails[440]], "pql_score": ["1", "2"]})
+    list(crm.upsert_contacts(hs, edits))
+    result = crm.sync(hs, lake, TARGET, _scores(emails))
+    assert (result["edited_in_crm"], result["written"]) == (2, 2)
+    assert {_crm(sandbox, emails[i])["pql_score"] for i in (5, 440)} <= {"70", "70.0"}
+
+
+def test_users_missing_from_hubspot_are_skipped_when_not_creating(sandbox, hs, tmp_path):
+    lake = Lake(tmp_path)
+    crm.sync(hs, lake, TARGET, _scores(["known@acme.io"]))
+    target = TARGET.model_copy(update={"create_missing": False})
+    result = crm.sync(hs, lake, target, _scores(["known@acme.io", "new@acme.io"], score=90))
+    assert (result["written"], result["not_in_crm"]) == (1, 1)
+    assert HubSpotStore(sandbox).get_by("contacts", "email", "new@acme.io") is None
+    assert _crm(sandbox, "known@acme.io")["pql_score"] in ("90", "90.0")
 
 
 def test_unflag_off_keeps_a_lead_flagged_once_written(sandbox, hs, tmp_path):

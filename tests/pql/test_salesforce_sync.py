@@ -281,3 +281,100 @@ def test_account_qualification_goes_to_accounts_by_website_domain(sandbox, sf, t
     rollup.loc[1, ["qualified", "best_score"]] = [True, 60]
     assert crm_salesforce.sync_accounts(sf, lake, TARGET, rollup)["written"] == 1
     assert _writes(sandbox) - before == 1  # only the changed account was written
+
+
+def test_lock_errors_in_a_bulk_job_are_retried_for_those_records_only(sandbox, sf, tmp_path):
+    lake = Lake(tmp_path)
+    target = SalesforceTarget(kind="salesforce", bulk_threshold=5)
+    emails = [f"user{i}@acme.io" for i in range(8)]
+    crm.sync(sf, lake, target, _scores(emails))
+    sandbox.queue_fault("salesforce_lock", 400, count=2)
+    result = crm.sync(sf, lake, target, _scores(emails, score=90))
+    assert (result["written"], result["failed"], result["api"]) == (8, 0, "bulk")
+    # The job wrote six; the two locked records went again alone, through one Collections call.
+    assert sandbox.counters["salesforce.collections_update"] == 1
+    held = SalesforceStore(sandbox).query("SELECT PQL_Score__c FROM Lead")
+    assert [r["PQL_Score__c"] for r in held] == [90] * 8
+
+
+@pytest.mark.parametrize("rule", ["overwrite", "keep"])
+def test_values_edited_by_hand_follow_the_rule(sandbox, sf, tmp_path, rule):
+    lake = Lake(tmp_path)
+    target = TARGET.model_copy(update={"on_manual_edit": rule})
+    store = SalesforceStore(sandbox)
+    [account] = store.create("Account", [{"Name": "Acme"}])
+    [contact] = store.create(
+        "Contact", [{"LastName": "Ng", "Email": "ana@acme.io", "AccountId": account}]
+    )
+    emails = ["ana@acme.io", "bo@acme.io", "cy@acme.io"]
+    crm.sync(sf, lake, target, _scores(emails))
+    # A rep edits two scores by hand: a Contact's and a Lead's; the computed scores stay.
+    sf.Contact.update(contact, {"PQL_Score__c": 5})
+    [bo] = _lead(store, "bo@acme.io")
+    sf.Lead.update(bo["Id"], {"PQL_Score__c": 6})
+    same = crm.sync(sf, lake, target, _scores(emails))
+    if rule == "overwrite":
+        assert (same["edited_in_crm"], same["written"]) == (2, 2)
+        assert store.get(contact)["PQL_Score__c"] == 70
+        assert _lead(store, "bo@acme.io")[0]["PQL_Score__c"] == 70
+    else:
+        assert same["written"] == 0
+    later = crm.sync(sf, lake, target, _scores(emails, score=80))
+    if rule == "overwrite":
+        assert later["written"] == 3 and later["edited_in_crm"] == 0
+        assert store.get(contact)["PQL_Score__c"] == 80
+    else:  # kept for good, not only on the run that noticed it
+        assert (later["written"], later["kept_manual_edits"]) == (1, 2)
+        assert store.get(contact)["PQL_Score__c"] == 5
+        assert _lead(store, "bo@acme.io")[0]["PQL_Score__c"] == 6
+    assert _lead(store, "cy@acme.io")[0]["PQL_Score__c"] == 80
+
+
+def test_a_write_salesforce_did_not_keep_is_not_marked_synced(sandbox, sf, tmp_path):
+    lake = Lake(tmp_path)
+    target = TARGET.model_copy(update={"verify": "all", "max_failed_share": 1.0})
+    emails = [f"user{i}@acme.io" for i in range(3)]
+    crm.sync(sf, lake, target, _scores(emails))
+    sandbox.queue_fault("salesforce_lost_write", 200)  # answered as saved, then reverted
+    lost = crm.sync(sf, lake, target, _scores(emails, score=90))
+    assert (lost["written"], lost["failed"]) == (0, 3)
+    run = pd.read_parquet(max(lake.sync("salesforce").glob("run=*")) / "results.parquet")
+    assert set(run["message"]) == {"read back differs on PQL_Score__c"} and run["transient"].all()
+    retry = crm.sync(sf, lake, target, _scores(emails, score=90))
+    assert (retry["written"], retry["failed"]) == (3, 0)
+    held = SalesforceStore(sandbox).query("SELECT PQL_Score__c FROM Lead")
+    assert [r["PQL_Score__c"] for r in held] == [90] * 3
+
+
+def test_unflag_off_keeps_a_lead_flagged_once_written(sandbox, sf, tmp_path):
+    lake = Lake(tmp_path)
+    target = TARGET.model_copy(update={"unflag": False})
+    crm.sync(sf, lake, target, _scores(["kim@acme.io"], score=70))
+    crm.sync(sf, lake, target, _scores(["kim@acme.io"], score=30))
+    [lead] = SalesforceStore(sandbox).query(
+        "SELECT PQL_Score__c, PQL_Flag__c FROM Lead WHERE Email = 'kim@acme.io'"
+    )
+    assert (lead["PQL_Score__c"], lead["PQL_Flag__c"]) == (30, True)
+
+
+def test_users_matched_on_an_external_id_field(sandbox, sf, tmp_path):
+    custom = json.loads(json.dumps(DEFAULT_CUSTOM_FIELDS))
+    for obj in ("Lead", "Contact"):
+        custom[obj]["Product_User_Id__c"] = {"type": "string", "length": 80, "externalId": True}
+    sandbox.settings["salesforce_custom_fields"] = custom
+    store = SalesforceStore(sandbox)
+    # The Contact's email differs from the product's: only the user id finds it.
+    [contact] = store.create(
+        "Contact", [{"LastName": "Ng", "Email": "ana@corp.io", "Product_User_Id__c": "u-1"}]
+    )
+    target = TARGET.model_copy(update={"match_on": "Product_User_Id__c"})
+    scores = _scores(["ana@acme.io", "bo@acme.io"]).assign(user_key=["u-1", "u-2"])
+    result = crm.sync(sf, Lake(tmp_path), target, scores)
+    assert (result["written"], result["created"]) == (2, 1)
+    assert store.get(contact)["PQL_Score__c"] == 70
+    [lead] = store.query("SELECT Email, Product_User_Id__c, PQL_Score__c FROM Lead")
+    assert (lead["Email"], lead["Product_User_Id__c"], lead["PQL_Score__c"]) == (
+        "bo@acme.io",
+        "u-2",
+        70,
+    )

@@ -14,25 +14,38 @@ from hubspot.crm.contacts import (
     BatchInputSimplePublicObjectBatchInputUpsert,
     SimplePublicObjectBatchInputUpsert,
 )
+from hubspot.crm.objects import Filter, FilterGroup, PublicObjectSearchRequest
 from hubspot.crm.properties import PropertyCreate, PropertyGroupCreate
 from urllib3.util.retry import Retry
 
-from pql.config import HubSpotTarget, SalesforceTarget
+from pql.config import HubSpotTarget
+from pql.crm.ledger import (
+    SyncError,
+    apply_manual_edits,
+    changed,
+    desired_accounts,
+    desired_values,
+    diff_sample,
+    edits_since,
+    keep_flags,
+    load_ledger,
+    to_verify,
+    unverified,
+    update_ledger,
+)
 from pql.lake import Lake, atomic_dir
 from pql.ratelimit import Budget
 
 log = logging.getLogger(__name__)
 
 BATCH = 100  # HubSpot's maximum inputs per batch call
+SEARCH_PAGE = 200  # HubSpot's maximum search page
+SEARCH_CAP = 10_000  # HubSpot refuses `after` at or beyond this: slice by object id instead
 # HubSpot counts a call when it arrives, this budget when it is sent: a quarter second of margin
 # keeps the two windows from overlapping into a 429 at the edge (a 429 costs far more).
 WINDOW_S = 10.25
 WORKERS = 4  # batch calls in flight at once (HubSpot limits the rate, not concurrency)
 API_HOST = "https://api.hubapi.com"
-
-
-class SyncError(Exception):
-    """Too many records were rejected, or the CRM could not be reached."""
 
 
 class _CappedRetry(Retry):
@@ -144,41 +157,6 @@ def ensure_properties(
     if created:
         log.info("created in HubSpot %s: %s", object_type, ", ".join(created))
     return created
-
-
-def desired_values(scores: pd.DataFrame, target: HubSpotTarget | SalesforceTarget) -> pd.DataFrame:
-    """CRM field values (strings, as HubSpot takes them) per email, from a scores snapshot."""
-    f = target.fields
-    s = scores[scores["email"].notna()].drop_duplicates("email", keep="last")
-    qualified = pd.to_datetime(s["qualified_at"], utc=True)
-    return pd.DataFrame(
-        {
-            "email": s["email"].str.lower(),
-            f.score: s["score"].astype(int).astype(str),
-            f.flag: s["flag"].map({True: "true", False: "false"}),
-            f.qualified_at: qualified.dt.strftime("%Y-%m-%dT%H:%M:%S.000Z").fillna(""),
-            f.reasons: s["reasons"].fillna(""),
-            f.model_version: s["model_version"],
-        }
-    ).reset_index(drop=True)
-
-
-def changed(desired: pd.DataFrame, ledger: pd.DataFrame | None, key: str = "email") -> pd.DataFrame:
-    """Rows of `desired` whose values differ from what the ledger says was last written."""
-    if ledger is None or ledger.empty:
-        return desired
-    last = ledger.set_index(key)["values"]
-    now = pd.Series(values_json(desired, key), index=desired.index)
-    return desired[now.ne(desired[key].map(last))]
-
-
-def values_json(frame: pd.DataFrame, key: str) -> list[str]:
-    """Each row's values except the key, as the ledger stores them (sorted-key JSON)."""
-    fields = sorted(c for c in frame.columns if c != key)
-    return [
-        json.dumps(dict(zip(fields, row, strict=True)))
-        for row in frame[fields].itertuples(index=False, name=None)
-    ]
 
 
 def in_parallel(fn, chunks: list, workers: int = WORKERS) -> Iterator:
@@ -305,39 +283,6 @@ def read_contacts(hs: HubSpot, emails: list[str], fields: list[str]) -> dict[str
     return out
 
 
-def same_value(a, b) -> bool:
-    """Equal as HubSpot stores them: '70' and '70.0', or two spellings of one instant, match."""
-    a, b = ("" if a is None else str(a)), ("" if b is None else str(b))
-    if a == b:
-        return True
-    for parse in (float, lambda v: pd.Timestamp(v).tz_convert("UTC")):
-        try:
-            return parse(a) == parse(b)
-        except (ValueError, TypeError):
-            continue
-    return False
-
-
-def edited_in_crm(current: dict[str, dict], ledger: pd.DataFrame | None) -> set[str]:
-    """Emails whose CRM values differ from what this pipeline last wrote (edited by hand)."""
-    if ledger is None or not current:
-        return set()
-    last = dict(zip(ledger["email"], ledger["values"], strict=True))
-    edited = set()
-    for email, values in current.items():
-        if email in last:
-            wrote = json.loads(last[email])
-            if any(not same_value(values.get(k), v) for k, v in wrote.items()):
-                edited.add(email)
-    return edited
-
-
-def load_ledger(lake: Lake, name: str = "ledger", crm: str = "hubspot") -> pd.DataFrame | None:
-    """What the sync last wrote to `crm` (key, sorted-key JSON values, synced_at), or None."""
-    path = lake.sync(crm) / name / "ledger.parquet"
-    return pd.read_parquet(path) if path.exists() else None
-
-
 def sync(
     hs: HubSpot, lake: Lake, target: HubSpotTarget, scores: pd.DataFrame, *, dry_run: bool = False
 ) -> dict:
@@ -345,11 +290,13 @@ def sync(
 
     Only records whose values differ from the ledger are sent, so an unchanged re-run makes
     no write calls. Failed records stay out of the ledger and are sent again next run.
+    Records edited by hand since the last run follow `on_manual_edit`.
     """
+    started = datetime.now(UTC)
     desired = desired_values(scores, target)
     ledger = load_ledger(lake)
     if not target.unflag:
-        desired = _keep_flags(desired, ledger, target.fields.flag)
+        desired = keep_flags(desired, ledger, target.fields.flag)
     todo = changed(desired, ledger)
     counts = {
         "candidates": len(desired),
@@ -360,25 +307,39 @@ def sync(
         return {**counts, "would_write": len(todo), "sample": diff_sample(todo, ledger)}
     ensure_properties(hs, target)
     fields = [c for c in desired.columns if c != "email"]
-    if target.on_manual_edit == "keep":
-        # Only "keep" needs to know what the CRM holds now: it costs one read per 100 records.
-        known = todo["email"][todo["email"].isin(ledger["email"])] if ledger is not None else []
-        edited = edited_in_crm(read_contacts(hs, list(known), fields), ledger)
-        kept = todo[todo["email"].isin(edited)]
-        todo = todo[~todo["email"].isin(kept["email"])]
-        counts.update(edited_in_crm=len(edited), kept_manual_edits=len(kept))
-        if edited:
-            log.warning("%s records were edited in HubSpot since the last run: kept", len(edited))
+    if ledger is not None:
+        if target.on_manual_edit == "keep":
+            # An edit made any time since we wrote a record must survive: read the records
+            # about to be written (one read per 100).
+            known = todo["email"][todo["email"].isin(ledger["email"])]
+            current = read_contacts(hs, list(known), fields)
+        else:
+            # Edits to records whose computed values did not change must be undone too: look
+            # at every contact HubSpot changed since the last run began (search pages of 200).
+            since = edits_since(lake)
+            current = modified_contacts(hs, since, fields) if since else {}
+        todo, found = apply_manual_edits(todo, desired, ledger, current, target.on_manual_edit)
+        counts.update(found)
+    if not target.create_missing:
+        # Upserts create: look up the contacts this pipeline has not written before.
+        new = todo["email"][~todo["email"].isin(ledger["email"] if ledger is not None else [])]
+        held = read_contacts(hs, list(new), ["hs_object_id"])
+        missing = todo["email"].isin(set(new) - set(held))
+        todo = todo[~missing]
+        counts["not_in_crm"] = int(missing.sum())
     results = pd.DataFrame(
         list(upsert_contacts(hs, todo)),
         columns=["email", "status", "http_status", "message", "transient", "hubspot_id"],
     )
-    results = _verify(hs, target, todo, results, fields)
+    checked = to_verify(results.loc[results["status"] == "written", "email"], target.verify,
+                        target.verify_sample)  # fmt: skip
+    if checked:
+        results = unverified(results, todo, read_contacts(hs, checked, fields), checked)
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     with atomic_dir(lake.sync("hubspot") / f"run={run_id}") as tmp:
         results.to_parquet(tmp / "results.parquet", index=False)
     written = results[results["status"] == "written"]
-    _update_ledger(lake, ledger, todo[todo["email"].isin(written["email"])])
+    update_ledger(lake, ledger, todo[todo["email"].isin(written["email"])], run_started=started)
     failed = results[results["status"] == "failed"]
     counts.update(written=len(written), failed=len(failed), run=run_id)
     log.info(
@@ -396,64 +357,54 @@ def sync(
     return counts
 
 
-def _keep_flags(desired: pd.DataFrame, ledger: pd.DataFrame | None, flag: str) -> pd.DataFrame:
-    """With unflag off, a lead once written as qualified stays flagged in the CRM."""
-    if ledger is None or ledger.empty:
-        return desired
-    was = ledger.set_index("email")["values"].map(lambda v: json.loads(v).get(flag) == "true")
-    keep = desired["email"].map(was).fillna(False).astype(bool)
-    return desired.assign(**{flag: desired[flag].where(~keep, "true")})
-
-
-def _verify(hs: HubSpot, target: HubSpotTarget, sent: pd.DataFrame, results: pd.DataFrame,
-            fields: list[str]) -> pd.DataFrame:  # fmt: skip
-    """Read written records back; one the CRM does not hold as sent is failed, not synced."""
-    written = results[results["status"] == "written"]["email"]
-    if target.verify == "off" or written.empty:
-        return results
-    check = written if target.verify == "all" else written.sample(
-        n=min(target.verify_sample, len(written)), random_state=0
-    )  # fmt: skip
-    held = read_contacts(hs, list(check), fields)
-    want = sent.set_index("email")
-    bad = {}
-    for email in check:
-        now = held.get(email, {})
-        diff = [k for k in fields if not same_value(now.get(k), want.at[email, k])]
-        if diff:
-            bad[email] = f"read back differs on {', '.join(diff)}"
-    if bad:
-        log.warning("read-back: %s of %s checked records differ; they stay unsynced", len(bad),
-                    len(check))  # fmt: skip
-        hit = results["email"].isin(bad.keys())
-        results.loc[hit, "status"] = "failed"
-        results.loc[hit, "message"] = results.loc[hit, "email"].map(bad)
-        results.loc[hit, "transient"] = True
-    return results
-
-
-def diff_sample(todo: pd.DataFrame, ledger: pd.DataFrame | None, n: int = 10) -> list[dict]:
-    """Up to n records that would be written, each with its changed fields' old and new values."""
-    last = {} if ledger is None else dict(zip(ledger["email"], ledger["values"], strict=True))
-    fields = [c for c in todo.columns if c != "email"]
-    out = []
-    for r in todo.head(n).to_dict("records"):
-        old = json.loads(last[r["email"]]) if r["email"] in last else {}
-        changes = {k: (old.get(k), r[k]) for k in fields if old.get(k) != r[k]}
-        out.append({"email": r["email"], "new_record": not old, "changes": changes})
+def modified_contacts(hs: HubSpot, since: datetime, fields: list[str]) -> dict[str, dict]:
+    """email → current `fields` of every contact carrying a PQL value modified since `since`."""
+    filters = [
+        Filter(property_name="lastmodifieddate", operator="GTE", value=_iso(since)),
+        Filter(property_name=fields[0], operator="HAS_PROPERTY"),
+    ]
+    out = {}
+    for r in search_all(hs, "contacts", filters, ["email", *fields]):
+        props = r.properties or {}
+        if props.get("email"):
+            out[props["email"].lower()] = {k: props.get(k) for k in fields}
     return out
 
 
-def _update_ledger(lake: Lake, ledger: pd.DataFrame | None, written: pd.DataFrame,
-                   key: str = "email", name: str = "ledger",
-                   crm: str = "hubspot") -> None:  # fmt: skip
-    now = datetime.now(UTC)
-    fresh = pd.DataFrame({key: written[key], "values": values_json(written, key), "synced_at": now})
-    merged = (
-        fresh if ledger is None else pd.concat([ledger, fresh]).drop_duplicates(key, keep="last")
-    )
-    with atomic_dir(lake.sync(crm) / name) as tmp:
-        merged.to_parquet(tmp / "ledger.parquet", index=False)
+def _iso(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def search_all(hs: HubSpot, object_type: str, filters: list, properties: list[str]):
+    """Every record matching `filters`, past the 10,000-result cap (sliced by hs_object_id)."""
+    last_id = 0
+    while True:
+        after, seen = None, 0
+        slice_filters = [
+            *filters,
+            Filter(property_name="hs_object_id", operator="GT", value=str(last_id)),
+        ]
+        while True:
+            limited(hs, "search")
+            page = hs.crm.objects.search_api.do_search(
+                object_type=object_type,
+                public_object_search_request=PublicObjectSearchRequest(
+                    filter_groups=[FilterGroup(filters=slice_filters)],
+                    sorts=[{"propertyName": "hs_object_id", "direction": "ASCENDING"}],
+                    properties=properties,
+                    limit=SEARCH_PAGE,
+                    after=after,
+                ),
+            )
+            for r in page.results or []:
+                last_id = max(last_id, int(r.id))
+                yield r
+            seen += len(page.results or [])
+            after = page.paging.next.after if page.paging and page.paging.next else None
+            if not after:
+                return
+            if int(after) >= SEARCH_CAP - SEARCH_PAGE + 1 or seen >= SEARCH_CAP - SEARCH_PAGE:
+                break  # start a new slice above the last id seen
 
 
 def read_companies(hs: HubSpot) -> pd.DataFrame:
@@ -502,22 +453,6 @@ def company_property_specs(target: HubSpotTarget) -> list[dict]:
     ]  # fmt: skip
 
 
-def desired_accounts(
-    accounts: pd.DataFrame, target: HubSpotTarget | SalesforceTarget
-) -> pd.DataFrame:
-    """Account qualification values as strings per domain, from an accounts rollup (either CRM)."""
-    f = target.fields
-    a = accounts[accounts["account_key"].notna()].drop_duplicates("account_key", keep="last")
-    return pd.DataFrame(
-        {
-            "domain": a["account_key"].str.lower(),
-            f.account_qualified: a["qualified"].map({True: "true", False: "false"}),
-            f.account_score: a["best_score"].astype(int).astype(str),
-            f.account_reasons: a["reasons"].fillna(""),
-        }
-    ).reset_index(drop=True)
-
-
 def sync_accounts(hs: HubSpot, lake: Lake, target: HubSpotTarget, accounts: pd.DataFrame) -> dict:
     """Write changed account qualification to the companies with that domain (never creates).
 
@@ -564,7 +499,7 @@ def sync_accounts(hs: HubSpot, lake: Lake, target: HubSpotTarget, accounts: pd.D
             (failed.append((r["domain"], "rejected")) if r["hubspot_id"] in bad
              else written.append(r["domain"]))  # fmt: skip
     done = todo[todo["domain"].isin(written)].drop(columns=["hubspot_id"])
-    _update_ledger(lake, ledger, done, key="domain", name="companies_ledger")
+    update_ledger(lake, ledger, done, key="domain", name="companies_ledger")
     counts.update(written=len(written), failed=len(failed), not_in_crm=len(missing))
     if failed:
         log.warning("HubSpot companies: %s failed, e.g. %s", len(failed), failed[:3])

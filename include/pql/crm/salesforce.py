@@ -14,20 +14,26 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import pandas as pd
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import SalesforceExpiredSession
 
 from pql.config import SalesforceTarget
-from pql.crm.hubspot import (
+from pql.crm.ledger import (
     SyncError,
-    _update_ledger,
+    apply_manual_edits,
     changed,
     desired_accounts,
     desired_values,
     diff_sample,
+    edits_since,
+    keep_flags,
     load_ledger,
+    to_verify,
+    unverified,
+    update_ledger,
 )
 from pql.lake import Lake, atomic_dir
 
@@ -105,33 +111,97 @@ def soql_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def find_records(call: _Session, emails: list[str]) -> dict[str, tuple[str, str, str | None]]:
-    """email → (object, record id, account id) of the record to write, for those that exist."""
-    contacts: dict[str, tuple] = {}
-    leads: dict[str, tuple] = {}
-    converted: dict[str, tuple] = {}
-    for i in range(0, len(emails), LOOKUP):
-        quoted = ", ".join(soql_quote(e) for e in emails[i : i + LOOKUP])
-        for r in call(
-            lambda sf, q=quoted: sf.query_all(
-                f"SELECT Id, Email, AccountId FROM Contact WHERE Email IN ({q}) ORDER BY Id"
-            )
-        )["records"]:
-            contacts.setdefault(r["Email"].lower(), ("Contact", r["Id"], r.get("AccountId")))
-        for r in call(
-            lambda sf, q=quoted: sf.query_all(
-                "SELECT Id, Email, IsConverted, ConvertedContactId, ConvertedAccountId FROM Lead "
-                f"WHERE Email IN ({q}) ORDER BY Id"
-            )
-        )["records"]:
-            email = r["Email"].lower()
-            if r.get("IsConverted") and r.get("ConvertedContactId"):
-                converted.setdefault(
-                    email, ("Contact", r["ConvertedContactId"], r.get("ConvertedAccountId"))
-                )
-            elif not r.get("IsConverted"):
-                leads.setdefault(email, ("Lead", r["Id"], None))
-    return {**leads, **converted, **contacts}
+class Found(NamedTuple):
+    """The record a user's values are written to, and what it holds now."""
+
+    object: str
+    id: str
+    account: str | None
+    owner: str | None
+    values: dict  # the mapped fields' current values, by configured field name
+
+
+def _mapped(target: SalesforceTarget) -> list[str]:
+    f = target.fields.model_dump()
+    return [f[k] for k in LEVELS["Contact"]]
+
+
+def _values(record: dict, fields: list[str]) -> dict:
+    """The mapped fields of a SOQL record, by configured name (SOQL answers in describe case)."""
+    lower = {k.lower(): v for k, v in record.items()}
+    return {f: lower.get(f.lower()) for f in fields}
+
+
+def _in_chunks(call: _Session, soql: str, values: list[str]) -> list[dict]:
+    """Records of `soql` (with `{in}` for a quoted IN list), LOOKUP values per statement."""
+    out = []
+    for i in range(0, len(values), LOOKUP):
+        quoted = ", ".join(soql_quote(v) for v in values[i : i + LOOKUP])
+        statement = soql.replace("{in}", quoted)
+        out += call(lambda sf, q=statement: sf.query_all(q))["records"]
+    return out
+
+
+def find_records(call: _Session, keys: list[str], target: SalesforceTarget) -> dict[str, Found]:
+    """match key (lower-cased) → the record to write, for users that exist: a Contact wins,
+    a converted Lead gives its Contact, else the open Lead."""
+    key, fields = target.match_on, _mapped(target)
+    cols = ", ".join(fields)
+    contacts: dict[str, Found] = {}
+    for r in _in_chunks(call, f"SELECT Id, {key}, AccountId, OwnerId, {cols} FROM Contact "
+                        f"WHERE {key} IN ({{in}}) ORDER BY Id", keys):  # fmt: skip
+        k = str(_values(r, [key])[key]).lower()
+        contacts.setdefault(
+            k, Found("Contact", r["Id"], r.get("AccountId"), r.get("OwnerId"), _values(r, fields))
+        )
+    leads: dict[str, Found] = {}
+    converted: dict[str, str] = {}  # key → converted Contact id
+    rest = [k for k in keys if k.lower() not in contacts]
+    for r in _in_chunks(call, f"SELECT Id, {key}, OwnerId, IsConverted, ConvertedContactId, "
+                        f"{cols} FROM Lead WHERE {key} IN ({{in}}) ORDER BY Id", rest):  # fmt: skip
+        k = str(_values(r, [key])[key]).lower()
+        if r.get("IsConverted") and r.get("ConvertedContactId"):
+            converted.setdefault(k, r["ConvertedContactId"])
+        elif not r.get("IsConverted"):
+            leads.setdefault(k, Found("Lead", r["Id"], None, r.get("OwnerId"), _values(r, fields)))
+    by_id = {
+        r["Id"]: Found("Contact", r["Id"], r.get("AccountId"), r.get("OwnerId"),
+                       _values(r, fields))
+        for r in _in_chunks(call, f"SELECT Id, AccountId, OwnerId, {cols} FROM Contact "
+                            "WHERE Id IN ({in})", sorted(set(converted.values())))
+    }  # fmt: skip
+    return {**leads, **{k: by_id[i] for k, i in converted.items() if i in by_id}, **contacts}
+
+
+def modified_records(call: _Session, since: datetime, target: SalesforceTarget) -> dict[str, dict]:
+    """match key (lower-cased) → mapped values of the Contacts and open Leads holding a PQL
+    score that Salesforce changed since `since` (a Contact wins over a Lead)."""
+    key, fields = target.match_on, _mapped(target)
+    stamp = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    out: dict[str, dict] = {}
+    for obj, extra in (("Lead", " AND IsConverted = false"), ("Contact", "")):
+        soql = (
+            f"SELECT {key}, {', '.join(fields)} FROM {obj} WHERE SystemModstamp >= {stamp} "
+            f"AND {target.fields.score} != null{extra}"
+        )
+        for r in call(lambda sf, q=soql: sf.query_all(q))["records"]:
+            k = _values(r, [key])[key]
+            if k:
+                out[str(k).lower()] = _values(r, fields)
+    return out
+
+
+def read_back(call: _Session, written: dict[str, tuple[str, str]], target: SalesforceTarget):
+    """email → mapped values held now, for written records given as email → (object, id)."""
+    fields = _mapped(target)
+    email_of = {rid[:15]: email for email, (_, rid) in written.items()}  # 15 or 18 chars
+    out = {}
+    for obj in sorted({o for o, _ in written.values()}):
+        ids = sorted(rid for o, rid in written.values() if o == obj)
+        for r in _in_chunks(call, f"SELECT Id, {', '.join(fields)} FROM {obj} WHERE Id IN ({{in}})",
+                            ids):  # fmt: skip
+            out[email_of[r["Id"][:15]]] = _values(r, fields)
+    return out
 
 
 def _wire(row: dict, target: SalesforceTarget) -> dict:
@@ -146,14 +216,17 @@ def _wire(row: dict, target: SalesforceTarget) -> dict:
     }
 
 
-def _new_lead(email: str, target: SalesforceTarget) -> dict:
+def _new_lead(email: str, key: str | None, target: SalesforceTarget) -> dict:
     local, _, domain = email.partition("@")
-    return {
+    lead = {
         "LastName": local or email,
         "Company": domain or "[not provided]",
         "Email": email,
         "LeadSource": target.lead_source,
     }
+    if target.match_on.lower() != "email":
+        lead[target.match_on] = key
+    return lead
 
 
 def _result(email, status, obj, rid, code="", message="", transient=False) -> dict:
@@ -280,10 +353,15 @@ def sync(
 ) -> dict:
     """Write changed scores to Salesforce Leads/Contacts; record every result; update the ledger.
 
-    `login` builds a fresh client: an expired session is refreshed with it once.
+    `login` builds a fresh client: an expired session is refreshed with it once. Records
+    edited by hand since the last run follow `on_manual_edit`; written records are read back
+    as `verify` says, and one Salesforce does not hold as sent is not marked synced.
     """
+    started = datetime.now(UTC)
     desired = desired_values(scores, target)
     ledger = load_ledger(lake, crm=CRM)
+    if not target.unflag:
+        desired = keep_flags(desired, ledger, target.fields.flag)
     todo = changed(desired, ledger)
     counts = {
         "candidates": len(desired),
@@ -292,18 +370,36 @@ def sync(
     }
     if dry_run:
         return {**counts, "would_write": len(todo), "sample": diff_sample(todo, ledger)}
+    key_of = _match_keys(scores, target)
+    email_of = {k: e for e, k in key_of.items()}
     call = _Session(sf, login)
     call(lambda s: check_fields(s, target))
-    found = find_records(call, list(todo["email"])) if len(todo) else {}
+    since = edits_since(lake, crm=CRM)
+    if ledger is not None and target.on_manual_edit == "overwrite" and since:
+        # Edits to records whose computed values did not change must be undone too.
+        current = {email_of[k]: v for k, v in modified_records(call, since, target).items()
+                   if k in email_of}  # fmt: skip
+        todo, found_edits = apply_manual_edits(todo, desired, ledger, current, "overwrite")
+        counts.update(found_edits)
+    keys = sorted({key_of[e] for e in todo["email"] if key_of.get(e)})
+    found = {email_of[k]: f for k, f in find_records(call, keys, target).items() if k in email_of}
+    if ledger is not None and target.on_manual_edit == "keep":
+        # An edit made any time since we wrote a record survives (the lookup read it anyway).
+        known = set(ledger["email"])
+        current = {e: f.values for e, f in found.items() if e in known}
+        todo, found_edits = apply_manual_edits(todo, desired, ledger, current, "keep")
+        counts.update(found_edits)
     writes, not_in_crm = [], []
     for row in todo.to_dict("records"):
         email, values = row["email"], _wire(row, target)
         if email in found:
-            obj, rid, account = found[email]
+            f = found[email]
+            obj, rid, account = f.object, f.id, f.account
             record = {"attributes": {"type": obj}, "id": rid, **values}
-        elif target.create_missing:
+        elif target.create_missing and key_of.get(email):
             obj, rid, account = "Lead", None, None
-            record = {"attributes": {"type": "Lead"}, **_new_lead(email, target), **values}
+            record = {"attributes": {"type": "Lead"},
+                      **_new_lead(email, key_of[email], target), **values}  # fmt: skip
         else:
             not_in_crm.append(email)
             continue
@@ -315,12 +411,20 @@ def sync(
     results = pd.DataFrame(
         (_bulk if bulk else _collections)(call, writes) if writes else [], columns=RESULT_COLUMNS
     )
+    ok = results[results["status"] == "written"]
+    checked = to_verify(ok["email"], target.verify, target.verify_sample)
+    if checked:
+        where = dict(zip(ok["email"], zip(ok["object"], ok["record_id"], strict=True),
+                         strict=True))  # fmt: skip
+        held = read_back(call, {e: where[e] for e in checked}, target)
+        results = unverified(results, todo, held, checked)
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     run_dir = lake.sync(CRM) / f"run={run_id}"
     with atomic_dir(run_dir) as tmp:
         results.to_parquet(tmp / "results.parquet", index=False)
     written = results[results["status"] == "written"]
-    _update_ledger(lake, ledger, todo[todo["email"].isin(written["email"])], crm=CRM)
+    update_ledger(lake, ledger, todo[todo["email"].isin(written["email"])], crm=CRM,
+                  run_started=started)  # fmt: skip
     failed = results[results["status"] == "failed"]
     counts.update(
         written=len(written),
@@ -345,6 +449,16 @@ def sync(
             f"All results: {run_dir}"
         )
     return counts
+
+
+def _match_keys(scores: pd.DataFrame, target: SalesforceTarget) -> dict[str, str]:
+    """email → the lower-cased value users are matched on (the email, or the user id)."""
+    s = scores[scores["email"].notna()]
+    emails = s["email"].str.lower()
+    if target.match_on.lower() == "email":
+        return dict(zip(emails, emails, strict=True))
+    ids = s["user_key"].astype("string").str.lower()
+    return {e: k for e, k in zip(emails, ids, strict=True) if not pd.isna(k)}
 
 
 # --- accounts: qualification (PQA) -------------------------------------------------------------
@@ -393,8 +507,8 @@ def sync_accounts(
                        "record": record})  # fmt: skip
     results = pd.DataFrame(_collections(call, writes) if writes else [], columns=RESULT_COLUMNS)
     written = results.loc[results["status"] == "written", "email"]
-    _update_ledger(lake, ledger, todo[todo["domain"].isin(written)], key="domain",
-                   name="accounts_ledger", crm=CRM)  # fmt: skip
+    update_ledger(lake, ledger, todo[todo["domain"].isin(written)], key="domain",
+                  name="accounts_ledger", crm=CRM)  # fmt: skip
     counts.update(written=len(written), failed=int((results["status"] == "failed").sum()),
                   not_in_crm=missing)  # fmt: skip
     log.info("Salesforce Accounts: %(written)s written, %(unchanged)s unchanged, "
