@@ -240,6 +240,22 @@ def train(config_path, until) -> None:
                + str(result["comparison"].get("reason", "")))  # fmt: skip
 
 
+def _crm_client(cfg):
+    """The configured CRM's client from its AIRFLOW_CONN_* variable, and a re-login function
+    (Salesforce; None for HubSpot, whose private-app token does not expire)."""
+    from pql import connections
+
+    conn = connections.from_env(cfg.crm.connection_id)
+    if cfg.crm.kind == "salesforce":
+        from pql.crm import salesforce as crm_salesforce
+
+        login = crm_salesforce.login_from(conn)
+        return login(), login
+    from pql.crm import hubspot as crm_hubspot
+
+    return crm_hubspot.client(conn.password or "", conn.host or None), None
+
+
 @main.command()
 @config_option
 @click.option("--day", type=click.DateTime(["%Y-%m-%d"]), default=None,
@@ -250,16 +266,15 @@ def sync(config_path, day, dry_run) -> None:
 
     Failed records from earlier runs are never in the ledger, so a run sends them again.
     """
-    from pql import connections, jobs
-    from pql.crm import hubspot as crm_hubspot
+    from pql import jobs
+    from pql.crm.ledger import SyncError
 
     cfg = _load(config_path)
     day = day.date() if day else jobs.newest_events_day(cfg)
     try:
-        conn = connections.from_env(cfg.crm.connection_id)
-        hs = crm_hubspot.client(conn.password or "", conn.host or None)
-        result = jobs.sync(cfg, day, hs, dry_run=dry_run)
-    except (LookupError, FileNotFoundError, crm_hubspot.SyncError) as e:
+        client, login = _crm_client(cfg)
+        result = jobs.sync(cfg, day, client, dry_run=dry_run, login=login)
+    except (LookupError, FileNotFoundError, SyncError) as e:
         raise click.ClickException(str(e)) from None
     if not dry_run:
         click.echo(f"{day}: {result['written']:,} written, {result['unchanged']:,} unchanged, "

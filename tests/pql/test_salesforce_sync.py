@@ -378,3 +378,35 @@ def test_users_matched_on_an_external_id_field(sandbox, sf, tmp_path):
         "u-2",
         70,
     )
+
+
+def test_cli_sync_and_dry_run_against_salesforce(sandbox, tmp_path, monkeypatch):
+    from datetime import date
+
+    from click.testing import CliRunner
+
+    from pql import cli, config
+    from sandbox.salesforce import connection_env
+
+    for name, value in connection_env(sandbox, sandbox.base_url).items():
+        monkeypatch.setenv(name, value)
+    cfg_path = tmp_path / "pql.yaml"
+    text = config.DEFAULT_CONFIG.read_text().replace("root: ../var/lake", f"root: {tmp_path}")
+    head, _, rest = text.partition("\ncrm:\n")
+    tail = rest[rest.index("\nrouting:") :]
+    cfg_path.write_text(f"{head}\ncrm:\n  kind: salesforce\n{tail}")
+    assert config.load(cfg_path).crm.kind == "salesforce"
+    day = date(2026, 11, 20)
+    lake = Lake(tmp_path)
+    lake.scores(day).mkdir(parents=True)
+    _scores(["ana@acme.io", "bo@acme.io"]).to_parquet(lake.scores(day) / "scores.parquet")
+    args = ["sync", "--config", str(cfg_path), "--day", str(day)]
+    dry = CliRunner().invoke(cli.main, [*args, "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert "2 would be written, 0 unchanged, nothing sent" in dry.output
+    assert "ana@acme.io (new)" in dry.output and "PQL_Score__c: None -> '70'" in dry.output
+    assert SalesforceStore(sandbox).count("Lead") == 0
+    real = CliRunner().invoke(cli.main, args)
+    assert real.exit_code == 0, real.output
+    assert "2 written, 0 unchanged, 0 failed" in real.output
+    assert SalesforceStore(sandbox).count("Lead") == 2

@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import pandas as pd
 from simple_salesforce import Salesforce
+from simple_salesforce.api import DEFAULT_API_VERSION
 from simple_salesforce.exceptions import SalesforceExpiredSession
 
 from pql.config import SalesforceTarget
@@ -85,6 +86,34 @@ class _Session:
             self.refreshed = True
             self.sf = self.login()
             return self(fn)
+
+
+def login_from(conn) -> Callable[[], Salesforce]:
+    """A fresh-login function from a pql.connections.Conn of conn_type salesforce (the CLI's
+    path; inside Airflow the provider's SalesforceHook reads the same connection fields)."""
+    import requests
+
+    x = conn.extra
+
+    def login() -> Salesforce:
+        session = requests.Session()
+        if x.get("ca_bundle"):
+            session.trust_env = False  # REQUESTS_CA_BUNDLE would override verify
+            session.verify = x["ca_bundle"]
+        return Salesforce(
+            username=conn.login,
+            password=conn.password,
+            security_token=x.get("security_token") or None,
+            domain=x.get("domain") or None,
+            instance_url=x.get("instance_url") or None,
+            version=x.get("version") or DEFAULT_API_VERSION,
+            consumer_key=x.get("consumer_key") or None,
+            consumer_secret=x.get("consumer_secret") or None,
+            privatekey_file=x.get("private_key_file_path") or None,
+            session=session,
+        )
+
+    return login
 
 
 def check_fields(sf: Salesforce, target: SalesforceTarget, objects=OBJECTS) -> None:
