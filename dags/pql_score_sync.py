@@ -96,18 +96,23 @@ def pql_score_sync():
         from datetime import date
 
         from pql import jobs
-        from pql_airflow.hooks import HubSpotHook, SlackWebhookHook
+        from pql_airflow.hooks import HubSpotHook, SlackWebhookHook, salesforce_login
 
         cfg = load()
         if not (cfg.routing.crm_task or cfg.routing.slack):
             return {"routing": "off"}
-        hs = HubSpotHook(cfg.crm.connection_id).get_conn() if cfg.routing.crm_task else None
+        crm = login = None
+        if cfg.routing.crm_task and cfg.crm.kind == "salesforce":
+            login = salesforce_login(cfg.crm.connection_id)
+            crm = login()
+        elif cfg.routing.crm_task:
+            crm = HubSpotHook(cfg.crm.connection_id).get_conn()
         slack = (
             SlackWebhookHook(cfg.routing.slack_connection_id).session_and_url()
             if cfg.routing.slack
             else None
         )
-        return jobs.route(cfg, date.fromisoformat(scored["day"]), hs, slack)
+        return jobs.route(cfg, date.fromisoformat(scored["day"]), crm, slack, login=login)
 
     scored = score(enrich())
     route(scored, sync(scored))

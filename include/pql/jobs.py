@@ -216,16 +216,21 @@ def sync(cfg: Config, day: date, hs, *, dry_run: bool = False, login=None) -> di
     return result
 
 
-def route(cfg: Config, day: date, hs: HubSpot | None, slack=None) -> dict:
-    """Follow-ups for leads that newly qualified in the day's scores (each once per lead)."""
+def route(cfg: Config, day: date, crm, slack=None, *, login=None) -> dict:
+    """Follow-ups for leads that newly qualified in the day's scores (each once per lead).
+
+    `crm` is the configured CRM's client (None when no CRM task is routed): a HubSpot client,
+    or a simple_salesforce.Salesforce (then `login`, if given, refreshes an expired session).
+    """
     from pql import routing
 
     path = Lake(cfg.lake.root).scores(day) / "scores.parquet"
     if not path.exists():
         raise FileNotFoundError(f"no scores for {day} at {path}: run the score step first")
     return routing.route(
-        Lake(cfg.lake.root), cfg.routing, pd.read_parquet(path), hs=hs, slack=slack
-    )
+        Lake(cfg.lake.root), cfg.routing, pd.read_parquet(path), crm=crm, target=cfg.crm,
+        login=login, slack=slack,
+    )  # fmt: skip
 
 
 def retrain(cfg: Config, day: date) -> dict:

@@ -1,4 +1,5 @@
-"""Routing against the sandbox: one owner task and one Slack mention per lead and qualification."""
+"""Routing against the sandbox: one owner task (HubSpot or Salesforce) and one Slack mention per
+lead and qualification."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 import requests
+from simple_salesforce import Salesforce
 
 from pql import routing
-from pql.config import Routing
+from pql.config import Routing, SalesforceTarget
 from pql.crm import hubspot as crm
 from pql.lake import Lake
 from sandbox import slack
 from sandbox.hubspot import HubSpotStore
+from sandbox.salesforce import SalesforceStore, credentials, tls_files
 
 NOW = datetime(2026, 11, 2, 9, tzinfo=UTC)
 BOTH = Routing(crm_task=True, slack=True)
@@ -69,7 +72,7 @@ def test_each_lead_is_routed_once_per_qualification(sandbox, hs, webhook, tmp_pa
             ("cy@new.io", 70, "2026-11-01"),
         ]
     )
-    first = routing.route(lake, BOTH, day1, hs=hs, slack=webhook, now=NOW)
+    first = routing.route(lake, BOTH, day1, crm=hs, slack=webhook, now=NOW)
     # cy@new.io is not in the CRM yet: Slack hears of it, its task waits for the sync to create it.
     assert first == {"crm_tasks": 1, "slack_leads": 2}
     tasks = _tasks(sandbox)
@@ -84,7 +87,7 @@ def test_each_lead_is_routed_once_per_qualification(sandbox, hs, webhook, tmp_pa
         len(posted) == 1 and "ana@acme.io" in posted[0]["text"] and "cy@new.io" in posted[0]["text"]
     )
 
-    again = routing.route(lake, BOTH, day1, hs=hs, slack=webhook, now=NOW)
+    again = routing.route(lake, BOTH, day1, crm=hs, slack=webhook, now=NOW)
     assert again == {"crm_tasks": 0, "slack_leads": 0}  # nothing twice
     HubSpotStore(sandbox).upsert("contacts", [{"email": "cy@new.io"}])
     day2 = _scores(
@@ -94,7 +97,7 @@ def test_each_lead_is_routed_once_per_qualification(sandbox, hs, webhook, tmp_pa
             ("cy@new.io", 70, "2026-11-01"),
         ]
     )
-    later = routing.route(lake, BOTH, day2, hs=hs, slack=webhook, now=NOW)
+    later = routing.route(lake, BOTH, day2, crm=hs, slack=webhook, now=NOW)
     assert later == {"crm_tasks": 2, "slack_leads": 1}  # bo newly qualified; cy's task now
     assert set(_tasks(sandbox)) == {"ana@acme.io", "bo@beta.dev", "cy@new.io"}
     assert len(slack.messages(sandbox)) == 2
@@ -117,3 +120,189 @@ def test_slack_rate_limit_is_retried_and_a_bad_webhook_is_named(sandbox, webhook
 
 def test_routing_off_does_nothing(tmp_path):
     assert routing.route(Lake(tmp_path), Routing(), _scores([("a@b.io", 90, "2026-11-01")])) == {}
+
+
+# --- Salesforce ---------------------------------------------------------------------------------
+
+SF = SalesforceTarget(kind="salesforce")
+TASK_ONLY = Routing(crm_task=True)
+
+
+@pytest.fixture
+def sf_login(sandbox):
+    """Builds a simple-salesforce client with a fresh client-credentials session (as the hook)."""
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = str(tls_files(sandbox)["ca"])
+    creds = credentials(sandbox)
+    calls = []
+
+    def login() -> Salesforce:
+        calls.append(1)
+        token = session.post(
+            f"{sandbox.salesforce_url}/services/oauth2/token",
+            data={"grant_type": "client_credentials", "client_id": creds["client_id"],
+                  "client_secret": creds["client_secret"]},
+            timeout=10,
+        ).json()["access_token"]  # fmt: skip
+        return Salesforce(instance_url=sandbox.salesforce_url, session_id=token, session=session)
+
+    login.calls = calls
+    yield login
+    session.close()
+
+
+def _users(store, *names, active=True) -> list[str]:
+    return store.create(
+        "User",
+        [{"Username": f"{n}@sales.test", "LastName": n, "Email": f"{n}@sales.test",
+          "IsActive": active} for n in names],
+    )  # fmt: skip
+
+
+def _sf_tasks(store) -> list[dict]:
+    return store.query(
+        "SELECT Id, WhoId, WhatId, OwnerId, Subject, Description, ActivityDate, Status, Priority "
+        "FROM Task ORDER BY Id"
+    )
+
+
+def test_salesforce_task_once_per_lead_and_qualification_on_the_owners_record(
+    sandbox, sf_login, tmp_path
+):
+    store, lake = SalesforceStore(sandbox), Lake(tmp_path)
+    ana_rep, kim_rep, kim_lead_rep, lee_rep = _users(store, "ana_rep", "kim_rep", "old", "lee_rep")
+    [acme] = store.create("Account", [{"Name": "Acme"}])
+    [ana, kim_contact] = store.create(
+        "Contact",
+        [
+            {"LastName": "Ng", "Email": "ana@acme.io", "AccountId": acme, "OwnerId": ana_rep},
+            {"LastName": "Kim", "Email": "kim.c@acme.io", "AccountId": acme, "OwnerId": kim_rep},
+        ],
+    )
+    [ana_lead, kim_lead, lee] = store.create(
+        "Lead",
+        [
+            {"LastName": "Ng", "Company": "Acme", "Email": "ana@acme.io"},  # the Contact wins
+            {"LastName": "Kim", "Company": "Acme", "Email": "kim@acme.io", "OwnerId": kim_lead_rep},
+            {"LastName": "Lee", "Company": "Beta", "Email": "lee@beta.dev", "OwnerId": lee_rep},
+        ],
+    )
+    store.convert_lead(kim_lead, acme, kim_contact)
+    day1 = _scores(
+        [
+            ("ana@acme.io", 80, "2026-11-01"),
+            ("kim@acme.io", 75, "2026-11-01"),
+            ("lee@beta.dev", 90, "2026-11-01"),
+            ("bo@beta.dev", 20, None),  # not qualified
+            ("cy@new.io", 70, "2026-11-01"),  # not in Salesforce yet
+        ]
+    )
+    first = routing.route(lake, TASK_ONLY, day1, crm=sf_login(), target=SF, now=NOW)
+    assert first == {"crm_tasks": 3}
+    tasks = {t["WhoId"]: t for t in _sf_tasks(store)}
+    assert set(tasks) == {ana, kim_contact, lee}  # a converted Lead's task is on its Contact
+    assert ana_lead not in tasks and kim_lead not in tasks
+    owners = {who: t["OwnerId"] for who, t in tasks.items()}
+    assert owners == {ana: ana_rep, kim_contact: kim_rep, lee: lee_rep}
+    assert (tasks[ana]["WhatId"], tasks[kim_contact]["WhatId"], tasks[lee]["WhatId"]) == (
+        acme,
+        acme,
+        None,
+    )
+    t = tasks[ana]
+    assert t["Subject"] == "Product-qualified lead: follow up with ana@acme.io (score 80)"
+    assert t["Description"] == "PQL score 80: invited 4 teammates in 30 days"
+    assert (t["ActivityDate"], t["Status"], t["Priority"]) == ("2026-11-03", "Not Started", "High")
+    done = routing.ledger(lake).set_index("email")
+    assert done.loc["ana@acme.io", "detail"] == t["Id"]  # the task's id, per lead
+
+    again = routing.route(lake, TASK_ONLY, day1, crm=sf_login(), target=SF, now=NOW)
+    assert again == {"crm_tasks": 0} and store.count("Task") == 3
+
+    [cy] = store.create("Lead", [{"LastName": "Cy", "Company": "New", "Email": "cy@new.io"}])
+    day2 = _scores(
+        [
+            ("ana@acme.io", 85, "2026-11-02"),  # qualified again, later
+            ("kim@acme.io", 75, "2026-11-01"),
+            ("lee@beta.dev", 90, "2026-11-01"),
+            ("cy@new.io", 70, "2026-11-01"),
+        ]
+    )
+    later = routing.route(lake, TASK_ONLY, day2, crm=sf_login(), target=SF, now=NOW)
+    assert later == {"crm_tasks": 2}
+    whos = [t["WhoId"] for t in _sf_tasks(store)]
+    assert sorted(whos) == sorted([ana, kim_contact, lee, ana, cy])
+
+
+def test_a_refused_salesforce_task_is_retried_next_run(sandbox, sf_login, tmp_path):
+    store, lake = SalesforceStore(sandbox), Lake(tmp_path)
+    rep, gone = _users(store, "rep", "gone")
+    [ok, orphan] = store.create(
+        "Lead",
+        [
+            {"LastName": "Ok", "Company": "Acme", "Email": "ok@acme.io", "OwnerId": rep},
+            {"LastName": "Or", "Company": "Acme", "Email": "or@acme.io", "OwnerId": gone},
+        ],
+    )
+    store.update("User", gone, {"IsActive": False})  # the rep left; the Lead was not reassigned
+    scores = _scores([("ok@acme.io", 80, "2026-11-01"), ("or@acme.io", 80, "2026-11-01")])
+    sandbox.queue_fault("salesforce_lock", 400, count=1)  # transient: retried within the run
+    first = routing.route(lake, TASK_ONLY, scores, crm=sf_login(), target=SF, now=NOW)
+    assert first == {"crm_tasks": 1}
+    assert [t["WhoId"] for t in _sf_tasks(store)] == [ok]
+    assert set(routing.ledger(lake)["email"]) == {"ok@acme.io"}  # the refused one is not kept
+    assert routing.route(lake, TASK_ONLY, scores, crm=sf_login(), target=SF, now=NOW) == {
+        "crm_tasks": 0
+    }
+    store.update("Lead", orphan, {"OwnerId": rep})  # reassigned: next run routes it
+    third = routing.route(lake, TASK_ONLY, scores, crm=sf_login(), target=SF, now=NOW)
+    assert third == {"crm_tasks": 1}
+    tasks = _sf_tasks(store)
+    assert [(t["WhoId"], t["OwnerId"]) for t in tasks] == [(ok, rep), (orphan, rep)]
+
+
+def test_a_failure_after_some_salesforce_tasks_keeps_them_in_the_ledger(
+    sandbox, sf_login, tmp_path
+):
+    store, lake = SalesforceStore(sandbox), Lake(tmp_path)
+    store.create("Lead", [{"LastName": "A", "Company": "Acme", "Email": "a@acme.io"}])
+    scores = _scores([("a@acme.io", 80, "2026-11-01")])
+    both = Routing(crm_task=True, slack=True)
+    wrong = (requests.Session(), sandbox.base_url + "/slack/services/T0/B0/nope")
+    with pytest.raises(RuntimeError, match="Slack webhook answered 404"):
+        routing.route(lake, both, scores, crm=sf_login(), target=SF, slack=wrong, now=NOW)
+    # The Airflow retry must not create the task again.
+    assert set(routing.ledger(lake)["channel"]) == {"crm_task"}
+    assert routing.route(lake, TASK_ONLY, scores, crm=sf_login(), target=SF, now=NOW) == {
+        "crm_tasks": 0
+    }
+    assert store.count("Task") == 1
+
+
+def test_jobs_route_goes_to_salesforce_through_the_hook_and_relogs_in(
+    sandbox, tmp_path, monkeypatch
+):
+    from datetime import date
+
+    from pql import config, jobs
+    from pql_airflow.hooks import salesforce_login
+    from sandbox.salesforce import connection_env
+
+    for name, value in connection_env(sandbox, sandbox.base_url).items():
+        monkeypatch.setenv(name, value)
+    cfg = config.load().model_copy(
+        update={"lake": config.Lake(root=tmp_path), "crm": SF, "routing": TASK_ONLY}
+    )
+    day = date(2026, 11, 1)
+    folder = Lake(tmp_path).scores(day)
+    folder.mkdir(parents=True)
+    _scores([("ana@acme.io", 80, "2026-11-01")]).to_parquet(folder / "scores.parquet")
+    store = SalesforceStore(sandbox)
+    [lead] = store.create("Lead", [{"LastName": "Ng", "Company": "Acme", "Email": "ana@acme.io"}])
+    login = salesforce_login(cfg.crm.connection_id)
+    sf = login()
+    store.expire_sessions()  # e.g. a long sync before: the route logs in again
+    assert jobs.route(cfg, day, sf, login=login) == {"crm_tasks": 1}
+    [task] = _sf_tasks(store)
+    assert task["WhoId"] == lead
