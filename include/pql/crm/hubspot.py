@@ -293,19 +293,22 @@ def sync(
     Records edited by hand since the last run follow `on_manual_edit`.
     """
     started = datetime.now(UTC)
-    desired = desired_values(scores, target)
-    ledger = load_ledger(lake)
-    if not target.unflag:
-        desired = keep_flags(desired, ledger, target.fields.flag)
-    todo = changed(desired, ledger)
-    counts = {
-        "candidates": len(desired),
-        "unchanged": len(desired) - len(todo),
-        "skipped_no_email": int(scores["email"].isna().sum()),
-    }
-    if dry_run:
-        return {**counts, "would_write": len(todo), "sample": diff_sample(todo, ledger)}
-    ensure_properties(hs, target)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # The provisioning check's calls open the rate window while the diff is computed.
+        provisioned = None if dry_run else pool.submit(ensure_properties, hs, target)
+        desired = desired_values(scores, target)
+        ledger = load_ledger(lake)
+        if not target.unflag:
+            desired = keep_flags(desired, ledger, target.fields.flag)
+        todo = changed(desired, ledger)
+        counts = {
+            "candidates": len(desired),
+            "unchanged": len(desired) - len(todo),
+            "skipped_no_email": int(scores["email"].isna().sum()),
+        }
+        if dry_run:
+            return {**counts, "would_write": len(todo), "sample": diff_sample(todo, ledger)}
+        provisioned.result()
     fields = [c for c in desired.columns if c != "email"]
     if ledger is not None:
         if target.on_manual_edit == "keep":

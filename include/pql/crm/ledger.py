@@ -12,6 +12,7 @@ import json
 import logging
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pandas as pd
 
 from pql.config import HubSpotTarget, SalesforceTarget
@@ -38,11 +39,18 @@ def desired_values(scores: pd.DataFrame, target: HubSpotTarget | SalesforceTarge
             "email": s["email"].str.lower(),
             f.score: s["score"].astype(int).astype(str),
             f.flag: s["flag"].map({True: "true", False: "false"}),
-            f.qualified_at: qualified.dt.strftime("%Y-%m-%dT%H:%M:%S.000Z").fillna(""),
+            f.qualified_at: _iso_seconds(qualified),
             f.reasons: s["reasons"].fillna(""),
             f.model_version: s["model_version"],
         }
     ).reset_index(drop=True)
+
+
+def _iso_seconds(moments: pd.Series) -> pd.Series:
+    """UTC instants as '2026-10-01T00:00:00.000Z' (whole seconds, as HubSpot shows them; ''
+    for none); vectorised, as strftime is not."""
+    text = np.datetime_as_string(moments.dt.tz_convert(None).to_numpy("datetime64[s]"), unit="s")
+    return pd.Series(np.char.add(text, ".000Z"), index=moments.index).where(moments.notna(), "")
 
 
 def desired_accounts(
@@ -70,13 +78,27 @@ def values_json(frame: pd.DataFrame, key: str) -> list[str]:
     ]
 
 
+def digests(frame: pd.DataFrame, key: str) -> pd.Series:
+    """A 64-bit digest (as text) of each row's values except the key: the fast diff."""
+    fields = sorted(c for c in frame.columns if c != key)
+    return pd.util.hash_pandas_object(frame[fields].astype(str), index=False).astype(str)
+
+
 def changed(desired: pd.DataFrame, ledger: pd.DataFrame | None, key: str = "email") -> pd.DataFrame:
     """Rows of `desired` whose values differ from what the ledger says was last written."""
     if ledger is None or ledger.empty:
         return desired
-    last = ledger.set_index(key)["values"]
-    now = pd.Series(values_json(desired, key), index=desired.index)
-    return desired[now.ne(desired[key].map(last))]
+    last = ledger.set_index(key)
+    digest = last["digest"] if "digest" in last.columns else pd.Series(pd.NA, index=last.index)
+    was = desired[key].map(digest)
+    differs = digests(desired, key).ne(was)
+    # Rows written before the ledger kept digests: compare their JSON instead.
+    old = was.isna()
+    if old.any() and (old := old & desired[key].isin(last.index)).any():
+        rows = desired[old]
+        now = pd.Series(values_json(rows, key), index=rows.index)
+        differs[old] = now.ne(rows[key].map(last["values"]))
+    return desired[differs]
 
 
 def keep_flags(desired: pd.DataFrame, ledger: pd.DataFrame | None, flag: str) -> pd.DataFrame:
@@ -159,7 +181,14 @@ def update_ledger(
     """Record `written` rows as the CRM's values; with `run_started`, the next edit check
     starts there (everything the CRM changed since is looked at)."""
     now = datetime.now(UTC)
-    fresh = pd.DataFrame({key: written[key], "values": values_json(written, key), "synced_at": now})
+    fresh = pd.DataFrame(
+        {
+            key: written[key],
+            "values": values_json(written, key),
+            "digest": digests(written, key),
+            "synced_at": now,
+        }
+    )
     merged = (
         fresh if ledger is None else pd.concat([ledger, fresh]).drop_duplicates(key, keep="last")
     )
