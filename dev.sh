@@ -28,6 +28,24 @@ setup() {
   touch "$stamp"
 }
 
+browser() {
+  # tests/pql/test_report_browser.py opens the weekly report in Debian's headless Chromium.
+  if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+    return
+  fi
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "note: Chromium is not installed and this is not root (or not Debian): the report's" \
+      "browser test will be skipped (install it with: sudo apt-get install chromium chromium-driver)" >&2
+    return
+  fi
+  echo "installing Debian's chromium and chromium-driver for the report's browser test..."
+  export DEBIAN_FRONTEND=noninteractive
+  if ! { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }; then
+    echo "could not install chromium and chromium-driver with apt-get (see above)" >&2
+    exit 1
+  fi
+}
+
 cmd="${1:-}"
 shift || true
 case "$cmd" in
@@ -36,6 +54,7 @@ case "$cmd" in
     exec .venv/bin/pql demo "$@" ;;
   test)
     setup
+    browser
     .venv/bin/ruff check .
     .venv/bin/ruff format --check .
     exec .venv/bin/python -m pytest "$@" ;;

@@ -8,7 +8,7 @@ from airflow.sdk import CronDataIntervalTimetable, dag, task
 
 from pql.config import load
 from pql_airflow.defaults import default_args
-from pql_airflow.pools import CRM
+from pql_airflow.pools import CRM, NOTIFY
 
 CFG = load()
 
@@ -43,7 +43,25 @@ def pql_weekly_outcomes():
         week = date.fromisoformat(reported["week"])
         return jobs.retrain(load(), week + timedelta(days=6))
 
-    retrain(report())
+    @task(pool=NOTIFY)
+    def deliver(reported: dict) -> dict:
+        """The report by email and/or a Slack summary, as configured in outcomes (once a week)."""
+        from datetime import date
+
+        from pql import delivery
+        from pql.lake import Lake
+        from pql_airflow.hooks import SlackWebhookHook, smtp_sender
+
+        cfg = load()
+        rule = cfg.outcomes
+        send_email = smtp_sender(rule.smtp_connection_id) if rule.email_to else None
+        slack = SlackWebhookHook(rule.slack_connection_id).session_and_url() if rule.slack else None
+        week = date.fromisoformat(reported["week"])
+        return delivery.deliver(Lake(cfg.lake.root), rule, week, send_email=send_email, slack=slack)
+
+    reported = report()
+    retrain(reported)
+    deliver(reported)
 
 
 pql_weekly_outcomes()

@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     from hubspot import HubSpot
     from simple_salesforce import Salesforce
 
+    from pql.delivery import Email
+
 
 class ExportHook(HttpHook):
     """Event exports (Mixpanel, Amplitude) over the HTTP provider: Basic auth from a connection.
@@ -140,3 +142,31 @@ class SlackWebhookHook(BaseHook):
                 "(https://hooks.slack.com/services/...) in its password"
             )
         return requests.Session(), url
+
+
+def smtp_sender(conn_id: str = "smtp_default") -> Callable[[Email], None]:
+    """A function that sends a pql.delivery.Email through the SMTP provider's SmtpHook.
+
+    Connection (type smtp): host, port, login/password (when the server wants them) and extras
+    from_email (the sender, required), disable_tls / disable_ssl, timeout, retry_limit.
+    Attachments are copied under their email names first (the hook names them by file name).
+    """
+
+    def send(mail: Email) -> None:
+        import shutil
+        import tempfile
+        from pathlib import Path
+
+        from airflow.providers.smtp.hooks.smtp import SmtpHook
+
+        with tempfile.TemporaryDirectory(prefix="pql-mail-") as tmp:
+            files = []
+            for name, source in mail.attachments:
+                shutil.copyfile(source, Path(tmp) / name)
+                files.append(str(Path(tmp) / name))
+            with SmtpHook(smtp_conn_id=conn_id) as hook:
+                hook.send_email_smtp(
+                    to=list(mail.to), subject=mail.subject, html_content=mail.html, files=files
+                )
+
+    return send

@@ -11,6 +11,7 @@ from pathlib import Path
 
 POOLS_FILE = Path(__file__).resolve().parents[2] / "config" / "airflow_pools.json"
 CRM = "pql_crm_api"
+NOTIFY = "pql_notify"  # Slack webhook and SMTP: the weekly report's delivery
 
 
 def export_pool(kind: str) -> str:

@@ -66,6 +66,7 @@ def test_tasks_that_call_a_vendor_share_its_pool():
         ("pql_score_sync", "route"): "pql_crm_api",
         ("pql_weekly_outcomes", "report"): "pql_crm_api",
         ("pql_weekly_outcomes", "retrain"): "default_pool",
+        ("pql_weekly_outcomes", "deliver"): "pql_notify",  # Slack webhook, SMTP
     }
     assert set(used.values()) - {"default_pool"} <= defined
     compose = (ROOT / "docker-compose.yaml").read_text()
