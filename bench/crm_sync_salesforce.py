@@ -35,7 +35,6 @@ the org's budget to everything else).
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import tempfile
 import time
@@ -50,16 +49,11 @@ from simple_salesforce import Salesforce
 
 from pql.config import SalesforceTarget
 from pql.crm import salesforce as crm
+from pql.crm.ledger import desired_values, update_ledger
 from pql.lake import Lake
 from sandbox import server
 from sandbox.salesforce import SalesforceStore, credentials, tls_files
 from sandbox.state import SandboxState
-
-try:
-    from pql.crm.ledger import desired_values, update_ledger
-except ImportError:  # before the ledger moved out of pql.crm.hubspot
-    from pql.crm.hubspot import _update_ledger as update_ledger
-    from pql.crm.hubspot import desired_values
 
 DAILY = 100_000  # API requests per rolling 24 h (Enterprise base, before per-licence additions)
 ACCOUNTS = 5000  # scores() spreads users over company0.io … company4999.io
@@ -217,10 +211,8 @@ def seed(
     ids = []
     for start in range(0, len(contacts), 10_000):
         ids += store.create("Contact", contacts[start : start + 10_000])
-    kwargs = {"run_started": last_run}  # where the next run's hand-edit check starts
-    if "run_started" not in inspect.signature(update_ledger).parameters:
-        kwargs = {}
-    update_ledger(lake, None, desired, crm=crm.CRM, **kwargs)
+    # run_started: where the next run's hand-edit check starts
+    update_ledger(lake, None, desired, crm=crm.CRM, run_started=last_run)
     return ids
 
 
