@@ -461,16 +461,30 @@ class Routing(Strict):
 Email = Annotated[str, Field(pattern=r"^[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+$", max_length=254)]
 
 
+Segment = Literal[
+    "model_version", "size_band", "industry", "source", "country", "plan", "revenue_band"
+]
+
+
 class Outcomes(Strict):
     """The weekly conversion report: when it runs and where it is delivered (once per week)."""
 
     schedule: Cron = "0 6 * * 1"
     attribution_window_days: int = Field(90, gt=0, le=730)
+    # Breakdowns besides weekly cohorts: the model version that qualified the PQL, company
+    # size band, and any snapshot column (industry, source = where a user was first seen,
+    # country, plan, revenue_band).
+    segments: list[Segment] = ["model_version", "size_band", "industry", "source"]
     email_to: list[Email] = []  # the report by email (HTML attached) to these; empty: no email
     smtp_connection_id: str = "smtp_default"  # SMTP connection; extra from_email = the sender
     slack: bool = False  # headline numbers and a link to a Slack incoming webhook
     slack_connection_id: str = "slack_pql"  # HTTP connection: password = the webhook URL
     report_url: str = Field("", pattern=r"^(https?://\S+)?$")  # the Airflow report view, for links
+    # The CRM is pulled incrementally: records modified since the last pull minus this margin
+    # (clock skew, search indexing delay), and in full every `full_pull_days` (0: only the
+    # first time or when asked), which is when records deleted in HubSpot leave the store.
+    pull_margin_minutes: int = Field(60, ge=0, le=7 * 24 * 60)
+    full_pull_days: int = Field(28, ge=0)
 
 
 class Config(Strict):

@@ -97,7 +97,7 @@ def user_features(
     free = "[" + ", ".join(_lit(d) for d in free_email_domains) + "]::VARCHAR[]"
     sql = f"""
         WITH raw AS (
-            SELECT user_key, device_id, email, account_key, event_name, ts, properties
+            SELECT source, user_key, device_id, email, account_key, event_name, ts, properties
             FROM read_parquet({_lit(events_glob)}, hive_partitioning = false,
                               union_by_name = true)
             WHERE ts < {_ts(as_of)}
@@ -108,7 +108,7 @@ def user_features(
         ), ev AS (
             SELECT coalesce(CASE WHEN r.user_key LIKE '$device:%' THEN m.merged_user END,
                             r.user_key) AS user_key,
-                   r.email, r.account_key, r.event_name, r.ts, r.properties
+                   r.source, r.email, r.account_key, r.event_name, r.ts, r.properties
             FROM raw r LEFT JOIN merged m USING (device_id)
         ), u AS (
             SELECT user_key,
@@ -117,6 +117,7 @@ def user_features(
                    arg_max(json_extract_string(properties, '$.plan'), ts)
                        FILTER (WHERE json_extract_string(properties, '$.plan') IS NOT NULL)
                        AS event_plan,
+                   arg_min(source, ts) AS source,  -- where the user was first seen
                    min(ts) AS first_seen,
                    max(ts) AS last_seen{extra}
             FROM ev WHERE user_key NOT LIKE '$device:%' GROUP BY user_key

@@ -19,6 +19,7 @@ SNAPSHOT_COLUMNS = [
     "user_key",
     "email",
     "account_key",
+    "source",
     "first_seen",
     "last_seen",
     "employees",

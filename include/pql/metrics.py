@@ -1,0 +1,138 @@
+"""Conversion metrics by cohort, model version and segment: rates, medians, revenue, first touch.
+
+Input is attribution's per-user frame (outcomes.attribute) joined to the users' latest snapshot
+(segments) and to the model version that qualified each PQL. Only users whose attribution
+window has closed count in a rate: a group with none yet is immature, never a low rate.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+SIZE_BANDS = [(10, "1-10"), (50, "11-50"), (200, "51-200"), (1000, "201-1000")]
+UNKNOWN = "unknown"
+COLUMNS = [
+    "dimension",
+    "value",
+    "group",
+    "users",
+    "mature_users",
+    "meetings",
+    "meeting_rate",
+    "won",
+    "won_rate",
+    "won_revenue",
+    "median_days_to_meeting",
+    "median_days_to_won",
+    "median_hours_to_first_touch",
+    "immature",
+]
+
+
+def size_band(employees) -> str:
+    """Company size band from an employee count ('unknown' when missing)."""
+    if employees is None or pd.isna(employees):
+        return UNKNOWN
+    return next((band for top, band in SIZE_BANDS if employees <= top), "1001+")
+
+
+def qualifying_versions(scores_glob: str) -> pd.DataFrame:
+    """email → the model version of the first snapshot that held the user's qualification."""
+    con = duckdb.connect()
+    try:
+        return con.sql(
+            f"""
+            SELECT lower(email) AS email, arg_min(model_version, as_of) AS qualified_by
+            FROM read_parquet('{scores_glob}', union_by_name = true)
+            WHERE email IS NOT NULL AND qualified_at IS NOT NULL AND as_of >= qualified_at
+            GROUP BY 1
+            """
+        ).df()
+    finally:
+        con.close()
+
+
+def segmented(
+    per_user: pd.DataFrame, users: pd.DataFrame, versions: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """per_user with segments (size_band, industry, source, ...) and model_version attached.
+
+    A PQL's model_version is the one that qualified it; non-PQLs have none.
+    """
+    u = users[users["email"].notna()].assign(email=lambda f: f["email"].str.lower())
+    u = u.drop_duplicates("email", keep="last").set_index("email")
+    out = per_user.assign(email=per_user["email"].str.lower())
+    out["size_band"] = out["email"].map(u["employees"]).map(size_band)
+    for col in ("industry", "source", "country", "plan", "revenue_band"):
+        values = out["email"].map(u[col]) if col in u.columns else None
+        out[col] = UNKNOWN if values is None else values.fillna(UNKNOWN).astype(str)
+    by = (
+        versions.set_index("email")["qualified_by"]
+        if versions is not None and len(versions)
+        else pd.Series(dtype=object)
+    )
+    version = out["email"].map(by).astype(object)
+    if "model_version" in u.columns:  # qualified before snapshots kept a version: the latest
+        version = version.where(version.notna(), out["email"].map(u["model_version"]))
+    out["model_version"] = version.where(out["is_pql"], None)
+    return out
+
+
+def breakdown(frame: pd.DataFrame, by: str, as_of: datetime, window_days: int) -> pd.DataFrame:
+    """One row per value of `by` and group (PQL / non-PQL) with every conversion metric."""
+    f = frame.copy()
+    f["mature"] = f["start"] + pd.Timedelta(days=window_days) <= pd.Timestamp(as_of)
+    f["group"] = f["is_pql"].map({True: "PQL", False: "non-PQL"})
+    f["days_to_meeting"] = (f["meeting_at"] - f["start"]).dt.total_seconds() / 86400
+    f["days_to_won"] = (f["won_at"] - f["start"]).dt.total_seconds() / 86400
+    touch = f["first_touch_at"] if "first_touch_at" in f.columns else f["meeting_at"]
+    f["hours_to_touch"] = (touch - f["start"]).dt.total_seconds() / 3600
+    if by == "model_version":
+        f = f[f["is_pql"]]  # a version only qualifies PQLs
+    rows = []
+    for (value, group), g in f.groupby([f[by].fillna(UNKNOWN).astype(str), "group"]):
+        m = g[g["mature"]]
+        n = len(m)
+        rows.append(
+            {
+                "dimension": by,
+                "value": value,
+                "group": group,
+                "users": len(g),
+                "mature_users": n,
+                "meetings": int(m["meeting"].sum()),
+                "meeting_rate": round(m["meeting"].mean(), 4) if n else None,
+                "won": int(m["won"].sum()),
+                "won_rate": round(m["won"].mean(), 4) if n else None,
+                "won_revenue": float(g["won_amount"].sum()),
+                "median_days_to_meeting": _median(g["days_to_meeting"]),
+                "median_days_to_won": _median(g["days_to_won"]),
+                "median_hours_to_first_touch": _median(g["hours_to_touch"]),
+                "immature": n == 0,
+            }
+        )
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    return table.sort_values(["value", "group"], ascending=[True, False]).reset_index(drop=True)
+
+
+def _median(values: pd.Series) -> float | None:
+    v = values.dropna()
+    return round(float(v.median()), 2) if len(v) else None
+
+
+def all_breakdowns(
+    frame: pd.DataFrame, dimensions: list[str], as_of: datetime, window_days: int
+) -> pd.DataFrame:
+    """Overall, per weekly cohort, per qualifying model version and per segment, stacked."""
+    f = frame.assign(all="all")
+    parts = [breakdown(f, d, as_of, window_days) for d in ["all", "cohort_week", *dimensions]]
+    return pd.concat(parts, ignore_index=True)
+
+
+def scores_glob(lake_scores: Path) -> str:
+    """Every daily snapshot under the lake's scores folder."""
+    return str(lake_scores / "date=*" / "scores.parquet")

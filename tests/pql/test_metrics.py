@@ -1,0 +1,142 @@
+"""Conversion metrics by cohort, qualifying model version and segment, against hand-made truth."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pandas as pd
+
+from pql import metrics, outcomes
+from pql.lake import Lake
+
+T0 = pd.Timestamp("2026-09-07", tz="UTC")  # a Monday
+
+
+def _users():
+    # (email, days after T0 first seen, PQL, employees, industry, source)
+    spec = [
+        ("a@big.io", 0, True, 5000, "Software", "mixpanel"),
+        ("b@big.io", 0, True, 5000, "Software", "mixpanel"),
+        ("c@small.io", 1, True, 8, "Retail", "amplitude"),
+        ("d@small.io", 1, False, 8, "Retail", "amplitude"),
+        ("e@small.io", 2, False, 8, "Retail", "mixpanel"),
+        ("f@late.io", 80, True, None, None, "mixpanel"),  # window still open at as_of
+    ]
+    rows = []
+    for email, day, pql, employees, industry, source in spec:
+        first = T0 + pd.Timedelta(days=day)
+        rows.append(
+            {
+                "email": email,
+                "first_seen": first,
+                "qualified_at": first + pd.Timedelta(days=2) if pql else pd.NaT,
+                "employees": employees,
+                "industry": industry,
+                "source": source,
+                "model_version": "weighted-2",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _snapshots(lake: Lake, users: pd.DataFrame) -> None:
+    """a and b qualified while weighted-1 was live; c and f under weighted-2."""
+    for day, version in ((date(2026, 9, 9), "weighted-1"), (date(2026, 12, 1), "weighted-2")):
+        snap = users.assign(model_version=version, as_of=pd.Timestamp(day, tz="UTC"))
+        snap = snap.assign(
+            qualified_at=snap["qualified_at"].where(snap["qualified_at"] <= snap["as_of"])
+        )
+        lake.scores(day).mkdir(parents=True)
+        snap.to_parquet(lake.scores(day) / "scores.parquet")
+
+
+def test_breakdowns_match_hand_computed_truth(tmp_path):
+    users = _users()
+    lake = Lake(tmp_path)
+    _snapshots(lake, users)
+    q = users.set_index("email")["qualified_at"]
+    meetings = pd.DataFrame(
+        {
+            "meeting_id": [1, 2, 3],
+            "email": ["a@big.io", "c@small.io", "d@small.io"],
+            "meeting_at": [q["a@big.io"] + pd.Timedelta(days=1), q["c@small.io"] +
+                           pd.Timedelta(days=3), T0 + pd.Timedelta(days=5)],
+        }
+    )  # fmt: skip
+    won = pd.DataFrame(
+        {
+            "deal_id": [1, 2],
+            "email": ["a@big.io", "c@small.io"],
+            "won_at": [q["a@big.io"] + pd.Timedelta(days=10), q["c@small.io"] +
+                       pd.Timedelta(days=20)],
+            "amount": [12_000.0, 3_000.0],
+        }
+    )  # fmt: skip
+    tasks = pd.DataFrame(
+        {"task_id": [1], "email": ["b@big.io"], "task_at": [q["b@big.io"] + pd.Timedelta(hours=3)]}
+    )
+    per_user = outcomes.attribute(users, meetings, won, 30)
+    if "first_touch_at" not in per_user.columns:  # attribution without tasks: meetings only
+        per_user["first_touch_at"] = per_user["meeting_at"]
+    per_user.loc[per_user["email"] == "b@big.io", "first_touch_at"] = tasks["task_at"][0]
+    versions = metrics.qualifying_versions(metrics.scores_glob(lake.root / "scores"))
+    assert dict(zip(versions["email"], versions["qualified_by"], strict=True)) == {
+        "a@big.io": "weighted-1",
+        "b@big.io": "weighted-1",
+        "c@small.io": "weighted-2",
+        "f@late.io": "weighted-2",
+    }
+    frame = metrics.segmented(per_user, users, versions)
+    as_of = T0 + pd.Timedelta(days=60)  # f's 30-day window is open: it must not count
+    table = metrics.all_breakdowns(
+        frame, ["model_version", "size_band", "industry", "source"], as_of, 30
+    )
+    row = table.set_index(["dimension", "value", "group"]).to_dict("index")
+
+    pql = row[("all", "all", "PQL")]
+    assert (pql["users"], pql["mature_users"], pql["meetings"], pql["won"]) == (4, 3, 2, 2)
+    assert (pql["meeting_rate"], pql["won_rate"], pql["won_revenue"]) == (0.6667, 0.6667, 15_000)
+    assert pql["median_days_to_meeting"] == 2.0  # 1 and 3 days
+    assert pql["median_days_to_won"] == 15.0  # 10 and 20 days
+    assert pql["median_hours_to_first_touch"] == 24.0  # 24 h (a), 3 h (b), 72 h (c)
+    non = row[("all", "all", "non-PQL")]
+    assert (non["mature_users"], non["meeting_rate"], non["won_rate"]) == (2, 0.5, 0.0)
+
+    v1, v2 = (
+        row[("model_version", "weighted-1", "PQL")],
+        row[("model_version", "weighted-2", "PQL")],
+    )
+    assert (v1["mature_users"], v1["won_rate"], v1["won_revenue"]) == (2, 0.5, 12_000)
+    assert (v2["users"], v2["mature_users"], v2["won_rate"]) == (2, 1, 1.0)
+    assert ("model_version", "unknown", "non-PQL") not in row  # versions qualify PQLs only
+
+    big = row[("size_band", "1001+", "PQL")]
+    small = row[("size_band", "1-10", "PQL")]
+    assert (big["won_rate"], small["won_rate"]) == (0.5, 1.0)
+    late = row[("size_band", "unknown", "PQL")]
+    assert late["immature"] and pd.isna(late["won_rate"])  # immature, not a 0% rate
+    assert row[("source", "amplitude", "non-PQL")]["meeting_rate"] == 1.0
+    assert row[("industry", "Retail", "non-PQL")]["users"] == 2
+
+
+def test_report_page_and_csv_carry_the_breakdowns(tmp_path):
+    from datetime import datetime
+
+    from pql import report
+
+    users = _users()
+    no_meetings = pd.DataFrame(columns=["meeting_id", "email", "meeting_at"])
+    no_wins = pd.DataFrame(columns=["deal_id", "email", "won_at", "amount"])
+    per_user = outcomes.attribute(users, no_meetings, no_wins, 30)
+    frame = metrics.segmented(per_user, users)
+    table = metrics.all_breakdowns(frame, ["size_band"], T0 + pd.Timedelta(days=60), 30)
+    html = report.write(
+        Lake(tmp_path), date(2026, 11, 2), outcomes.cohort_rates(per_user, T0, 30),
+        outcomes.totals(per_user), generated_at=datetime(2026, 11, 9), window_days=30,
+        metrics=table,
+    )  # fmt: skip
+    page = html.read_text()
+    assert 'id="by-size_band"' in page and "Company size (employees)" in page
+    assert "immature" in page
+    back = pd.read_csv(html.parent / "metrics.csv")
+    assert set(back["dimension"]) == {"all", "cohort_week", "size_band"}
