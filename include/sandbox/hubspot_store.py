@@ -389,6 +389,8 @@ BUILTIN_PROPERTIES["tasks"] = _builtins(
         ),
         _p("hs_task_type", "Task Type", "enumeration", "select",
            options=_options("CALL", "EMAIL", "TODO")),
+        # Set when the status becomes COMPLETED (unless given), cleared when it is reopened.
+        _p("hs_task_completion_date", "Completed at", "datetime", "date"),
     ],
 )  # fmt: skip
 BUILTIN_GROUPS = {  # object type -> (group name, label)
@@ -520,6 +522,10 @@ CREATE TABLE IF NOT EXISTS hubspot_objects (
     id INTEGER PRIMARY KEY, object_type TEXT NOT NULL, properties TEXT NOT NULL,
     created_at TEXT NOT NULL, updated_at TEXT NOT NULL, archived INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS hubspot_objects_by_type ON hubspot_objects (object_type, archived, id);
+CREATE INDEX IF NOT EXISTS hubspot_objects_by_modified
+    ON hubspot_objects (object_type, json_extract(properties, '$.lastmodifieddate'));
+CREATE INDEX IF NOT EXISTS hubspot_objects_by_hs_modified
+    ON hubspot_objects (object_type, json_extract(properties, '$.hs_lastmodifieddate'));
 CREATE TABLE IF NOT EXISTS hubspot_unique_values (
     object_type TEXT NOT NULL, property TEXT NOT NULL, id INTEGER NOT NULL, value TEXT NOT NULL,
     PRIMARY KEY (object_type, property, id), UNIQUE (object_type, property, value));
@@ -892,7 +898,7 @@ class StoreTx:
     def search(self, object_type: str, body: Mapping) -> tuple[int, list[Record], int | None]:
         """Run a CRM search request (§5): (total, this page, next offset or None)."""
         query = SearchQuery.parse(body, self.defs(object_type), object_type)
-        rows = self._slim_records(object_type, query.property_names())
+        rows = self._slim_records(object_type, query.property_names(), query.prefilter())
         matches = query.order([(rid, props) for rid, props in rows if query.matches(props)])
         window = min(len(matches), SEARCH_WINDOW)
         end = min(query.offset + query.limit, window)
@@ -901,13 +907,17 @@ class StoreTx:
         records = self.fetch(object_type, page_ids)
         return len(matches), [records[rid] for rid in page_ids], next_offset
 
-    def _slim_records(self, object_type: str, names: list[str]) -> list[tuple[int, dict]]:
+    def _slim_records(
+        self, object_type: str, names: list[str], prefilter: tuple[str, list] = ("", [])
+    ) -> list[tuple[int, dict]]:
         """(id, {name: value}) for live records, only the named properties: decoding whole
-        records is what makes a search over tens of thousands of them slow."""
+        records is what makes a search over tens of thousands of them slow. `prefilter` (SQL
+        and its parameters) narrows the rows first; the query's own filters still decide."""
         columns = "".join(f", json_extract(properties, '$.{n}')" for n in names)
         rows = self.conn.execute(
-            f"SELECT id{columns} FROM hubspot_objects WHERE object_type = ? AND archived = 0",
-            (object_type,),
+            f"SELECT id{columns} FROM hubspot_objects WHERE object_type = ? AND archived = 0"
+            + prefilter[0],
+            (object_type, *prefilter[1]),
         )
         return [
             (row[0], {n: v for n, v in zip(names, row[1:], strict=True) if v is not None})
@@ -1009,7 +1019,15 @@ def _spec_options(type_: str, raw: Any) -> tuple[dict, ...]:
 
 
 def _derive(record: Record, written: Mapping, inserting: bool) -> None:
-    """Deal booleans follow the default pipeline's stage ids unless given (§7)."""
+    """Deal booleans follow the default pipeline's stage ids unless given (§7); a task's
+    completion date follows its status."""
+    if record.object_type == "tasks" and "hs_task_status" in written:
+        done = record.properties.get("hs_task_status") == "COMPLETED"
+        if not done:
+            record.properties.pop("hs_task_completion_date", None)
+        elif written.get("hs_task_completion_date") is None:
+            record.properties.setdefault("hs_task_completion_date", record.updated_at)
+        return
     if record.object_type != "deals" or not (inserting or "dealstage" in written):
         return
     stage = record.properties.get("dealstage")
@@ -1196,6 +1214,24 @@ class SearchQuery:
             if not all(term in haystack for term in self.text):
                 return False
         return not self.groups or any(all(f.matches(props) for f in g) for g in self.groups)
+
+    def prefilter(self) -> tuple[str, list]:
+        """SQL narrowing the scan by range filters of a single filter group: record id, and
+        datetimes (stored normalized, so text order is time order). A superset of matches."""
+        if len(self.groups) != 1:
+            return "", []
+        sql, params = "", []
+        ops = {"GT": ">", "GTE": ">=", "LT": "<", "LTE": "<="}
+        for f in self.groups[0]:
+            if f.operator not in ops:
+                continue
+            if f.defn.name == "hs_object_id":
+                sql += f" AND id {ops[f.operator]} ?"
+                params.append(int(f.values[0]))
+            elif f.defn.type == "datetime":
+                sql += f" AND json_extract(properties, '$.{f.defn.name}') {ops[f.operator]} ?"
+                params.append(f.values[0])
+        return sql, params
 
     def property_names(self) -> list[str]:
         """The properties filters, sort and free text look at (names are validated)."""
