@@ -27,6 +27,7 @@ from pql.crm.ledger import (
     desired_values,
     diff_sample,
     edits_since,
+    entries,
     keep_flags,
     load_ledger,
     to_verify,
@@ -330,6 +331,7 @@ def sync(
         missing = todo["email"].isin(set(new) - set(held))
         todo = todo[~missing]
         counts["not_in_crm"] = int(missing.sum())
+    prepared = entries(todo)
     results = pd.DataFrame(
         list(upsert_contacts(hs, todo)),
         columns=["email", "status", "http_status", "message", "transient", "hubspot_id"],
@@ -342,7 +344,7 @@ def sync(
     with atomic_dir(lake.sync("hubspot") / f"run={run_id}") as tmp:
         results.to_parquet(tmp / "results.parquet", index=False)
     written = results[results["status"] == "written"]
-    update_ledger(lake, ledger, todo[todo["email"].isin(written["email"])], run_started=started)
+    update_ledger(lake, ledger, written, run_started=started, prepared=prepared)
     failed = results[results["status"] == "failed"]
     counts.update(written=len(written), failed=len(failed), run=run_id)
     log.info(

@@ -168,6 +168,14 @@ def edits_since(lake: Lake, name: str = "ledger", crm: str = "hubspot") -> datet
     return datetime.fromisoformat(json.loads(path.read_text())["edits_since"]) - CLOCK_SKEW
 
 
+def entries(rows: pd.DataFrame, key: str = "email") -> pd.DataFrame:
+    """Ledger entries (key, values JSON, digest) for rows about to be written: computed while
+    the rate window would idle anyway, so the run ends soon after its last call."""
+    return pd.DataFrame(
+        {key: rows[key], "values": values_json(rows, key), "digest": digests(rows, key)}
+    )
+
+
 def update_ledger(
     lake: Lake,
     ledger: pd.DataFrame | None,
@@ -177,21 +185,16 @@ def update_ledger(
     name: str = "ledger",
     crm: str = "hubspot",
     run_started: datetime | None = None,
+    prepared: pd.DataFrame | None = None,
 ) -> None:
-    """Record `written` rows as the CRM's values; with `run_started`, the next edit check
-    starts there (everything the CRM changed since is looked at)."""
-    now = datetime.now(UTC)
-    fresh = pd.DataFrame(
-        {
-            key: written[key],
-            "values": values_json(written, key),
-            "digest": digests(written, key),
-            "synced_at": now,
-        }
-    )
-    merged = (
-        fresh if ledger is None else pd.concat([ledger, fresh]).drop_duplicates(key, keep="last")
-    )
+    """Record `written` rows as the CRM's values (from `prepared` entries when given); with
+    `run_started`, the next edit check starts there (everything the CRM changed since)."""
+    if prepared is None:
+        fresh = entries(written, key)
+    else:
+        fresh = prepared[prepared[key].isin(written[key])]
+    fresh = fresh.assign(synced_at=datetime.now(UTC))
+    merged = fresh if ledger is None else pd.concat([ledger[~ledger[key].isin(fresh[key])], fresh])
     state = lake.sync(crm) / name / "state.json"
     previous = state.read_text() if state.exists() else None
     with atomic_dir(lake.sync(crm) / name) as tmp:
