@@ -415,6 +415,9 @@ class HubSpotTarget(SyncRules):
     property_group: CrmField = "pql"
     fields: CrmFields = CrmFields()
     requests_per_10s: int = Field(100, ge=1, le=250)  # the app's tier: 100, 190 (Pro/Ent), 250
+    # API calls a day left for other integrations: a run writes only what fits under HubSpot's
+    # daily limit minus this (read from its X-HubSpot-RateLimit-Daily-Remaining header).
+    daily_reserve: int = Field(10_000, ge=0)
 
 
 # A Salesforce field API name (custom fields end in __c).

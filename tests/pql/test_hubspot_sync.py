@@ -225,3 +225,21 @@ def test_a_write_the_crm_did_not_keep_is_caught_by_the_read_back(sandbox, hs, tm
     again = crm.sync(hs, lake, target, _scores(emails, score=90))
     assert (again["written"], again["failed"]) == (3, 0)
     assert _crm(sandbox, emails[0])["pql_score"] in ("90", "90.0")
+
+
+def test_a_run_stays_under_the_daily_limit_and_the_rest_goes_next_run(sandbox, hs, tmp_path):
+    lake = Lake(tmp_path)
+    target = TARGET.model_copy(update={"daily_reserve": 2})
+    sandbox.settings["hubspot_daily_limit"] = 12  # of which provisioning takes a few
+    emails = [f"d{i}@acme.io" for i in range(1000)]
+    first = crm.sync(hs, lake, target, _scores(emails))
+    assert first["deferred_daily_limit"] > 0 and first["failed"] == 0
+    assert first["written"] + first["deferred_daily_limit"] == 1000
+    assert sandbox.counters.get("hubspot 429", 0) == 0  # never ran into HubSpot's refusal
+    sandbox.settings["hubspot_daily_limit"] = 1000  # the next day
+    second = crm.sync(hs, lake, target, _scores(emails))
+    assert (second["written"], second.get("deferred_daily_limit", 0)) == (
+        first["deferred_daily_limit"],
+        0,
+    )
+    assert len(crm.load_ledger(lake)) == 1000

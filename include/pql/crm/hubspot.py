@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -91,10 +92,13 @@ def set_rate(hs: HubSpot, requests_per_10s: int) -> HubSpot:
 
 
 def limited(hs: HubSpot, kind: str = "api") -> None:
-    """Wait until one more call of `kind` (api, search) fits HubSpot's rolling limits."""
+    """Wait until one more call of `kind` (api, search) fits HubSpot's rolling limits; count
+    it against the daily calls HubSpot last said were left (an estimate between answers)."""
     budgets = getattr(hs, "_pql_budgets", None)
     if budgets:
         budgets[kind].acquire()
+    if getattr(hs, "_pql_daily_remaining", None) is not None:
+        hs._pql_daily_remaining -= 1
 
 
 def property_specs(target: HubSpotTarget) -> list[dict]:
@@ -134,7 +138,11 @@ def ensure_properties(
     """Create the property group and any missing custom properties; returns what was created."""
     created = []
     limited(hs)
-    groups = {g.name for g in hs.crm.properties.groups_api.get_all(object_type=object_type).results}
+    resp = hs.crm.properties.groups_api.get_all(object_type=object_type, _preload_content=False)
+    groups = {g["name"] for g in json.loads(resp.data).get("results") or []}
+    daily = resp.headers.get("X-HubSpot-RateLimit-Daily-Remaining")
+    if daily is not None:  # private-app tokens only: OAuth apps are not sent it
+        hs._pql_daily_remaining = int(daily)
     if target.property_group not in groups:
         limited(hs)
         hs.crm.properties.groups_api.create(
@@ -331,6 +339,9 @@ def sync(
         missing = todo["email"].isin(set(new) - set(held))
         todo = todo[~missing]
         counts["not_in_crm"] = int(missing.sum())
+    todo, deferred = _within_daily_limit(hs, target, todo)
+    if deferred:
+        counts["deferred_daily_limit"] = deferred
     prepared = entries(todo)
     results = pd.DataFrame(
         list(upsert_contacts(hs, todo)),
@@ -360,6 +371,26 @@ def sync(
             f"All results: {lake.sync('hubspot') / f'run={run_id}'}"
         )
     return counts
+
+
+def _within_daily_limit(
+    hs: HubSpot, target: HubSpotTarget, todo: pd.DataFrame
+) -> tuple[pd.DataFrame, int]:
+    """The records this run can write without taking HubSpot's daily budget below
+    `daily_reserve` (the rest stay out of the ledger: the next run sends them)."""
+    remaining = getattr(hs, "_pql_daily_remaining", None)
+    if remaining is None or todo.empty:
+        return todo, 0
+    reads = 1 + math.ceil(min(len(todo), target.verify_sample) / BATCH)  # read-back and a spare
+    fits = max(0, remaining - target.daily_reserve - reads) * BATCH
+    if len(todo) <= fits:
+        return todo, 0
+    log.warning(
+        "HubSpot daily limit: %s calls left today (keeping %s in reserve); writing %s of %s "
+        "changed records, the rest on the next run",
+        remaining, target.daily_reserve, fits, len(todo),
+    )  # fmt: skip
+    return todo.head(fits), len(todo) - fits
 
 
 def modified_contacts(hs: HubSpot, since: datetime, fields: list[str]) -> dict[str, dict]:
