@@ -188,6 +188,13 @@ def test_bulk_path_above_the_threshold_with_a_failed_record(sandbox, sf, tmp_pat
         False,
         None,
     )
+    results = sandbox.counters["salesforce.bulk_ingest_results"]
+    assert results > 0  # the jobs above had failures: results were read
+    target = target.model_copy(update={"create_missing": False})  # the bad email: skipped
+    third = crm.sync(sf, lake, target, _scores(emails, score=30))
+    assert (third["written"], third["api"]) == (8, "bulk")
+    # A clean update job: the ids are known, so no result downloads.
+    assert sandbox.counters.get("salesforce.bulk_ingest_results", 0) == results
 
 
 def test_expired_session_is_refreshed_once(sandbox, login, tmp_path):

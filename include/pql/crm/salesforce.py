@@ -323,17 +323,28 @@ def _bulk(call: _Session, writes: list[dict]) -> list[dict]:
         def run(sf, obj=obj, op=op, rows=rows):
             handler = getattr(sf.bulk2, obj)
             jobs = getattr(handler, op)(records=rows, wait=BULK_WAIT_S)
-            out = []
-            for job in jobs:
-                out.append(
-                    (
-                        handler.get_successful_records(job["job_id"]),
-                        handler.get_failed_records(job["job_id"]),
-                    )
+            clean = all(
+                not j["numberRecordsFailed"]
+                and j["numberRecordsProcessed"] == j["numberRecordsTotal"]
+                for j in jobs
+            )
+            if op == "update" and clean:
+                return None  # every row updated: the ids are ours, no results to download
+            return [
+                (
+                    handler.get_successful_records(j["job_id"]),
+                    handler.get_failed_records(j["job_id"]) if j["numberRecordsFailed"] else "",
                 )
-            return out
+                for j in jobs
+            ]
 
-        for ok_text, failed_text in call(run):
+        answers = call(run)
+        if answers is None:
+            for i in idx:
+                w = writes[i]
+                results[i] = _result(w["email"], "written", obj, w["id"])
+            continue
+        for ok_text, failed_text in answers:
             for r in csv.DictReader(io.StringIO(ok_text)):
                 k = (r.get("Id") if op == "update" else r.get("Email")) or ""
                 if k.lower() in by_key:
