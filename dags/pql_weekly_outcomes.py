@@ -1,4 +1,5 @@
-"""Weekly outcomes: meetings and won deals from the CRM → PQL→meeting and PQL→won report."""
+"""Weekly outcomes: meetings, won deals and sales tasks from the CRM (HubSpot or Salesforce,
+only what changed since the last run) → PQL→meeting and PQL→won report."""
 
 from __future__ import annotations
 
@@ -26,11 +27,15 @@ CFG = load()
 def pql_weekly_outcomes():
     @task(pool=CRM)
     def report(data_interval_end=None) -> dict:
+        """Pull what the CRM changed since the last run, then report the week before."""
         from pql import jobs, outcomes
-        from pql_airflow.hooks import HubSpotHook
+        from pql_airflow.hooks import HubSpotHook, salesforce_login
 
         cfg = load()
         week = outcomes.week_start(jobs.day_before(data_interval_end))
+        if cfg.crm.kind == "salesforce":
+            login = salesforce_login(cfg.crm.connection_id)
+            return jobs.weekly_report(cfg, week, login(), login=login)
         return jobs.weekly_report(cfg, week, HubSpotHook(cfg.crm.connection_id).get_conn())
 
     @task

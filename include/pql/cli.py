@@ -293,18 +293,23 @@ def sync(config_path, day, dry_run) -> None:
 @config_option
 @click.option("--week", type=click.DateTime(["%Y-%m-%d"]), required=True,
               help="Any day of the week to report (weeks start on Monday).")  # fmt: skip
-def report(config_path, week) -> None:
-    """Pull the week's outcomes from the CRM and write the conversion report (as the DAG does)."""
-    from pql import connections, jobs, outcomes
-    from pql.crm import hubspot as crm_hubspot
+@click.option(
+    "--full-pull",
+    is_flag=True,
+    help="Re-read every outcome, not only what changed since the last run.",
+)
+def report(config_path, week, full_pull) -> None:
+    """Pull what the CRM changed (HubSpot or Salesforce) and write the week's conversion report
+    (as the DAG does)."""
+    from pql import jobs, outcomes
+    from pql.crm.ledger import SyncError
 
     cfg = _load(config_path)
     start = outcomes.week_start(week.date())
     try:
-        conn = connections.from_env(cfg.crm.connection_id)
-        hs = crm_hubspot.client(conn.password or "", conn.host or None)
-        result = jobs.weekly_report(cfg, start, hs)
-    except (LookupError, FileNotFoundError) as e:
+        client, login = _crm_client(cfg)
+        result = jobs.weekly_report(cfg, start, client, login=login, full_pull=full_pull)
+    except (LookupError, FileNotFoundError, SyncError) as e:
         raise click.ClickException(str(e)) from None
 
     def pct(v):
@@ -313,6 +318,8 @@ def report(config_path, week) -> None:
     click.echo(f"week of {start}: {result['meetings']:,} meetings, {result['won_deals']:,} won "
                f"deals; PQL→meeting {pct(result['pql_meeting_rate'])}, "
                f"PQL→won {pct(result['pql_won_rate'])}")  # fmt: skip
+    click.echo(f"CRM pull ({result['pull']}): {result['pulled']:,} records read; "
+               f"{result['sales_tasks']:,} completed sales tasks")  # fmt: skip
     click.echo(f"written: {result['report']}")
 
 
@@ -375,16 +382,26 @@ def sandbox() -> None:
 @click.option("--users", default=2000, show_default=True)
 @click.option("--days", default=42, show_default=True, help="Days of history, ending yesterday.")
 @click.option("--port", default=0, help="Port on 127.0.0.1 (default: a free one).")
-def sandbox_start(root, seed, users, days, port) -> None:
+@click.option(
+    "--crm",
+    type=click.Choice(["hubspot", "salesforce", "both"]),
+    default="hubspot",
+    show_default=True,
+    help="Which CRM emulator a new world's CRM records go to.",
+)
+def sandbox_start(root, seed, users, days, port, crm) -> None:
     """Start the sandbox server (building a world first if the folder has none)."""
-    info = _start_sandbox(_sandbox_root(root), seed, users, days, port)
+    crms = ("hubspot", "salesforce") if crm == "both" else (crm,)
+    info = _start_sandbox(_sandbox_root(root), seed, users, days, port, crms)
     console.print(
         f"sandbox running at {info['base_url']} (pid {info['pid']}, state {info['root']})"
     )
     console.print('point the pipeline at it with:  eval "$(pql sandbox env)"')
 
 
-def _start_sandbox(root: Path, seed: int, users: int, days: int, port: int = 0) -> dict:
+def _start_sandbox(
+    root: Path, seed: int, users: int, days: int, port: int = 0, crms=("hubspot",)
+) -> dict:
     from sandbox import seed as seeding
     from sandbox import server
     from sandbox.state import SandboxState
@@ -397,7 +414,7 @@ def _start_sandbox(root: Path, seed: int, users: int, days: int, port: int = 0) 
         with Progress(console=console, transient=True) as bar:
             job = bar.add_task(f"building world (seed {seed})", total=users)
             counts = seeding.build(
-                SandboxState.open(root), spec, progress=lambda n: bar.advance(job, n)
+                SandboxState.open(root), spec, progress=lambda n: bar.advance(job, n), crms=crms
             )
         console.print("world: " + ", ".join(f"{v:,} {k}" for k, v in counts.items()))
     return server.start(root, port)

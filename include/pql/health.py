@@ -44,7 +44,8 @@ def checks(per_user: pd.DataFrame, scores: pd.DataFrame) -> list[dict]:
     """The health checks for a weekly report.
 
     `per_user` is outcomes.attribute's frame (email, first_seen, qualified_at, is_pql, start,
-    cohort_week, meeting_at, meeting, won_at, won); `scores` the week's snapshot (email, score).
+    cohort_week, meeting_at, meeting, won_at, won, and first_touch_at when tasks were given);
+    `scores` the week's snapshot (email, score).
     """
     u = per_user.merge(scores[["email", "score"]].drop_duplicates("email"), on="email", how="left")
     u["signup_week"] = (
@@ -95,15 +96,19 @@ def checks(per_user: pd.DataFrame, scores: pd.DataFrame) -> list[dict]:
                     "bands", _status(v, lambda x: x >= 5, lambda x: x >= 2),
                     _by_week(u, "signup_week", band_ratio), ratio=True))  # fmt: skip
 
+    # A touch is a meeting or, when the CRM's completed tasks were pulled, a task.
+    touch = "first_touch_at" if "first_touch_at" in u.columns else "meeting_at"
+
     def first_touch_hours(f):
-        p = f[f["is_pql"] & f["meeting_at"].notna()]
+        p = f[f["is_pql"] & f[touch].notna()]
         if p.empty:
             return None
-        hours = (p["meeting_at"] - pd.to_datetime(p["qualified_at"], utc=True)).dt.total_seconds()
+        hours = (p[touch] - pd.to_datetime(p["qualified_at"], utc=True)).dt.total_seconds()
         return float(np.median(hours / 3600))
 
     v = first_touch_hours(u)
-    out.append(_row("median hours from qualifying to first sales touch (meeting)", v,
+    kinds = "meeting or task" if touch == "first_touch_at" else "meeting"
+    out.append(_row(f"median hours from qualifying to first sales touch ({kinds})", v,
                     "within 1 hour", "first_touch",
                     _status(v, lambda x: x <= 1, lambda x: x <= 24),
                     _by_week(u, "cohort_week", first_touch_hours), hours=True))  # fmt: skip

@@ -249,18 +249,58 @@ def retrain(cfg: Config, day: date) -> dict:
     }
 
 
-def weekly_report(cfg: Config, week: date, hs: HubSpot) -> dict:
-    """Pull outcomes up to the end of `week` and write the conversion report for it."""
+def pull_outcomes(cfg: Config, crm, *, login=None, full: bool = False) -> tuple[dict, dict]:
+    """Bring the lake's store of the CRM's meetings, won deals and tasks up to date.
+
+    `crm` is the configured CRM's client: a HubSpot client, or a simple_salesforce.Salesforce
+    (then `login`, if given, builds a fresh one when the session expires). Only records
+    modified since the previous pull are asked for, unless a full pull is due or `full`.
+    Returns the store's frames by kind and what the pull did.
+    """
+    if cfg.crm.kind == "salesforce":
+        from pql.crm import salesforce_outcomes
+
+        def pull(since):
+            return salesforce_outcomes.pull(crm, since, login=login)
+    else:
+        from pql.crm import hubspot_outcomes
+
+        if getattr(crm, "_pql_budgets", None):  # built by crm_hubspot.client
+            crm_hubspot.set_rate(crm, cfg.crm.requests_per_10s)
+
+        def pull(since):
+            return hubspot_outcomes.pull(crm, since)
+
+    rule = cfg.outcomes
+    return outcomes.refresh(
+        Lake(cfg.lake.root),
+        cfg.crm.kind,
+        pull,
+        margin=timedelta(minutes=rule.pull_margin_minutes),
+        full_every=timedelta(days=rule.full_pull_days) if rule.full_pull_days else None,
+        full=full,
+    )
+
+
+def weekly_report(cfg: Config, week: date, crm, *, login=None, full_pull: bool = False) -> dict:
+    """Pull what changed in the CRM and write the conversion report for `week` from all
+    outcomes up to its end.
+
+    `crm` is the configured CRM's client (HubSpot, or simple_salesforce.Salesforce with an
+    optional `login` that refreshes an expired session); `full_pull` re-reads everything.
+    """
     lake = Lake(cfg.lake.root)
     until = datetime.combine(week + timedelta(days=7), datetime.min.time(), UTC)
-    meetings, won = outcomes.pull(hs, until)
-    outcomes.save(lake, week, meetings, won)
+    store, pulled = pull_outcomes(cfg, crm, login=login, full=full_pull)
+    upto = outcomes.as_of(store, until)
+    meetings, won, tasks = upto["meetings"], upto["won"], upto["tasks"]
+    outcomes.save(lake, week, meetings, won, tasks)
     snapshots = [p for d, p in lake.partitions("scores") if d < week + timedelta(days=7)]
     if not snapshots:
         raise LookupError(f"no scores snapshot before {until:%Y-%m-%d}: run the scoring first")
     users = pd.read_parquet(snapshots[-1] / "scores.parquet")
     window = cfg.outcomes.attribution_window_days
-    per_user = outcomes.attribute(users, meetings, won, window)
+    per_user = outcomes.attribute(users, meetings, won, window, tasks=tasks)
     cohorts = outcomes.cohort_rates(per_user, until, window)
     overall = outcomes.totals(per_user)
     html = report.write(
@@ -279,6 +319,9 @@ def weekly_report(cfg: Config, week: date, hs: HubSpot) -> dict:
         "week": week.isoformat(),
         "meetings": len(meetings),
         "won_deals": len(won),
+        "sales_tasks": len(tasks),
+        "pull": pulled["pull"],
+        "pulled": sum(v for k, v in pulled.items() if k.endswith("_pulled")),
         "pql_meeting_rate": pql.get("meeting_rate"),
         "pql_won_rate": pql.get("won_rate"),
         "report": str(html),

@@ -42,6 +42,10 @@ class Lake:
     def outcomes(self, week: date) -> Path:
         return self.root / "outcomes" / f"week={week:%Y-%m-%d}"
 
+    def outcome_store(self, crm: str) -> Path:
+        """Every meeting, won deal and sales task pulled from a CRM so far, and its watermark."""
+        return self.root / "crm_outcomes" / crm
+
     def models(self) -> Path:
         return self.root / "models"
 

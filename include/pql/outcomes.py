@@ -1,131 +1,167 @@
-"""CRM outcomes (meetings, won deals) joined to PQL history: conversion by weekly cohort."""
+"""CRM outcomes (meetings, won deals, sales tasks) joined to PQL history: conversion by cohort.
+
+The CRM side is pulled incrementally into a cumulative store in the lake (lake.outcome_store):
+meetings, won deals and completed tasks keyed by CRM id, and a watermark. Each run asks the
+CRM (pql.crm.hubspot_outcomes or pql.crm.salesforce_outcomes) only for records modified since
+the watermark minus a safety margin and replaces those records' rows; the first run, and a
+periodic or requested full pull, take everything and replace the store whole. Every frame
+has one row per (record, person email); the report reads the store as of the week's end.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
-from datetime import date, datetime, timedelta
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 
 import pandas as pd
-from hubspot import HubSpot
-from hubspot.crm.associations.v4 import (
-    BatchInputPublicFetchAssociationsBatchRequest,
-    PublicFetchAssociationsBatchRequest,
-)
-from hubspot.crm.contacts import BatchReadInputSimplePublicObjectId, SimplePublicObjectId
-from hubspot.crm.objects import Filter
 
-from pql.crm.hubspot import limited, search_all
 from pql.lake import Lake, atomic_dir
 
 log = logging.getLogger(__name__)
 
+# kind -> (store file, id column, time column, columns)
+KINDS = {
+    "meetings": ("meetings.parquet", "meeting_id", "meeting_at",
+                 ["meeting_id", "email", "meeting_at"]),
+    "won": ("won_deals.parquet", "deal_id", "won_at", ["deal_id", "email", "won_at", "amount"]),
+    "tasks": ("tasks.parquet", "task_id", "task_at", ["task_id", "email", "task_at"]),
+}  # fmt: skip
+STATE = "state.json"
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What one pull found for a kind: the rows to hold, and the id of every record it saw.
+
+    Rows held for a seen id are replaced by that id's new rows (none when the record was
+    deleted, is no longer closed-won or completed, or lost its people)."""
+
+    rows: pd.DataFrame
+    seen: set[str]
+
+
+def _typed(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
+    _, id_col, at_col, columns = KINDS[kind]
+    out = frame.reindex(columns=columns).copy()
+    out[id_col] = out[id_col].astype(str)
+    out["email"] = out["email"].astype(str).str.lower()
+    out[at_col] = pd.to_datetime(out[at_col], utc=True).astype("datetime64[us, UTC]")
+    if "amount" in out:
+        out["amount"] = out["amount"].astype(float)
+    return out
+
+
+def _sorted(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
+    _, id_col, at_col, _ = KINDS[kind]
+    frame = frame.drop_duplicates([id_col, "email"], keep="last")
+    return frame.sort_values([at_col, id_col, "email"]).reset_index(drop=True)
+
+
+def empty(kind: str) -> pd.DataFrame:
+    return _typed(pd.DataFrame(columns=KINDS[kind][3]), kind)
+
+
+def load_store(lake: Lake, crm: str) -> tuple[dict[str, pd.DataFrame], dict]:
+    """The store's frames by kind (empty when never pulled) and its state (watermark...)."""
+    folder = lake.outcome_store(crm)
+    state = json.loads((folder / STATE).read_text()) if (folder / STATE).exists() else {}
+    frames = {}
+    for kind, (name, *_) in KINDS.items():
+        path = folder / name
+        frames[kind] = _typed(pd.read_parquet(path), kind) if path.exists() else empty(kind)
+    return frames, state
+
 
 def _iso(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    return t.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-def associated(hs: HubSpot, from_type: str, to_type: str, ids: list[str]) -> dict[str, list[str]]:
-    """Map each record id to the ids of its associated records (v4 batch read, 1,000 per call)."""
-    out: dict[str, list[str]] = {}
-    for start in range(0, len(ids), 1000):
-        chunk = ids[start : start + 1000]
-        limited(hs)
-        resp = hs.crm.associations.v4.batch_api.get_page(
-            from_object_type=from_type,
-            to_object_type=to_type,
-            batch_input_public_fetch_associations_batch_request=(
-                BatchInputPublicFetchAssociationsBatchRequest(
-                    inputs=[PublicFetchAssociationsBatchRequest(id=i) for i in chunk]
-                )
-            ),
-        )
-        for r in resp.results or []:
-            out.setdefault(str(r._from.id), []).extend(str(t.to_object_id) for t in r.to or [])
-    return out
+def refresh(
+    lake: Lake,
+    crm: str,
+    pull: Callable[[datetime | None], dict[str, Changes]],
+    *,
+    margin: timedelta = timedelta(hours=1),
+    full_every: timedelta | None = timedelta(days=28),
+    full: bool = False,
+    now: datetime | None = None,
+) -> tuple[dict[str, pd.DataFrame], dict]:
+    """Bring the CRM's outcome store up to date and return it with what the pull did.
+
+    `pull(since)` asks the CRM for what changed at/after `since` (everything when None). The
+    pull is full on the first run, when `full`, or when the last full pull is older than
+    `full_every` (None: never again): that is when deleted records the CRM cannot report
+    (HubSpot's archived ones) leave. Otherwise it starts at the previous run's start minus
+    `margin` (clock skew, search indexing delay, long transactions). Store and watermark are
+    written together, atomically: a failed pull leaves the previous store and watermark.
+    """
+    now = now or datetime.now(UTC)
+    held, state = load_store(lake, crm)
+    watermark = state.get("watermark")
+    last_full = state.get("full_pull_at")
+    overdue = (
+        full_every is not None
+        and last_full is not None
+        and now - datetime.fromisoformat(last_full) >= full_every
+    )
+    since = None if (full or watermark is None or overdue) else (
+        datetime.fromisoformat(watermark) - margin
+    )  # fmt: skip
+    changes = pull(since)
+    frames, stats = {}, {"pull": "full" if since is None else "incremental",
+                         "since": None if since is None else _iso(since)}  # fmt: skip
+    for kind, (_, id_col, _, _) in KINDS.items():
+        got = changes.get(kind) or Changes(empty(kind), set())
+        new = _typed(got.rows, kind)
+        if since is None:
+            frames[kind] = _sorted(new, kind)
+        else:
+            old = held[kind]
+            keep = old[~old[id_col].isin(got.seen | set(new[id_col]))]
+            parts = [f for f in (keep, new) if len(f)]
+            frames[kind] = _sorted(pd.concat(parts) if parts else empty(kind), kind)
+        stats[f"{kind}_pulled"] = len(got.seen)
+        stats[f"{kind}_held"] = len(frames[kind])
+    state = {
+        "crm": crm,
+        "watermark": _iso(now),
+        "full_pull_at": _iso(now) if since is None else last_full,
+        "last_pull": stats,
+    }
+    with atomic_dir(lake.outcome_store(crm)) as tmp:
+        for kind, (name, *_) in KINDS.items():
+            frames[kind].to_parquet(tmp / name, index=False)
+        (tmp / STATE).write_text(json.dumps(state, indent=2))
+    log.info("outcome store %s: %s", crm, stats)
+    return frames, stats
 
 
-def contact_emails(hs: HubSpot, ids: list[str]) -> dict[str, str]:
-    """Contact id → lower-cased email (batch read, 100 per call)."""
+def as_of(frames: dict[str, pd.DataFrame], until: datetime) -> dict[str, pd.DataFrame]:
+    """The store as a report up to `until` sees it: only outcomes before `until`."""
+    cut = pd.Timestamp(until)
     out = {}
-    for start in range(0, len(ids), 100):
-        limited(hs)
-        resp = hs.crm.contacts.batch_api.read(
-            batch_read_input_simple_public_object_id=BatchReadInputSimplePublicObjectId(
-                inputs=[SimplePublicObjectId(id=i) for i in ids[start : start + 100]],
-                properties=["email"],
-                properties_with_history=[],
-            )
-        )
-        for c in resp.results or []:
-            email = (c.properties or {}).get("email")
-            if email:
-                out[str(c.id)] = email.lower()
+    for kind, frame in frames.items():
+        at_col = KINDS[kind][2]
+        out[kind] = frame[frame[at_col] < cut].reset_index(drop=True)
     return out
 
 
-def pull(hs: HubSpot, until: datetime) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Meetings held and deals won before `until`, each with its contacts' emails."""
-    meetings = list(
-        search_all(
-            hs,
-            "meetings",
-            [Filter(property_name="hs_timestamp", operator="LT", value=_iso(until))],
-            ["hs_timestamp", "hs_meeting_outcome"],
-        )
-    )
-    deals = list(
-        search_all(
-            hs,
-            "deals",
-            [
-                Filter(property_name="hs_is_closed_won", operator="EQ", value="true"),
-                Filter(property_name="closedate", operator="LT", value=_iso(until)),
-            ],
-            ["closedate", "amount", "dealname"],
-        )
-    )
-    m_links = associated(hs, "meetings", "contacts", [m.id for m in meetings])
-    d_links = associated(hs, "deals", "contacts", [d.id for d in deals])
-    contact_ids = sorted({c for links in (m_links, d_links) for v in links.values() for c in v})
-    emails = contact_emails(hs, contact_ids)
-    meeting_rows = [
-        {
-            "meeting_id": m.id,
-            "email": emails[c],
-            "meeting_at": pd.Timestamp(m.properties["hs_timestamp"]),
-        }
-        for m in meetings
-        for c in m_links.get(str(m.id), [])
-        if c in emails
-    ]
-    won_rows = [
-        {
-            "deal_id": d.id,
-            "email": emails[c],
-            "won_at": pd.Timestamp(d.properties["closedate"]),
-            "amount": float(d.properties.get("amount") or 0),
-        }
-        for d in deals
-        for c in d_links.get(str(d.id), [])
-        if c in emails
-    ]
-    log.info(
-        "pulled %s meetings and %s won deals from HubSpot (%s linked contacts)",
-        len(meetings),
-        len(deals),
-        len(emails),
-    )
-    return (
-        pd.DataFrame(meeting_rows, columns=["meeting_id", "email", "meeting_at"]),
-        pd.DataFrame(won_rows, columns=["deal_id", "email", "won_at", "amount"]),
-    )
-
-
-def save(lake: Lake, week: date, meetings: pd.DataFrame, won: pd.DataFrame) -> str:
+def save(
+    lake: Lake,
+    week: date,
+    meetings: pd.DataFrame,
+    won: pd.DataFrame,
+    tasks: pd.DataFrame | None = None,
+) -> str:
     """Keep the week's pulled outcomes in the lake (replacing any earlier pull of that week)."""
     with atomic_dir(lake.outcomes(week)) as tmp:
         meetings.to_parquet(tmp / "meetings.parquet", index=False)
         won.to_parquet(tmp / "won_deals.parquet", index=False)
+        if tasks is not None:
+            tasks.to_parquet(tmp / "tasks.parquet", index=False)
     return str(lake.outcomes(week))
 
 
@@ -134,12 +170,18 @@ def week_start(t: date) -> date:
 
 
 def attribute(
-    users: pd.DataFrame, meetings: pd.DataFrame, won: pd.DataFrame, window_days: int
+    users: pd.DataFrame,
+    meetings: pd.DataFrame,
+    won: pd.DataFrame,
+    window_days: int,
+    tasks: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Per user: PQL or not, its cohort week, and whether a meeting / win followed in the window.
 
     PQLs start at their first qualification, everyone else at sign-up (first seen); only
-    outcomes on or after the start and within `window_days` of it count.
+    outcomes on or after the start and within `window_days` of it count. Given the sales
+    `tasks` (task_id, email, task_at: completed tasks), `first_touch_at` is the earliest
+    meeting or task in that span (NaT if none).
     """
     u = users[users["email"].notna()][["email", "first_seen", "qualified_at"]].copy()
     u["is_pql"] = u["qualified_at"].notna()
@@ -150,6 +192,15 @@ def attribute(
         first = _first_after(u, frame, col, window)
         u[f"{label}_at"] = first
         u[label] = first.notna()
+    if tasks is not None:
+        touches = pd.concat(
+            [
+                meetings[["email", "meeting_at"]].rename(columns={"meeting_at": "touch_at"}),
+                tasks[["email", "task_at"]].rename(columns={"task_at": "touch_at"}),
+            ]
+        )
+        touches["touch_at"] = pd.to_datetime(touches["touch_at"], utc=True)
+        u["first_touch_at"] = _first_after(u, touches, "touch_at", window)
     amounts = won.groupby("email")["amount"].sum() if len(won) else pd.Series(dtype=float)
     u["won_amount"] = u["email"].map(amounts).where(u["won"], 0.0).fillna(0.0)
     return u.reset_index(drop=True)
@@ -161,8 +212,8 @@ def _first_after(u: pd.DataFrame, frame: pd.DataFrame, col: str, window) -> pd.S
     j = u[["email", "start"]].reset_index().merge(frame[["email", col]], on="email")
     t = pd.to_datetime(j[col], utc=True)
     j = j[(t >= j["start"]) & (t <= j["start"] + window)].assign(t=t)
-    first = j.groupby("index")["t"].min()
-    return u.index.to_series().map(first).astype("datetime64[us, UTC]")
+    first = j.groupby("index")["t"].min()  # (reindexed: mapping an empty Series fails)
+    return first.reindex(u.index).rename(None).astype("datetime64[us, UTC]")
 
 
 def cohort_rates(per_user: pd.DataFrame, as_of: datetime, window_days: int) -> pd.DataFrame:

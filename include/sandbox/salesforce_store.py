@@ -2238,19 +2238,23 @@ class SalesforceStore:
         opportunity_id: str | None = None,
         converted_on: date | None = None,
     ) -> None:
-        """Mark a Lead converted into this Account/Contact(/Opportunity), as conversion does."""
-        self.update(
-            "Lead",
-            lead_id,
-            {
+        """Mark a Lead converted into this Account/Contact(/Opportunity), as conversion does:
+        the Lead's open and past activities (Events, Tasks) move to the Contact."""
+        with self.transaction() as tx:
+            _ok(tx.save("Lead", "update", {
                 "IsConverted": True,
                 "Status": "Closed - Converted",
                 "ConvertedDate": (converted_on or now_utc().date()).isoformat(),
                 "ConvertedAccountId": account_id,
                 "ConvertedContactId": contact_id,
                 "ConvertedOpportunityId": opportunity_id,
-            },
-        )
+            }, record_id=lead_id, mode="system"))  # fmt: skip
+            lead = normalize_id(lead_id)
+            for kind in ("Event", "Task"):
+                for rec in tx.scan(kind, include_deleted=False):
+                    if rec.get("WhoId") == lead:
+                        _ok(tx.save(kind, "update", {"WhoId": contact_id},
+                                    record_id=rec["Id"], mode="system"))  # fmt: skip
 
     def get(self, record_id: str) -> dict | None:
         """A record's fields (plus `_type`), deleted or not; None if unknown."""

@@ -27,12 +27,14 @@ def build(
     spec: WorldSpec,
     progress: Progress | None = None,
     sources: tuple[str, ...] = ("mixpanel",),
+    crms: tuple[str, ...] = ("hubspot",),
 ) -> dict:
     """Write the world's events, profiles and CRM records into the sandbox; returns counts.
 
     Events stream one user at a time to each source's files (Mixpanel day files and, when
-    asked for, Amplitude upload-hour files). The true outcomes of every user go to
-    world/truth.parquet so tests can check the pipeline against them.
+    asked for, Amplitude upload-hour files). The CRM records go to each of `crms` (hubspot,
+    salesforce). The true outcomes of every user go to world/truth.parquet so tests can
+    check the pipeline against them.
     """
     accts = world.accounts(spec)
     dup_rng = world.rng_for(spec, "duplicates")
@@ -79,7 +81,7 @@ def build(
             for t in truth
         ),
     )
-    crm = _seed_crm(state, spec, accts, truth)
+    crm = _seed_crms(state, spec, accts, truth, crms)
     _write_truth(state, spec, truth)
     return {
         "users": len(truth),
@@ -88,6 +90,35 @@ def build(
         "duplicates": n_dupes,
         **crm,
     }
+
+
+def crms_only(state: SandboxState, spec: WorldSpec, crms: tuple[str, ...] = ("hubspot",)) -> dict:
+    """Only the CRM side of the world (no event files): for tests of the outcomes pull."""
+    accts = world.accounts(spec)
+    truth = truth_rows(spec, accts)
+    counts = _seed_crms(state, spec, accts, truth, crms)
+    _write_truth(state, spec, truth)
+    return counts
+
+
+def _seed_crms(state: SandboxState, spec: WorldSpec, accts, truth: list[dict], crms) -> dict:
+    counts = _seed_crm(state, spec, accts, truth) if "hubspot" in crms else {}
+    if "salesforce" in crms:
+        from sandbox import salesforce
+
+        seeded = salesforce.seed(state, spec, accts, truth)
+        counts |= {f"salesforce_{k}": v for k, v in seeded.items()}
+    return counts
+
+
+def truth_rows(spec: WorldSpec, accts: list[world.Account] | None = None) -> list[dict]:
+    """Every user's row of world/truth.parquet (who they are, their true outcomes), without
+    generating their events: what seeding a CRM needs."""
+    return [
+        {**_user_row(u), **{k: v for k, v in asdict(world.outcome(spec, u)).items()
+                            if k != "user_id"}}
+        for u in world.users(spec, accts)
+    ]  # fmt: skip
 
 
 def _user_row(u: world.User) -> dict:

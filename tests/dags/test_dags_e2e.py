@@ -28,7 +28,8 @@ def env(tmp_path_factory, airflow_db):
     """A seeded sandbox, connections and lake in the environment, a fresh Airflow DB, the DAGs."""
     tmp = tmp_path_factory.mktemp("e2e")
     with server.running(tmp / "sandbox", settings=dict(FAST)) as state:
-        seed.build(state, WorldSpec(seed=99, start=START, days=DAYS, users=600, accounts=120))
+        seed.build(state, WorldSpec(seed=99, start=START, days=DAYS, users=600, accounts=120),
+                   crms=("hubspot", "salesforce"))  # fmt: skip
         saved = dict(os.environ)
         os.environ.update(connection_env(state, state.base_url))
         os.environ["PQL_LAKE"] = str(tmp / "lake")
@@ -179,3 +180,43 @@ def test_report_cli_writes_the_same_report_as_the_dag(env, tmp_path):
     assert res.exit_code == 0, res.output
     assert f"week of {monday}" in res.output and "index.html" in res.output
     pd.testing.assert_frame_equal(pd.read_csv(lake.reports(monday) / "totals.csv"), dag_totals)
+
+
+def test_weekly_dag_on_salesforce_reports_the_worlds_truth(env, tmp_path, monkeypatch):
+    """The same DAG with crm.kind salesforce: Events and won Opportunities through the
+    provider's hook, rates as the world's truth gives them (wins on their CloseDate)."""
+    from pql import config
+
+    state, lake, dags = env
+    text = config.DEFAULT_CONFIG.read_text()
+    head, _, rest = text.partition("\ncrm:\n")
+    cfg_path = tmp_path / "pql.yaml"
+    tail = rest[rest.index("\nrouting:") :]
+    cfg_path.write_text(f"{head}\ncrm:\n  kind: salesforce\n{tail}")
+    monkeypatch.setenv("PQL_CONFIG", str(cfg_path))
+    end = START + timedelta(days=DAYS)
+    monday = end - timedelta(days=end.weekday() + 7)
+    run_at = datetime.combine(monday + timedelta(days=7), time(7), UTC)
+    _ok(dags["pql_weekly_outcomes"].test(logical_date=run_at))
+    totals = pd.read_csv(lake.reports(monday) / "totals.csv").set_index("group")
+    assert (lake.outcome_store("salesforce") / "state.json").exists()
+
+    truth = seed.truth(state)
+    until = pd.Timestamp(monday + timedelta(days=7), tz="UTC")
+    met = pd.to_datetime(truth["meeting_at"], utc=True)
+    won = pd.to_datetime(truth["won_at"], utc=True).dt.floor("D")  # CloseDate is a date
+    real = pd.Timestamp(datetime.combine(end, time(0), UTC))  # what happened by the world's end
+    met_at = dict(zip(truth["email"], met.where((met < real) & (met < until)), strict=True))
+    won_at = dict(zip(truth["email"], won.where((won < real) & (won < until)), strict=True))
+    snap = [p for d, p in lake.partitions("scores") if d < monday + timedelta(days=7)][-1]
+    users = pd.read_parquet(snap / "scores.parquet").dropna(subset=["email"])
+    start = pd.to_datetime(users["qualified_at"].fillna(users["first_seen"]), utc=True)
+    for name, at in (("meetings", met_at), ("won", won_at)):
+        t = pd.to_datetime(users["email"].map(at), utc=True)
+        users[name] = t.notna() & (t >= start) & (t <= start + pd.Timedelta(days=90))
+    pql = users[users["qualified_at"].notna()]
+    assert totals.loc["PQL", "users"] == len(pql) and pql["meetings"].sum() > 0
+    assert totals.loc["PQL", "meeting_rate"] == round(pql["meetings"].mean(), 4)
+    assert totals.loc["PQL", "won_rate"] == round(pql["won"].mean(), 4)
+    others = users[users["qualified_at"].isna()]
+    assert totals.loc["non-PQL", "meetings"] == others["meetings"].sum()
