@@ -189,6 +189,7 @@ def test_account_qualification_goes_to_companies_by_domain(sandbox, hs, tmp_path
     lake = Lake(tmp_path)
     store = HubSpotStore(sandbox)
     store.upsert("companies", [{"domain": f"pqa{i}.io", "name": f"PQA {i}"} for i in range(3)])
+    store.upsert("companies", [{"domain": f"other{i}.io", "name": f"O {i}"} for i in range(300)])
     rollup = pd.DataFrame(
         {
             "account_key": ["pqa0.io", "pqa1.io", "pqa2.io", "nocompany.io"],
@@ -199,6 +200,9 @@ def test_account_qualification_goes_to_companies_by_domain(sandbox, hs, tmp_path
     )
     first = crm.sync_accounts(hs, lake, TARGET, rollup)
     assert (first["written"], first["not_in_crm"], first["failed"]) == (3, 1, 0)
+    # Found by searching their domains: one call, not a listing of every company.
+    assert sandbox.counters["hubspot POST /crm/v3/objects/companies/search"] == 1
+    assert sandbox.counters.get("hubspot GET /crm/v3/objects/companies", 0) == 0
     held = store.get_by("companies", "domain", "pqa0.io")["properties"]
     assert held["pql_account_qualified"] == "true"
     assert held["pql_account_reasons"] == "3 of 4 active users qualified"

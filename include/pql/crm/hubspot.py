@@ -474,6 +474,20 @@ def read_companies(hs: HubSpot) -> pd.DataFrame:
 # --- companies: account qualification (PQA) -------------------------------------------------
 
 
+def companies_by_domain(hs: HubSpot, domains: list[str]) -> dict[str, str]:
+    """domain → company id for the given domains only (searches of 50 domains: a request body
+    stays under HubSpot's 3,000 characters), not a listing of every company."""
+    out: dict[str, str] = {}
+    for i in range(0, len(domains), 50):
+        chunk = [d.lower() for d in domains[i : i + 50]]  # IN wants lower-case strings
+        flt = Filter(property_name="domain", operator="IN", values=chunk)
+        for r in search_all(hs, "companies", [flt], ["domain"]):
+            domain = ((r.properties or {}).get("domain") or "").lower()
+            if domain:
+                out.setdefault(domain, str(r.id))
+    return out
+
+
 def company_property_specs(target: HubSpotTarget) -> list[dict]:
     """The custom company properties the account sync writes."""
     f = target.fields
@@ -505,8 +519,7 @@ def sync_accounts(hs: HubSpot, lake: Lake, target: HubSpotTarget, accounts: pd.D
     if todo.empty:
         return {**counts, "written": 0, "failed": 0, "not_in_crm": 0}
     ensure_properties(hs, target, "companies", company_property_specs(target))
-    ids = read_companies(hs).dropna(subset=["domain"])
-    by_domain = dict(zip(ids["domain"].str.lower(), ids["hubspot_id"], strict=True))
+    by_domain = companies_by_domain(hs, sorted(todo["domain"]))
     todo = todo.assign(hubspot_id=todo["domain"].map(by_domain))
     missing = todo[todo["hubspot_id"].isna()]
     todo = todo[todo["hubspot_id"].notna()]
