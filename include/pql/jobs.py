@@ -14,7 +14,7 @@ import pandas as pd
 import requests
 from hubspot import HubSpot
 
-from pql import charts, enrich, enrich_api, health, outcomes, report, scores
+from pql import charts, enrich, enrich_api, health, metrics, outcomes, report, scores
 from pql.config import Config
 from pql.crm import hubspot as crm_hubspot
 from pql.events import amplitude, mixpanel, profiles
@@ -180,9 +180,14 @@ def company_domains(lake: Lake, free_email_domains: list[str]) -> list[str]:
     return sorted(d for d in found if d and d not in free)
 
 
-def score(cfg: Config, day: date) -> dict:
-    """Score every user as of the end of `day` into scores/date=day."""
-    return scores.score_day(cfg, day, enrich.read(Lake(cfg.lake.root)))
+def score(cfg: Config, day: date, *, spark_submit=None) -> dict:
+    """Score every user as of the end of `day` into scores/date=day.
+
+    `spark_submit(job)`: how to run the Spark feature job on a cluster (features.engine spark
+    with features.spark.submit; in Airflow, pql_airflow.spark.submitter).
+    """
+    accounts = enrich.read(Lake(cfg.lake.root))
+    return scores.score_day(cfg, day, accounts, spark_submit=spark_submit)
 
 
 def sync(cfg: Config, day: date, hs, *, dry_run: bool = False, login=None) -> dict:
@@ -303,6 +308,10 @@ def weekly_report(cfg: Config, week: date, crm, *, login=None, full_pull: bool =
     per_user = outcomes.attribute(users, meetings, won, window, tasks=tasks)
     cohorts = outcomes.cohort_rates(per_user, until, window)
     overall = outcomes.totals(per_user)
+    versions = metrics.qualifying_versions(metrics.scores_glob(lake.root / "scores"))
+    breakdowns = metrics.all_breakdowns(
+        metrics.segmented(per_user, users, versions), cfg.outcomes.segments, until, window
+    )
     html = report.write(
         lake,
         week,
@@ -313,6 +322,7 @@ def weekly_report(cfg: Config, week: date, crm, *, login=None, full_pull: bool =
         health=health.checks(per_user, users),
         charts=charts.build(per_user, users),
         models=predictive.versions(lake.models()),
+        metrics=breakdowns,
     )
     pql = overall.set_index("group").to_dict("index").get("PQL", {})
     return {
