@@ -75,10 +75,7 @@ def test_breakdowns_match_hand_computed_truth(tmp_path):
     tasks = pd.DataFrame(
         {"task_id": [1], "email": ["b@big.io"], "task_at": [q["b@big.io"] + pd.Timedelta(hours=3)]}
     )
-    per_user = outcomes.attribute(users, meetings, won, 30)
-    if "first_touch_at" not in per_user.columns:  # attribution without tasks: meetings only
-        per_user["first_touch_at"] = per_user["meeting_at"]
-    per_user.loc[per_user["email"] == "b@big.io", "first_touch_at"] = tasks["task_at"][0]
+    per_user = outcomes.attribute(users, meetings, won, 30, tasks=tasks)
     versions = metrics.qualifying_versions(metrics.scores_glob(lake.root / "scores"))
     assert dict(zip(versions["email"], versions["qualified_by"], strict=True)) == {
         "a@big.io": "weighted-1",
