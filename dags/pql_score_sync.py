@@ -73,7 +73,12 @@ def pql_score_sync():
             day = date.fromisoformat(max(days))
         else:
             day = jobs.newest_events_day(cfg)
-        return jobs.score(cfg, day)
+        submit = None
+        if cfg.features.engine == "spark" and cfg.features.spark.submit:
+            from pql_airflow.spark import submitter  # spark-submit via the Spark provider
+
+            submit = submitter(cfg.features.spark.connection_id)
+        return jobs.score(cfg, day, spark_submit=submit)
 
     @task(pool=CRM)
     def sync(scored: dict) -> dict:

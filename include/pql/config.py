@@ -177,6 +177,37 @@ class DistinctFeature(Strict):
 class Features(Strict):
     """The point-in-time features every model reads (names: see `pql validate`)."""
 
+    class Spark(Strict):
+        """Where the feature SQL runs when `engine: spark` (same catalogue, same frame)."""
+
+        # local[N] / local[*]: a SparkSession inside the process that scores (the Airflow task,
+        # the CLI); a cluster master (spark://..., yarn, k8s://...) works the same way in client
+        # mode where that process can reach the cluster.
+        master: str = Field("local[*]", min_length=1)
+        # true: the score DAG spark-submits the feature job through the Airflow connection
+        # `connection_id` (apache-airflow-providers-apache-spark; the connection gives the
+        # master, deploy mode, queue and spark-submit binary), which writes the frame under
+        # <lake>/features/; `master` is then not used.
+        submit: bool = False
+        connection_id: str = Field("spark_default", min_length=1)
+        conf: dict[str, str] = Field(default_factory=dict)  # spark.* settings, e.g. memory
+        # How the cluster addresses lake.root when its path differs there (file:///mnt/lake,
+        # hdfs://nn/pql/lake); default: lake.root as it is.
+        lake_uri: str | None = None
+
+        @field_validator("conf", mode="before")
+        @classmethod
+        def _conf(cls, v):
+            if not isinstance(v, dict):
+                return v
+            bad = [k for k in v if not str(k).startswith("spark.")]
+            if bad:
+                raise ValueError(f"Spark settings start with 'spark.'; got {bad}")
+            # YAML numbers and booleans as Spark reads them: 64 → "64", true → "true"
+            return {k: str(x).lower() if isinstance(x, bool) else str(x) for k, x in v.items()}
+
+    engine: Literal["duckdb", "spark"] = "duckdb"  # where the feature SQL runs
+    spark: Spark = Field(default_factory=Spark)
     windows: list[int] = Field([7, 14, 30], min_length=1)
     events: list[str] = Field(
         default_factory=lambda: [

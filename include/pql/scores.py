@@ -43,10 +43,24 @@ def previous_snapshot(lake: Lake, before: date) -> pd.DataFrame | None:
     return pd.read_parquet(older[-1] / "scores.parquet") if older else None
 
 
-def features_at(cfg: Config, lake: Lake, as_of, accounts: pd.DataFrame) -> pd.DataFrame:
-    """Every user's point-in-time features as of `as_of`, with firmographics joined."""
+def features_at(
+    cfg: Config, lake: Lake, as_of, accounts: pd.DataFrame, *, spark_submit=None
+) -> pd.DataFrame:
+    """Every user's point-in-time features as of `as_of`, with firmographics joined.
+
+    With `features.engine: spark` the same frame comes from Spark: submitted through
+    `spark_submit(job)` (features_spark.SparkJob) when `features.spark.submit` is on and one
+    is given, else from a SparkSession in this process.
+    """
     profiles = str(lake.root / "identity" / "*" / "profiles.parquet")
     has_profiles = any((lake.root / "identity").glob("*/profiles.parquet"))
+    if cfg.features.engine == "spark":
+        from pql import features_spark
+
+        feats = features_spark.lake_features(
+            cfg, lake, as_of, profiles=has_profiles, submit=spark_submit
+        )
+        return enrich.join(feats, accounts)
     feats = user_features(
         lake.events_glob(),
         as_of,
@@ -58,11 +72,11 @@ def features_at(cfg: Config, lake: Lake, as_of, accounts: pd.DataFrame) -> pd.Da
     return enrich.join(feats, accounts)
 
 
-def score_day(cfg: Config, day: date, accounts: pd.DataFrame) -> dict:
+def score_day(cfg: Config, day: date, accounts: pd.DataFrame, *, spark_submit=None) -> dict:
     """Score all users (and accounts) as of the end of `day` (UTC) into scores/date=day."""
     lake = Lake(cfg.lake.root)
     as_of = pd.Timestamp(day + timedelta(days=1), tz="UTC").to_pydatetime()
-    feats = features_at(cfg, lake, as_of, accounts)
+    feats = features_at(cfg, lake, as_of, accounts, spark_submit=spark_submit)
     scored = pd.concat([feats, scoring.score(feats, cfg, lake.models())], axis=1)
     scored["as_of"] = as_of
     scored["qualified_at"] = _qualified_at(scored, previous_snapshot(lake, day), as_of)

@@ -1,0 +1,146 @@
+"""The point-in-time features on Spark (`features.engine: spark`): the DuckDB query, in Spark SQL.
+
+Nothing about the catalogue lives here: pql.features builds the one query in the Spark dialect
+and gives the frame's schema; this module only runs it, two ways:
+
+- in this process (`features.spark.master`, `local[*]` by default): a SparkSession (one per
+  process, a fresh SQL session per call), the result collected through Arrow;
+- on a cluster (`features.spark.submit: true`, the score DAG): a `SparkJob` (spark_job.py with
+  the query as its arguments) handed to a `submit` callable, in Airflow the Spark provider's
+  SparkSubmitHook (pql_airflow.spark); the job writes the frame under
+  `<lake>/features/as_of=.../` and it is read back from there.
+
+pyspark is imported only when a session is needed (it is heavy, and not needed to submit).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from pql import spark_job
+from pql.config import Config, Features, WeightedModel
+from pql.features import SPARK, aggregates, as_utc, feature_sql, output_schema, to_frame
+from pql.lake import Lake
+
+# In-process sessions on a local master: loopback only, no web UI or progress bars in task logs.
+LOCAL_DEFAULTS = {
+    "spark.driver.host": "127.0.0.1",
+    "spark.driver.bindAddress": "127.0.0.1",
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+}
+
+
+@dataclass(frozen=True)
+class SparkJob:
+    """What to spark-submit: the application file, its arguments, settings and where it writes."""
+
+    application: str
+    args: list[str]
+    name: str
+    out: Path  # the frame's folder as this process sees it
+    conf: dict[str, str] = field(default_factory=dict)
+
+
+def session(options: Features.Spark | None = None):
+    """The process's SparkSession (created with `options` the first time)."""
+    from pyspark.sql import SparkSession
+
+    options = options or Features.Spark()
+    local = options.master.startswith("local")
+    if local:  # the JVM's own address lookup, before any setting is read
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    builder = SparkSession.builder.appName("pql-features").master(options.master)
+    for key, value in {**(LOCAL_DEFAULTS if local else {}), **options.conf}.items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
+
+
+def user_features(
+    events_glob: str,
+    as_of: datetime,
+    features: Features,
+    free_email_domains: list[str],
+    *,
+    profiles: str | None = None,
+    model: WeightedModel | None = None,
+    spark=None,
+) -> pd.DataFrame:
+    """features.user_features on Spark: the same rows, columns and types.
+
+    `spark`: a SparkSession to use (default: `session(features.spark)`); each call runs in its
+    own SQL session of it, so its views and settings do not leak.
+    """
+    columns = aggregates(features, as_of, model, SPARK)
+    prof = spark_job.PROFILES if profiles else None
+    sql = feature_sql(SPARK, spark_job.EVENTS, as_of, columns, free_email_domains, prof)
+    sql_session = (spark or session(features.spark)).newSession()
+    table = spark_job.run(sql_session, sql, events_glob, profiles).toArrow()
+    return to_frame(table, output_schema(columns))
+
+
+def lake_uri(root: Path, options: Features.Spark):
+    """Local lake paths → the URIs Spark reads (`lake_uri` when the cluster mounts it elsewhere)."""
+    base = options.lake_uri.rstrip("/") if options.lake_uri else f"file://{root.resolve()}"
+
+    def uri(path: Path | str) -> str:
+        return base + "/" + Path(path).resolve().relative_to(root.resolve()).as_posix()
+
+    return uri
+
+
+def job(cfg: Config, lake: Lake, as_of: datetime, *, profiles: bool) -> SparkJob:
+    """The spark-submit of the feature frame as of `as_of` for this lake and config."""
+    options = cfg.features.spark
+    columns = aggregates(cfg.features, as_of, cfg.model, SPARK)
+    prof = spark_job.PROFILES if profiles else None
+    free = cfg.identity.free_email_domains
+    sql = feature_sql(SPARK, spark_job.EVENTS, as_of, columns, free, prof)
+    stamp = f"{as_utc(as_of):%Y%m%dT%H%M%SZ}"
+    out = lake.root / "features" / f"as_of={stamp}"
+    uri = lake_uri(lake.root, options)
+    args = ["--events", uri(lake.events_glob()), "--out", uri(out)]
+    if profiles:
+        args += ["--profiles", uri(lake.root / "identity" / "*" / "profiles.parquet")]
+    args += ["--sql-b64", spark_job.encode(sql)]
+    return SparkJob(
+        application=str(Path(spark_job.__file__).resolve()),
+        args=args,
+        name=f"pql-features-{stamp}",
+        out=out,
+        conf={"spark.sql.session.timeZone": "UTC", **options.conf},
+    )
+
+
+def read_output(out: Path, features: Features, as_of: datetime, model) -> pd.DataFrame:
+    """The frame a submitted job wrote (only once Spark marked it complete)."""
+    if not (out / "_SUCCESS").exists():
+        raise FileNotFoundError(f"the Spark feature job did not complete {out} (no _SUCCESS)")
+    table = pq.read_table(out).sort_by("user_key")
+    return to_frame(table, output_schema(aggregates(features, as_of, model, SPARK)))
+
+
+def lake_features(cfg: Config, lake: Lake, as_of: datetime, *, profiles: bool, submit=None):
+    """The frame for this lake on Spark: submitted through `submit(job)` when given (and
+    `features.spark.submit`), else in this process on `features.spark.master`."""
+    options = cfg.features.spark
+    if options.submit and submit is not None:
+        spec = job(cfg, lake, as_of, profiles=profiles)
+        submit(spec)
+        return read_output(spec.out, cfg.features, as_of, cfg.model)
+    uri = lake_uri(lake.root, options)
+    prof = uri(lake.root / "identity" / "*" / "profiles.parquet") if profiles else None
+    return user_features(
+        uri(lake.events_glob()),
+        as_of,
+        cfg.features,
+        cfg.identity.free_email_domains,
+        profiles=prof,
+        model=cfg.model,
+    )
