@@ -56,3 +56,44 @@ def scores_frame(emails: list[str], score: int = 70):
             "model_version": ["weighted-test"] * n,
         }
     )
+
+
+def salesforce_login(state):
+    """A function that logs in to the sandbox's Salesforce afresh (client-credentials flow, as
+    the provider's hook does) and returns a simple-salesforce client; `.calls` counts logins."""
+    import requests
+    from simple_salesforce import Salesforce
+
+    from sandbox.salesforce import credentials, tls_files
+
+    session = requests.Session()
+    session.trust_env = False
+    session.verify = str(tls_files(state)["ca"])
+    creds = credentials(state)
+
+    def login() -> Salesforce:
+        login.calls.append(1)
+        token = session.post(
+            f"{state.salesforce_url}/services/oauth2/token",
+            data={"grant_type": "client_credentials", "client_id": creds["client_id"],
+                  "client_secret": creds["client_secret"]},
+            timeout=30,
+        ).json()["access_token"]  # fmt: skip
+        return Salesforce(instance_url=state.salesforce_url, session_id=token, session=session)
+
+    login.calls, login.session = [], session
+    return login
+
+
+@pytest.fixture
+def sf_login(sandbox):
+    """salesforce_login for the test's sandbox."""
+    login = salesforce_login(sandbox)
+    yield login
+    login.session.close()
+
+
+@pytest.fixture
+def sf(sf_login):
+    """A simple-salesforce client logged in to the test's sandbox."""
+    return sf_login()

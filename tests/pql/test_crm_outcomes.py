@@ -7,9 +7,6 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 import pandas as pd
-import pytest
-import requests
-from simple_salesforce import Salesforce
 
 from pql import health, outcomes
 from pql.crm import hubspot as crm_hubspot
@@ -18,34 +15,10 @@ from pql.lake import Lake
 from pql.ratelimit import Budget
 from sandbox import seed, world
 from sandbox.hubspot import HubSpotStore
-from sandbox.salesforce import SalesforceStore, credentials, tls_files
+from sandbox.salesforce import SalesforceStore
 
 SPEC = world.WorldSpec(seed=11, start=date.today() - timedelta(days=61), days=60, users=600,
                        accounts=80)  # fmt: skip
-
-
-@pytest.fixture
-def login(sandbox):
-    """Builds a client with a fresh client-credentials session (what the DAG's hook does)."""
-    session = requests.Session()
-    session.trust_env = False
-    session.verify = str(tls_files(sandbox)["ca"])
-    creds = credentials(sandbox)
-
-    def login() -> Salesforce:
-        token = session.post(
-            f"{sandbox.salesforce_url}/services/oauth2/token",
-            data={
-                "grant_type": "client_credentials",
-                "client_id": creds["client_id"],
-                "client_secret": creds["client_secret"],
-            },
-            timeout=10,
-        ).json()["access_token"]
-        return Salesforce(instance_url=sandbox.salesforce_url, session_id=token, session=session)
-
-    yield login
-    session.close()
 
 
 def _hubspot(sandbox):
@@ -66,7 +39,7 @@ def _same(a: dict, b: dict) -> None:
 # ---------------------------------------------------------------- Salesforce
 
 
-def test_salesforce_pull_events_wins_by_role_and_conversion_and_closed_tasks(sandbox, login):
+def test_salesforce_pull_events_wins_by_role_and_conversion_and_closed_tasks(sandbox, sf_login):
     store = SalesforceStore(sandbox)
     t0 = datetime(2026, 10, 5, 9, tzinfo=UTC)
     [acme] = store.create("Account", [{"Name": "Acme"}])
@@ -109,7 +82,7 @@ def test_salesforce_pull_events_wins_by_role_and_conversion_and_closed_tasks(san
          "CompletedDateTime": (t0 - timedelta(hours=3)).isoformat()},
         {"Subject": "Follow up", "WhoId": lee_lead, "Status": "Not Started"},
     ])  # fmt: skip
-    sf = login()
+    sf = sf_login()
     sf.Event.delete(gone)
 
     got = salesforce_outcomes.pull(sf, None)
@@ -133,13 +106,13 @@ def test_salesforce_pull_events_wins_by_role_and_conversion_and_closed_tasks(san
     assert open_task not in set(t["task_id"])
 
 
-def test_salesforce_incremental_pull_asks_only_for_changes(sandbox, login, tmp_path):
+def test_salesforce_incremental_pull_asks_only_for_changes(sandbox, sf_login, tmp_path):
     seed.crms_only(sandbox, SPEC, ("salesforce",))
-    store, sf = SalesforceStore(sandbox), login()
+    store, sf = SalesforceStore(sandbox), sf_login()
     lake = Lake(tmp_path / "lake")
 
     def pull(since):
-        return salesforce_outcomes.pull(sf, since, login=login)
+        return salesforce_outcomes.pull(sf, since, login=sf_login)
 
     first, stats = outcomes.refresh(lake, "salesforce", pull, margin=timedelta(0))
     assert stats["pull"] == "full" and len(first["meetings"]) > 20 and len(first["won"]) > 5

@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 import pandas as pd
 import pytest
 import requests
-from simple_salesforce import Salesforce
 
 from pql import routing
 from pql.config import Routing, SalesforceTarget
@@ -16,7 +15,7 @@ from pql.crm import hubspot as crm
 from pql.lake import Lake
 from sandbox import slack
 from sandbox.hubspot import HubSpotStore
-from sandbox.salesforce import SalesforceStore, credentials, tls_files
+from sandbox.salesforce import SalesforceStore
 
 NOW = datetime(2026, 11, 2, 9, tzinfo=UTC)
 BOTH = Routing(crm_task=True, slack=True)
@@ -126,30 +125,6 @@ def test_routing_off_does_nothing(tmp_path):
 
 SF = SalesforceTarget(kind="salesforce")
 TASK_ONLY = Routing(crm_task=True)
-
-
-@pytest.fixture
-def sf_login(sandbox):
-    """Builds a simple-salesforce client with a fresh client-credentials session (as the hook)."""
-    session = requests.Session()
-    session.trust_env = False
-    session.verify = str(tls_files(sandbox)["ca"])
-    creds = credentials(sandbox)
-    calls = []
-
-    def login() -> Salesforce:
-        calls.append(1)
-        token = session.post(
-            f"{sandbox.salesforce_url}/services/oauth2/token",
-            data={"grant_type": "client_credentials", "client_id": creds["client_id"],
-                  "client_secret": creds["client_secret"]},
-            timeout=10,
-        ).json()["access_token"]  # fmt: skip
-        return Salesforce(instance_url=sandbox.salesforce_url, session_id=token, session=session)
-
-    login.calls = calls
-    yield login
-    session.close()
 
 
 def _users(store, *names, active=True) -> list[str]:

@@ -7,50 +7,16 @@ import json
 
 import pandas as pd
 import pytest
-import requests
-from simple_salesforce import Salesforce
 
 from pql.config import SalesforceTarget
 from pql.crm import salesforce as crm
 from pql.crm.hubspot import SyncError, load_ledger
 from pql.lake import Lake
-from sandbox.salesforce import SalesforceStore, credentials, tls_files
+from sandbox.salesforce import SalesforceStore
 from sandbox.salesforce_store import DEFAULT_CUSTOM_FIELDS
 from tests.conftest import scores_frame as _scores
 
 TARGET = SalesforceTarget(kind="salesforce", max_failed_share=0.5)
-
-
-@pytest.fixture
-def login(sandbox):
-    """Builds a client with a fresh client-credentials session (what the DAG's hook does)."""
-    session = requests.Session()
-    session.trust_env = False
-    session.verify = str(tls_files(sandbox)["ca"])
-    creds = credentials(sandbox)
-    calls = []
-
-    def login() -> Salesforce:
-        calls.append(1)
-        token = session.post(
-            f"{sandbox.salesforce_url}/services/oauth2/token",
-            data={
-                "grant_type": "client_credentials",
-                "client_id": creds["client_id"],
-                "client_secret": creds["client_secret"],
-            },
-            timeout=10,
-        ).json()["access_token"]
-        return Salesforce(instance_url=sandbox.salesforce_url, session_id=token, session=session)
-
-    login.calls = calls
-    yield login
-    session.close()
-
-
-@pytest.fixture
-def sf(login):
-    return login()
 
 
 def _writes(sandbox) -> int:
@@ -197,17 +163,17 @@ def test_bulk_path_above_the_threshold_with_a_failed_record(sandbox, sf, tmp_pat
     assert sandbox.counters.get("salesforce.bulk_ingest_results", 0) == results
 
 
-def test_expired_session_is_refreshed_once(sandbox, login, tmp_path):
-    sf = login()
+def test_expired_session_is_refreshed_once(sandbox, sf_login, tmp_path):
+    sf = sf_login()
     SalesforceStore(sandbox).expire_sessions()
-    result = crm.sync(sf, Lake(tmp_path), TARGET, _scores(["a@acme.io"]), login=login)
-    assert result["written"] == 1 and len(login.calls) == 2
+    result = crm.sync(sf, Lake(tmp_path), TARGET, _scores(["a@acme.io"]), login=sf_login)
+    assert result["written"] == 1 and len(sf_login.calls) == 2
     SalesforceStore(sandbox).expire_sessions()
     with pytest.raises(SyncError, match="INVALID_SESSION_ID"):
         crm.sync(sf, Lake(tmp_path), TARGET, _scores(["b@acme.io"]))
 
     def expired_login():
-        fresh = login()
+        fresh = sf_login()
         SalesforceStore(sandbox).expire_sessions()
         return fresh
 
