@@ -1,5 +1,13 @@
-# The Airflow image with this project installed (used by docker-compose.yaml).
+# The Airflow image with this project installed (used by docker-compose.yaml for every component:
+# api-server, scheduler, dag-processor, triggerer, Celery workers and the init service).
 FROM apache/airflow:3.3.2-python3.11
+# Mount points of the compose volumes, owned by the airflow user (uid 50000) so that a new named
+# volume starts writable: the lake and the simple auth manager's passwords file.
+USER root
+RUN mkdir -p /data/lake /opt/airflow/auth \
+    && chown airflow:root /data/lake /opt/airflow/auth \
+    && chmod 0770 /opt/airflow/auth
+USER airflow
 COPY --chown=airflow:root requirements.txt pyproject.toml /opt/pql/
 RUN pip install --no-cache-dir -r /opt/pql/requirements.txt
 COPY --chown=airflow:root . /opt/pql
