@@ -309,9 +309,11 @@ def weekly_report(cfg: Config, week: date, crm, *, login=None, full_pull: bool =
     cohorts = outcomes.cohort_rates(per_user, until, window)
     overall = outcomes.totals(per_user)
     versions = metrics.qualifying_versions(metrics.scores_glob(lake.root / "scores"))
+    pqa = metrics.qualifying_accounts(str(lake.root / "scores" / "date=*" / "accounts.parquet"))
     breakdowns = metrics.all_breakdowns(
-        metrics.segmented(per_user, users, versions), cfg.outcomes.segments, until, window
-    )
+        metrics.segmented(per_user, users, versions), cfg.outcomes.segments, until, window,
+        accounts=metrics.account_attribution(users, meetings, won, pqa, window),
+    )  # fmt: skip
     html = report.write(
         lake,
         week,

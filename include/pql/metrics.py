@@ -7,6 +7,7 @@ window has closed count in a rate: a group with none yet is immature, never a lo
 
 from __future__ import annotations
 
+import glob
 from datetime import datetime
 from pathlib import Path
 
@@ -82,11 +83,14 @@ def segmented(
     return out
 
 
-def breakdown(frame: pd.DataFrame, by: str, as_of: datetime, window_days: int) -> pd.DataFrame:
-    """One row per value of `by` and group (PQL / non-PQL) with every conversion metric."""
+def breakdown(
+    frame: pd.DataFrame, by: str, as_of: datetime, window_days: int, level: str = "PQL"
+) -> pd.DataFrame:
+    """One row per value of `by` and group (PQL / non-PQL, or PQA / non-PQA for accounts)
+    with every conversion metric."""
     f = frame.copy()
     f["mature"] = f["start"] + pd.Timedelta(days=window_days) <= pd.Timestamp(as_of)
-    f["group"] = f["is_pql"].map({True: "PQL", False: "non-PQL"})
+    f["group"] = f["is_pql"].map({True: level, False: f"non-{level}"})
     f["days_to_meeting"] = (f["meeting_at"] - f["start"]).dt.total_seconds() / 86400
     f["days_to_won"] = (f["won_at"] - f["start"]).dt.total_seconds() / 86400
     touch = f["first_touch_at"] if "first_touch_at" in f.columns else f["meeting_at"]
@@ -116,7 +120,8 @@ def breakdown(frame: pd.DataFrame, by: str, as_of: datetime, window_days: int) -
             }
         )
     table = pd.DataFrame(rows, columns=COLUMNS)
-    return table.sort_values(["value", "group"], ascending=[True, False]).reset_index(drop=True)
+    table = table.sort_values(["value", "group"], ascending=[True, False])
+    return table.reset_index(drop=True)
 
 
 def _median(values: pd.Series) -> float | None:
@@ -125,14 +130,67 @@ def _median(values: pd.Series) -> float | None:
 
 
 def all_breakdowns(
-    frame: pd.DataFrame, dimensions: list[str], as_of: datetime, window_days: int
+    frame: pd.DataFrame,
+    dimensions: list[str],
+    as_of: datetime,
+    window_days: int,
+    accounts: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Overall, per weekly cohort, per qualifying model version and per segment, stacked."""
+    """Overall, per weekly cohort, per qualifying model version and per segment, stacked;
+    with `accounts` (account_attribution), PQA vs non-PQA accounts as dimension 'accounts'."""
     f = frame.assign(all="all")
     parts = [breakdown(f, d, as_of, window_days) for d in ["all", "cohort_week", *dimensions]]
+    if accounts is not None and len(accounts):
+        parts.append(
+            breakdown(accounts.assign(accounts="all"), "accounts", as_of, window_days, "PQA")
+        )
     return pd.concat(parts, ignore_index=True)
 
 
 def scores_glob(lake_scores: Path) -> str:
     """Every daily snapshot under the lake's scores folder."""
     return str(lake_scores / "date=*" / "scores.parquet")
+
+
+def qualifying_accounts(accounts_glob: str) -> pd.DataFrame:
+    """account_key → the first snapshot day on which the account was product-qualified."""
+    if not glob.glob(accounts_glob):
+        return pd.DataFrame(columns=["account_key", "qualified_on"])
+    con = duckdb.connect()
+    try:
+        return con.sql(
+            f"""
+            SELECT account_key, min(CAST(regexp_extract(filename, 'date=([0-9-]+)', 1) AS DATE))
+                       AS qualified_on
+            FROM read_parquet('{accounts_glob}', filename = true, union_by_name = true)
+            WHERE qualified AND account_key IS NOT NULL
+            GROUP BY 1
+            """
+        ).df()
+    finally:
+        con.close()
+
+
+def account_attribution(
+    users: pd.DataFrame,
+    meetings: pd.DataFrame,
+    won: pd.DataFrame,
+    pqa: pd.DataFrame,
+    window_days: int,
+) -> pd.DataFrame:
+    """Attribution at account level: an account starts when it first qualified (PQA; the end
+    of that day) or when its first user signed up, and converts when any of its users does."""
+    from pql.outcomes import attribute
+
+    u = users[users["account_key"].notna() & users["email"].notna()]
+    account_of = dict(zip(u["email"].str.lower(), u["account_key"], strict=False))
+    qualified = pd.to_datetime(pqa.set_index("account_key")["qualified_on"]) + pd.Timedelta(days=1)
+    accounts = u.groupby("account_key")["first_seen"].min().rename("first_seen").reset_index()
+    accounts["qualified_at"] = accounts["account_key"].map(qualified.dt.tz_localize("UTC"))
+    as_users = accounts.rename(columns={"account_key": "email"})
+
+    def by_account(frame: pd.DataFrame) -> pd.DataFrame:
+        mapped = frame.assign(email=frame["email"].str.lower().map(account_of))
+        return mapped[mapped["email"].notna()]
+
+    return attribute(as_users, by_account(meetings), by_account(won), window_days)

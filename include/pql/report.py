@@ -65,6 +65,7 @@ TITLES = {
     "country": "Country",
     "plan": "Plan",
     "revenue_band": "Company revenue",
+    "accounts": "Accounts: product-qualified (PQA) or not",
 }
 
 

@@ -137,3 +137,44 @@ def test_report_page_and_csv_carry_the_breakdowns(tmp_path):
     assert "immature" in page
     back = pd.read_csv(html.parent / "metrics.csv")
     assert set(back["dimension"]) == {"all", "cohort_week", "size_band"}
+
+
+def test_account_level_attribution_from_the_pqa_snapshots(tmp_path):
+    users = _users().assign(account_key=lambda f: f["email"].str.split("@").str[1])
+    lake = Lake(tmp_path)
+    for day, qualified in (
+        (date(2026, 9, 9), {"big.io"}),
+        (date(2026, 12, 1), {"big.io", "late.io"}),
+    ):
+        lake.scores(day).mkdir(parents=True)
+        pd.DataFrame(
+            {"account_key": ["big.io", "small.io", "late.io"],
+             "qualified": [k in qualified for k in ("big.io", "small.io", "late.io")]}
+        ).to_parquet(lake.scores(day) / "accounts.parquet")  # fmt: skip
+    pqa = metrics.qualifying_accounts(str(lake.root / "scores" / "date=*" / "accounts.parquet"))
+    assert dict(zip(pqa["account_key"], pqa["qualified_on"].astype(str), strict=True)) == {
+        "big.io": "2026-09-09",
+        "late.io": "2026-12-01",
+    }
+    q = users.set_index("email")["qualified_at"]
+    meetings = pd.DataFrame(
+        {"meeting_id": [1, 2], "email": ["a@big.io", "d@small.io"],
+         "meeting_at": [q["a@big.io"] + pd.Timedelta(days=1), T0 + pd.Timedelta(days=5)]}
+    )  # fmt: skip
+    won = pd.DataFrame(
+        {"deal_id": [1, 2], "email": ["a@big.io", "c@small.io"],
+         "won_at": [q["a@big.io"] + pd.Timedelta(days=10), T0 + pd.Timedelta(days=23)],
+         "amount": [12_000.0, 3_000.0]}
+    )  # fmt: skip
+    accounts = metrics.account_attribution(users, meetings, won, pqa, 30)
+    per_user = outcomes.attribute(users, meetings, won, 30)
+    table = metrics.all_breakdowns(
+        metrics.segmented(per_user, users), [], T0 + pd.Timedelta(days=60), 30, accounts=accounts
+    )
+    row = table[table["dimension"] == "accounts"].set_index("group").to_dict("index")
+    pqa_row, other = row["PQA"], row["non-PQA"]
+    # big.io (mature: met and won, 12,000) and late.io (qualified later: still immature)
+    assert (pqa_row["users"], pqa_row["mature_users"], pqa_row["won_rate"]) == (2, 1, 1.0)
+    assert pqa_row["won_revenue"] == 12_000
+    # small.io never qualified: it starts at its first sign-up, and its users' outcomes count
+    assert (other["users"], other["meeting_rate"], other["won_rate"]) == (1, 1.0, 1.0)
