@@ -16,6 +16,8 @@ pyspark is imported only when a session is needed (it is heavy, and not needed t
 from __future__ import annotations
 
 import os
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -48,6 +50,15 @@ class SparkJob:
     conf: dict[str, str] = field(default_factory=dict)
 
 
+@contextmanager
+def _no_pandas_warning():
+    """pyspark warns on import that it does not fully support pandas 3: results come back as
+    Arrow here and pandas is never used on Spark's side."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "PySpark does not yet fully support pandas")
+        yield
+
+
 def session(options: Features.Spark | None = None):
     """The process's SparkSession (created with `options` the first time)."""
     from pyspark.sql import SparkSession
@@ -59,7 +70,8 @@ def session(options: Features.Spark | None = None):
     builder = SparkSession.builder.appName("pql-features").master(options.master)
     for key, value in {**(LOCAL_DEFAULTS if local else {}), **options.conf}.items():
         builder = builder.config(key, value)
-    return builder.getOrCreate()
+    with _no_pandas_warning():
+        return builder.getOrCreate()
 
 
 def user_features(
@@ -81,7 +93,8 @@ def user_features(
     prof = spark_job.PROFILES if profiles else None
     sql = feature_sql(SPARK, spark_job.EVENTS, as_of, columns, free_email_domains, prof)
     sql_session = (spark or session(features.spark)).newSession()
-    table = spark_job.run(sql_session, sql, events_glob, profiles).toArrow()
+    with _no_pandas_warning():
+        table = spark_job.run(sql_session, sql, events_glob, profiles).toArrow()
     return to_frame(table, output_schema(columns))
 
 
@@ -108,7 +121,7 @@ def job(cfg: Config, lake: Lake, as_of: datetime, *, profiles: bool) -> SparkJob
     args = ["--events", uri(lake.events_glob()), "--out", uri(out)]
     if profiles:
         args += ["--profiles", uri(lake.root / "identity" / "*" / "profiles.parquet")]
-    args += ["--sql-b64", spark_job.encode(sql)]
+    args += ["--sql", spark_job.encode(sql)]
     return SparkJob(
         application=str(Path(spark_job.__file__).resolve()),
         args=args,
