@@ -184,9 +184,12 @@ def account_attribution(
 
     u = users[users["account_key"].notna() & users["email"].notna()]
     account_of = dict(zip(u["email"].str.lower(), u["account_key"], strict=False))
-    qualified = pd.to_datetime(pqa.set_index("account_key")["qualified_on"]) + pd.Timedelta(days=1)
-    accounts = u.groupby("account_key")["first_seen"].min().rename("first_seen").reset_index()
-    accounts["qualified_at"] = accounts["account_key"].map(qualified.dt.tz_localize("UTC"))
+    day = pd.to_datetime(pqa["qualified_on"]).dt.tz_localize("UTC")
+    qualified = pd.DataFrame(
+        {"account_key": pqa["account_key"], "qualified_at": day + pd.Timedelta(days=1)}
+    )
+    accounts = u.groupby("account_key")["first_seen"].min().reset_index()
+    accounts = accounts.merge(qualified, on="account_key", how="left")
     as_users = accounts.rename(columns={"account_key": "email"})
 
     def by_account(frame: pd.DataFrame) -> pd.DataFrame:
