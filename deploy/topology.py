@@ -256,19 +256,18 @@ class LocalTopology:
         self.env = self.airflow_env()
         t1 = time.monotonic()
         self.say("airflow-init: db migrate, pools import, admin password")
-        init = subprocess.run(
-            ["bash", str(INIT_SCRIPT)],
-            env=self.env,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            timeout=300,
-        )
-        (self.logs / "airflow-init.log").write_text(init.stdout)
-        if init.returncode != 0:
-            tail = "\n".join(init.stdout.splitlines()[-40:])
-            raise TopologyError(f"deploy/airflow-init.sh failed ({init.returncode}):\n{tail}")
+        init = Process("airflow-init", ["bash", str(INIT_SCRIPT)], self.env, self.logs / "init.log")
+        try:
+            init.popen.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            stop_all([init])
+            raise TopologyError(
+                f"deploy/airflow-init.sh still running after 300s:\n{init.tail()}"
+            ) from None
+        if init.popen.returncode != 0:
+            raise TopologyError(
+                f"deploy/airflow-init.sh failed ({init.popen.returncode}):\n{init.tail()}"
+            )
         self.timings["init"] = time.monotonic() - t1
         t2 = time.monotonic()
         for name, svc in compose_components().items():
@@ -467,9 +466,12 @@ class LocalTopology:
     def stop(self) -> None:
         # Airflow first (a warm Celery shutdown, jobs marked ended), then Redis and PostgreSQL.
         if self.airflow:
+            self.say("stopping the Airflow components")
             stop_all(self.airflow)
         if self.infra:
+            self.say("stopping Redis and PostgreSQL")
             stop_all(self.infra)
+            self.say("stopped")
         if self.pg_root:
             shutil.rmtree(self.pg_root, ignore_errors=True)
             self.pg_root = None
