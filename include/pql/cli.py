@@ -499,7 +499,9 @@ def sandbox_crm(root, object_type, pql_only, limit) -> None:
 @click.option("--users", default=1500, show_default=True)
 @click.option("--days", default=49, show_default=True, help="Simulated days to run.")
 @click.option("--keep-running", is_flag=True, help="Leave the sandbox up afterwards.")
-def demo(seed, users, days, keep_running) -> None:
+@click.option("--crm", type=click.Choice(["hubspot", "salesforce"]), default="hubspot",
+              show_default=True, help="Which sandbox CRM the pipeline writes to.")  # fmt: skip
+def demo(seed, users, days, keep_running, crm) -> None:
     """Build a world, run extract + score/sync for each day and the weekly report, summarise."""
     from sandbox import server
     from sandbox.state import SandboxState, connection_env
@@ -510,10 +512,11 @@ def demo(seed, users, days, keep_running) -> None:
         shutil.rmtree(base)
     root, lake, home = base / "sandbox", base / "lake", base / "airflow"
     home.mkdir(parents=True)
-    info = _start_sandbox(root, seed, users, days)
+    info = _start_sandbox(root, seed, users, days, crms=(crm,))
     start = date.today() - timedelta(days=days + 1)
     env = {
         **os.environ,
+        "PQL_CONFIG": str(_demo_config(base, crm)),
         **connection_env(SandboxState.open(root), info["base_url"]),
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -549,14 +552,28 @@ def demo(seed, users, days, keep_running) -> None:
         if proc.returncode != 0:
             tail = "".join(log_path.read_text().splitlines(keepends=True)[-40:])
             raise click.ClickException(f"the demo's DAG runs failed; log {log_path}:\n{tail}")
-        _print_summary(json.loads(summary_file.read_text()), lake, root)
+        _print_summary(json.loads(summary_file.read_text()), lake, root, crm)
         console.print(f"Airflow's task logs: {log_path}")
     finally:
         if not keep_running:
             server.stop(root)
 
 
-def _print_summary(run: dict, lake: Path, root: Path) -> None:
+def _demo_config(base: Path, crm: str) -> Path:
+    """The shipped config, or (Salesforce) the same with the default Salesforce target."""
+    from pql import config
+
+    if crm == "hubspot":
+        return config.DEFAULT_CONFIG
+    text = config.DEFAULT_CONFIG.read_text()
+    head, _, rest = text.partition("\ncrm:\n")
+    tail = rest[rest.index("\nrouting:") :]
+    path = base / "pql.yaml"  # its only relative path, lake.root, is overridden by PQL_LAKE
+    path.write_text(f"{head}\ncrm:\n  kind: {crm}\n{tail}")
+    return path
+
+
+def _print_summary(run: dict, lake: Path, root: Path, crm: str = "hubspot") -> None:
     import duckdb
     import pandas as pd
 
@@ -568,7 +585,7 @@ def _print_summary(run: dict, lake: Path, root: Path) -> None:
             0
         ]
     scores = pd.read_parquet(lk.partitions("scores")[-1][1] / "scores.parquet")
-    ledger = pd.read_parquet(lk.sync("hubspot") / "ledger" / "ledger.parquet")
+    ledger = pd.read_parquet(lk.sync(crm) / "ledger" / "ledger.parquet")
     report_dir = lk.reports(date.fromisoformat(run["week"]))
     totals = pd.read_csv(report_dir / "totals.csv").set_index("group")
     table = Table(title="PQL demo summary", show_header=False)
@@ -578,7 +595,7 @@ def _print_summary(run: dict, lake: Path, root: Path) -> None:
         "PQLs now / ever qualified",
         f"{int(scores['flag'].sum()):,} / {int(scores['qualified_at'].notna().sum()):,}",
     )
-    table.add_row("CRM contacts written", f"{len(ledger):,}")
+    table.add_row(f"{crm} records written", f"{len(ledger):,}")
     for g in ("PQL", "non-PQL"):
         if g in totals.index:
             r = totals.loc[g]
@@ -595,7 +612,8 @@ def _print_summary(run: dict, lake: Path, root: Path) -> None:
     table.add_row("DAG run time", f"{run['seconds']:.0f} s")
     console.print(table)
     console.print(f"Report for leadership: {report_dir / 'index.html'}")
-    console.print(f"Look at the sandbox CRM: pql sandbox crm contacts --pql-only --root {root}")
+    if crm == "hubspot":
+        console.print(f"Look at the sandbox CRM: pql sandbox crm contacts --pql-only --root {root}")
 
 
 if __name__ == "__main__":
