@@ -69,5 +69,8 @@ def test_tasks_that_call_a_vendor_share_its_pool():
         ("pql_weekly_outcomes", "deliver"): "pql_notify",  # Slack webhook, SMTP
     }
     assert set(used.values()) - {"default_pool"} <= defined
+    # Deployments create them: compose's init service (and deploy/topology.py) run this script.
     compose = (ROOT / "docker-compose.yaml").read_text()
-    assert "airflow pools import /opt/pql/config/airflow_pools.json" in compose
+    assert "/opt/pql/deploy/airflow-init.sh" in compose
+    init = (ROOT / "deploy" / "airflow-init.sh").read_text()
+    assert 'airflow pools import "$root/config/airflow_pools.json"' in init
