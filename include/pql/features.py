@@ -36,6 +36,10 @@ class Dialect:
     row: str  # (a, b) → a struct ordered by a then b (a deterministic arg_max key)
     quote: str  # identifier quote
     backslash_escapes: bool  # string literals treat \ as an escape
+    # Distinct non-null values of {x} among the rows where {where} holds. Spark plans every
+    # count(DISTINCT) with its own FILTER as one more copy of the input (Expand); a set per
+    # group is one pass.
+    distinct: str
 
     def lit(self, value: str) -> str:
         text = str(value)
@@ -49,9 +53,30 @@ class Dialect:
     def ts(self, moment: pd.Timestamp) -> str:
         return f"{self.timestamp} {self.lit(moment.isoformat())}"
 
+    def count_distinct(self, x: str, where: str) -> str:
+        return self.distinct.format(x=x, where=where)
 
-DUCKDB = Dialect("duckdb", "TIMESTAMPTZ", "json_extract_string", "epoch_us", "row", '"', False)
-SPARK = Dialect("spark", "TIMESTAMP", "get_json_object", "unix_micros", "struct", "`", True)
+
+DUCKDB = Dialect(
+    name="duckdb",
+    timestamp="TIMESTAMPTZ",
+    json_text="json_extract_string",
+    micros="epoch_us",
+    row="row",
+    quote='"',
+    backslash_escapes=False,
+    distinct="count(DISTINCT {x}) FILTER (WHERE {where})",
+)
+SPARK = Dialect(
+    name="spark",
+    timestamp="TIMESTAMP",
+    json_text="get_json_object",
+    micros="unix_micros",
+    row="struct",
+    quote="`",
+    backslash_escapes=True,
+    distinct="size(collect_set({x}) FILTER (WHERE {where}))",
+)
 
 
 @dataclass(frozen=True)
@@ -92,9 +117,8 @@ def catalogue_sql(features: Features, as_of: datetime, d: Dialect = DUCKDB) -> l
         for f in features.distinct:
             value = f"{d.json_text}(properties, {d.lit('$.' + f.property)})"
             where = f"event_name = {d.lit(f.event)} AND ts >= {since}"
-            sql = f"count(DISTINCT {value}) FILTER (WHERE {where})"
-            out.append(Column(f"{f.name}_{w}d", sql, COUNT))
-        days = f"count(DISTINCT CAST(ts AS DATE)) FILTER (WHERE ts >= {since})"
+            out.append(Column(f"{f.name}_{w}d", d.count_distinct(value, where), COUNT))
+        days = d.count_distinct("CAST(ts AS DATE)", f"ts >= {since}")
         out.append(Column(f"active_days_{w}d", days, COUNT))
     return out
 
@@ -116,7 +140,7 @@ def signal_sql(model: WeightedModel, as_of: datetime, d: Dialect = DUCKDB) -> li
             else:
                 out.append(Column(col, f"count(*) FILTER (WHERE {where})", COUNT))
         elif isinstance(s, ActiveDaysSignal):
-            days = f"count(DISTINCT CAST(ts AS DATE)) FILTER (WHERE ts >= {since})"
+            days = d.count_distinct("CAST(ts AS DATE)", f"ts >= {since}")
             out.append(Column(col, days, COUNT))
     return out
 
