@@ -7,6 +7,10 @@ USER root
 RUN mkdir -p /data/lake /opt/airflow/auth \
     && chown airflow:root /data/lake /opt/airflow/auth \
     && chmod 0770 /opt/airflow/auth
+# Java for features.engine: spark (pyspark's local session and spark-submit find it on PATH).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+    && rm -rf /var/lib/apt/lists/*
 USER airflow
 COPY --chown=airflow:root requirements.txt pyproject.toml /opt/pql/
 RUN pip install --no-cache-dir -r /opt/pql/requirements.txt
