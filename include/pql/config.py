@@ -521,6 +521,15 @@ class Outcomes(Strict):
     full_pull_days: int = Field(28, ge=0)
 
 
+class Alerts(Strict):
+    """Where a task that failed for good (after its retries) is reported, besides Airflow."""
+
+    slack: bool = False  # a message to a Slack incoming webhook
+    slack_connection_id: str = "slack_pql"  # HTTP connection: password = the webhook URL
+    email_to: list[Email] = []  # and/or an email to these (through the SMTP connection)
+    smtp_connection_id: str = "smtp_default"  # SMTP connection; extra from_email = the sender
+
+
 class Config(Strict):
     """The whole of config/pql.yaml."""
 
@@ -534,6 +543,7 @@ class Config(Strict):
     crm: Crm
     routing: Routing = Routing()
     outcomes: Outcomes = Outcomes()
+    alerts: Alerts = Alerts()
 
     @model_validator(mode="after")
     def _unique_sources(self):
@@ -565,18 +575,29 @@ def load(path: str | os.PathLike | None = None) -> Config:
     """
     path = Path(path or os.environ.get("PQL_CONFIG") or DEFAULT_CONFIG).resolve()
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as e:
         raise ConfigError(path, [f"cannot read the file: {e.strerror}"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(path, [f"line {line}: not UTF-8 text (byte {e.start})"]) from None
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark else ""
-        raise ConfigError(path, [f"{where}not valid YAML: {getattr(e, 'problem', e)}"]) from None
+        line = mark.line + 1 if mark else None
+        if line is None and isinstance(getattr(e, "position", None), int):  # a ReaderError
+            line = text[: e.position].count("\n") + 1
+        where = f"line {line}: " if line else ""
+        problem = getattr(e, "problem", None) or getattr(e, "reason", None) or e
+        raise ConfigError(path, [f"{where}not valid YAML: {problem}"]) from None
     if not isinstance(data, dict):
         raise ConfigError(path, ["the file must be a mapping of sections (lake, sources, ...)"])
+    if repeated := _repeated_keys(node):
+        raise ConfigError(path, repeated)
     try:
         cfg = Config.model_validate(data, context=_catalogue(data))
     except ValidationError as e:
@@ -596,6 +617,25 @@ def _catalogue(data: dict) -> dict | None:
     except ValidationError:
         return None  # reported with the rest
     return {"events": features.events, "features": features.names()}
+
+
+def _repeated_keys(node, prefix=()) -> list[str]:
+    """A key given twice in one mapping (YAML would silently keep the last one)."""
+    found = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict = {}
+        for key, value in node.value:
+            loc = (*prefix, key.value)
+            path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+            if key.value in first:
+                found.append(f"line {key.start_mark.line + 1}: {path}: given twice (also on "
+                             f"line {first[key.value]}); keep one")  # fmt: skip
+            first.setdefault(key.value, key.start_mark.line + 1)
+            found += _repeated_keys(value, (*prefix, key.value))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found += _repeated_keys(item, (*prefix, i))
+    return found
 
 
 def _line_index(node, prefix=()) -> dict[tuple, int]:

@@ -157,7 +157,7 @@ def post_slack(session: requests.Session, url: str, text: str) -> None:
     """One message to a Slack incoming webhook (rate limits and 5xx retried with backoff)."""
     from pql.events.transport import send
 
-    resp = send(session, "POST", url, attempts=4, json={"text": text}, timeout=30)
+    resp = send(session, "POST", url, attempts=4, json={"text": text}, timeout=30, secret_url=True)
     if resp.status_code != 200:
         raise RuntimeError(f"Slack webhook answered {resp.status_code}: {resp.text[:200]}")
 

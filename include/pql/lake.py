@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import functools
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -75,16 +79,47 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        old = None
-        if final.exists():
-            old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old)
+        # Swapped in one step where the system can (then tmp holds the old version, removed
+        # below): two renames would leave no `final` at all if the process died between them.
+        if not (final.exists() and _exchange(tmp, final)):
+            old = None
+            if final.exists():
+                old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+                os.replace(final, old)
+            os.replace(tmp, final)
+            if old is not None:
+                shutil.rmtree(old)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+_RENAME_EXCHANGE, _AT_FDCWD = 2, -100
+
+
+@functools.cache
+def _renameat2():
+    """Linux's renameat2 from the C library, or None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # no glibc 2.28+ (e.g. musl before 1.2.5)
+        return None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two existing paths (renameat2 RENAME_EXCHANGE); False where the system
+    or the file system cannot, so the caller falls back to renames."""
+    fn = _renameat2()
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 @contextmanager

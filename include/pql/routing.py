@@ -241,7 +241,8 @@ def post_slack(
         lines = [f"• {r.email} — score {r.score}: {r.reasons}" for r in chunk]
         text = f"{len(chunk)} new product-qualified lead(s):\n" + "\n".join(lines)
         budget.acquire()
-        resp = send(session, "POST", url, attempts=4, json={"text": text}, timeout=30)
+        resp = send(session, "POST", url, attempts=4, json={"text": text}, timeout=30,
+                    secret_url=True)  # fmt: skip
         if resp.status_code != 200:
             raise RuntimeError(f"Slack webhook answered {resp.status_code}: {resp.text[:200]}")
         posted += [(r.email, r.qualified_at) for r in chunk]

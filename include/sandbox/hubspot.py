@@ -3,6 +3,11 @@
 Every request passes a gate before its endpoint: queued fault injection, Bearer auth, then the
 rate limits (rolling 10 s window and daily budget; search has its own per-second limit and sends
 no X-HubSpot-RateLimit headers). Storage and the CRM rules live in sandbox.hubspot_store.
+
+Faults (`state.queue_fault(target, status, count)`): target "hubspot" answers the next requests
+with that status; "hubspot_lost_write" answers one batch upsert/update as written and undoes it;
+"hubspot_record_error" refuses one input of the next upsert/update batch with a per-record 207
+error. Setting `hubspot_latency_ms` delays every request by a random 0..N ms.
 """
 
 from __future__ import annotations
@@ -132,6 +137,7 @@ class _Gate:
         self, request: Request, handler: Callable[[Request], Awaitable[Response]], search: bool
     ) -> Response:
         correlation_id = str(uuid.uuid4())
+        await self.state.latency("hubspot")
         fault = self.state.take_fault("hubspot")
         if fault is not None:
             return _fault_response(fault, correlation_id)
@@ -494,6 +500,25 @@ def _read(tx: StoreTx, object_type: str, body: dict) -> tuple[list, list]:
     return results, [_not_found_error(object_type, missing)] if missing else []
 
 
+def _refused_inputs(state: SandboxState, body: dict) -> list[dict]:
+    """RECORD_ERROR_FAULT: each queued "hubspot_record_error" fault takes the next input out of
+    an upsert/update batch, answered as a per-record 207 error (the record stays unwritten)."""
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list):
+        return []
+    refused = []
+    while inputs and state.take_fault("hubspot_record_error") is not None:
+        item = inputs.pop(0)
+        refused.append(
+            _record_error(
+                "LOCKED",
+                "The record is being updated by another process; retry the request.",
+                {"ids": [str(item.get("id") if isinstance(item, dict) else item)]},
+            )
+        )
+    return refused
+
+
 class _Undo(Exception):
     """Rolls back a batch that is answered as if it had been written."""
 
@@ -505,6 +530,7 @@ def _object_routes(api: APIRouter, store: HubSpotStore) -> None:
             started, object_type = now_iso(), canonical_type(object_type)
             # LOST_WRITE_FAULT: answered as written, then undone (a workflow reverting it).
             lost = path in ("upsert", "update") and store.state.take_fault("hubspot_lost_write")
+            refused = _refused_inputs(store.state, body) if path in ("upsert", "update") else []
             try:
                 with store.transaction() as tx:
                     results, errors = work(tx, object_type, body)
@@ -512,7 +538,7 @@ def _object_routes(api: APIRouter, store: HubSpotStore) -> None:
                         raise _Undo
             except _Undo:
                 pass
-            return _batch(started, results, errors, ok_status)
+            return _batch(started, results, refused + errors, ok_status)
 
     batch_endpoint("upsert", 200, lambda tx, t, body: _upsert(tx, t, _inputs(body, BATCH_LIMIT)))
     batch_endpoint("create", 201, lambda tx, t, body: _create(tx, t, _inputs(body, BATCH_LIMIT)))

@@ -10,7 +10,8 @@ the daily request budget and concurrency limit (403 REQUEST_LIMIT_EXCEEDED), the
 responses carry `Sforce-Limit-Info`. Record writes can be made to fail with UNABLE_TO_LOCK_ROW:
 queue faults with target "salesforce_lock" (one record each) or set `salesforce_lock_rate`.
 A "salesforce_lost_write" fault answers one Collections update as saved and then undoes it
-(as a Flow reverting the values would). Requests are counted in state.counters as
+(as a Flow reverting the values would). `salesforce_latency_ms` delays every gated request by a
+random 0..N ms. Requests are counted in state.counters as
 "salesforce", "salesforce.<endpoint>" and "salesforce.<status>". Storage and the org's rules
 live in sandbox.salesforce_store.
 """
@@ -340,6 +341,7 @@ class _Gate:
     ) -> Response:
         self.state.count("salesforce")
         self.state.count(f"salesforce.{kind}")
+        await self.state.latency("salesforce")
         fault = self.state.take_fault("salesforce")
         if fault is not None:
             response = _fault_response(fault)

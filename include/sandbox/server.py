@@ -185,12 +185,26 @@ def stop(root: Path) -> bool:
         return False
     os.kill(info["pid"], signal.SIGTERM)
     for _ in range(50):
-        try:
-            os.kill(info["pid"], 0)
-        except OSError:
+        if not _alive(info["pid"]):
             return True
         time.sleep(0.1)
     os.kill(info["pid"], signal.SIGKILL)
+    _alive(info["pid"])
+    return True
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process still runs; reaps it when it is this process's child (a started
+    sandbox that exited stays a zombie, which signal 0 still reaches, until reaped)."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:  # not our child: its parent reaps it
+        pass
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
     return True
 
 

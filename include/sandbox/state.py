@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import random
 import secrets
 import sqlite3
 import threading
@@ -33,6 +35,10 @@ DEFAULT_SETTINGS = {
     "salesforce_bulk_delay_s": 0,  # Bulk 2.0 jobs finish this long after UploadComplete
     "salesforce_lock_rate": 0.0,  # share of record writes failing with UNABLE_TO_LOCK_ROW
     "salesforce_archive_days": 365,  # older Events / closed Tasks only come back from queryAll
+    # Network latency: each HubSpot / Salesforce request waits a random 0..N ms before it is
+    # handled (0: none). Tests use it to make parallel calls finish out of order.
+    "hubspot_latency_ms": 0,
+    "salesforce_latency_ms": 0,
     # "salesforce_custom_fields": {"Lead": {"PQL_Score__c": "double", ...}} replaces the default
     # PQL fields of Lead and Contact (see sandbox.salesforce_store.DEFAULT_CUSTOM_FIELDS).
 }
@@ -146,6 +152,12 @@ class SandboxState:
         with self._lock:
             q = self._faults.get(target)
             return q.popleft() if q else None
+
+    async def latency(self, vendor: str) -> None:
+        """Wait as `<vendor>_latency_ms` says (a random 0..N ms), like a slow network would."""
+        ms = float(self.settings.get(f"{vendor}_latency_ms") or 0)
+        if ms > 0:
+            await asyncio.sleep(random.uniform(0, ms) / 1000)
 
     @contextmanager
     def db(self):

@@ -31,9 +31,11 @@ from pql.crm.ledger import (
     entries,
     keep_flags,
     load_ledger,
+    no_email,
     to_verify,
     unverified,
     update_ledger,
+    verify_rest,
 )
 from pql.lake import Lake, atomic_dir
 from pql.ratelimit import Budget
@@ -313,7 +315,7 @@ def sync(
         counts = {
             "candidates": len(desired),
             "unchanged": len(desired) - len(todo),
-            "skipped_no_email": int(scores["email"].isna().sum()),
+            "skipped_no_email": no_email(scores),
         }
         if dry_run:
             return {**counts, "would_write": len(todo), "sample": diff_sample(todo, ledger)}
@@ -351,6 +353,8 @@ def sync(
                         target.verify_sample)  # fmt: skip
     if checked:
         results = unverified(results, todo, read_contacts(hs, checked, fields), checked)
+        if rest := verify_rest(results, checked, target.verify):
+            results = unverified(results, todo, read_contacts(hs, rest, fields), rest)
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     with atomic_dir(lake.sync("hubspot") / f"run={run_id}") as tmp:
         results.to_parquet(tmp / "results.parquet", index=False)
@@ -394,13 +398,14 @@ def _within_daily_limit(
 
 
 def modified_contacts(hs: HubSpot, since: datetime, fields: list[str]) -> dict[str, dict]:
-    """email → current `fields` of every contact carrying a PQL value modified since `since`."""
-    filters = [
-        Filter(property_name="lastmodifieddate", operator="GTE", value=_iso(since)),
-        Filter(property_name=fields[0], operator="HAS_PROPERTY"),
-    ]
+    """email → current `fields` of every contact carrying a PQL value modified since `since`.
+
+    A contact counts when it holds any of the fields (one OR'ed filter group each, up to
+    HubSpot's 5), so a rep clearing the score by hand is found through the others."""
+    filters = [Filter(property_name="lastmodifieddate", operator="GTE", value=_iso(since))]
+    any_of = [[Filter(property_name=f, operator="HAS_PROPERTY")] for f in fields[:5]]
     out = {}
-    for r in search_all(hs, "contacts", filters, ["email", *fields]):
+    for r in search_all(hs, "contacts", filters, ["email", *fields], any_of=any_of):
         props = r.properties or {}
         if props.get("email"):
             out[props["email"].lower()] = {k: props.get(k) for k in fields}
@@ -411,21 +416,21 @@ def _iso(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
-def search_all(hs: HubSpot, object_type: str, filters: list, properties: list[str]):
-    """Every record matching `filters`, past the 10,000-result cap (sliced by hs_object_id)."""
+def search_all(hs: HubSpot, object_type: str, filters: list, properties: list[str], *,
+               any_of: list[list] | None = None):  # fmt: skip
+    """Every record matching `filters` (and any one of the `any_of` filter lists, OR'ed as
+    filter groups), past the 10,000-result cap (sliced by hs_object_id)."""
     last_id = 0
     while True:
         after, seen = None, 0
-        slice_filters = [
-            *filters,
-            Filter(property_name="hs_object_id", operator="GT", value=str(last_id)),
-        ]
+        above = Filter(property_name="hs_object_id", operator="GT", value=str(last_id))
+        groups = [FilterGroup(filters=[*filters, *alt, above]) for alt in any_of or [[]]]
         while True:
             limited(hs, "search")
             page = hs.crm.objects.search_api.do_search(
                 object_type=object_type,
                 public_object_search_request=PublicObjectSearchRequest(
-                    filter_groups=[FilterGroup(filters=slice_filters)],
+                    filter_groups=groups,
                     sorts=[{"propertyName": "hs_object_id", "direction": "ASCENDING"}],
                     properties=properties,
                     limit=SEARCH_PAGE,

@@ -32,11 +32,12 @@ class SyncError(Exception):
 def desired_values(scores: pd.DataFrame, target: HubSpotTarget | SalesforceTarget) -> pd.DataFrame:
     """CRM field values (strings) per email, from a scores snapshot."""
     f = target.fields
-    s = scores[scores["email"].notna()].drop_duplicates("email", keep="last")
+    email = normal_emails(scores["email"])
+    s = scores.assign(email=email)[email.notna()].drop_duplicates("email", keep="last")
     qualified = pd.to_datetime(s["qualified_at"], utc=True)
     return pd.DataFrame(
         {
-            "email": s["email"].str.lower(),
+            "email": s["email"].astype(str),
             f.score: s["score"].astype(int).astype(str),
             f.flag: s["flag"].map({True: "true", False: "false"}),
             f.qualified_at: _iso_seconds(qualified),
@@ -44,6 +45,18 @@ def desired_values(scores: pd.DataFrame, target: HubSpotTarget | SalesforceTarge
             f.model_version: s["model_version"],
         }
     ).reset_index(drop=True)
+
+
+def normal_emails(emails: pd.Series) -> pd.Series:
+    """Emails as the CRMs match them: trimmed, lower case; blank ones missing (<NA>). Two
+    users whose emails differ only so are one CRM record (written once, the last one's)."""
+    text = emails.astype("string").str.strip().str.lower()
+    return text.where(text != "")
+
+
+def no_email(scores: pd.DataFrame) -> int:
+    """Users that cannot be synced for want of an email (missing or blank)."""
+    return int(normal_emails(scores["email"]).isna().sum())
 
 
 def _iso_seconds(moments: pd.Series) -> pd.Series:
@@ -247,6 +260,19 @@ def to_verify(written: pd.Series, mode: str, sample: int) -> list[str]:
     if mode == "all":
         return list(written)
     return list(written.sample(n=min(sample, len(written)), random_state=0))
+
+
+def verify_rest(results: pd.DataFrame, checked: list[str], mode: str) -> list[str]:
+    """The written keys still to read back after a sample: none, unless the sample found a
+    record the CRM does not hold as sent; then all of them (a write the CRM loses is a whole
+    batch of 100-200 records, of which a sample sees only some)."""
+    if mode != "sample" or not checked:
+        return []
+    sampled = results["email"].isin(checked)
+    if not (sampled & results["status"].eq("failed")).any():
+        return []
+    log.warning("read-back: the sample found lost writes; reading back every written record")
+    return list(results.loc[results["status"].eq("written") & ~sampled, "email"])
 
 
 def unverified(

@@ -32,9 +32,12 @@ from pql.crm.ledger import (
     edits_since,
     keep_flags,
     load_ledger,
+    no_email,
+    normal_emails,
     to_verify,
     unverified,
     update_ledger,
+    verify_rest,
 )
 from pql.lake import Lake, atomic_dir
 
@@ -135,9 +138,16 @@ def check_fields(sf: Salesforce, target: SalesforceTarget, objects=OBJECTS) -> N
         )
 
 
+_SOQL_ESCAPES = str.maketrans(
+    {"\\": "\\\\", "'": "\\'", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b",
+     "\f": "\\f"}
+)  # fmt: skip
+
+
 def soql_quote(value: str) -> str:
-    """A SOQL string literal: backslashes and single quotes escaped."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    """A SOQL string literal with every escape SOQL defines (as simple-salesforce's
+    format_soql): quotes, backslash, line breaks, tab, backspace and form feed."""
+    return "'" + value.translate(_SOQL_ESCAPES) + "'"
 
 
 class Found(NamedTuple):
@@ -204,14 +214,18 @@ def find_records(call: _Session, keys: list[str], target: SalesforceTarget) -> d
 
 def modified_records(call: _Session, since: datetime, target: SalesforceTarget) -> dict[str, dict]:
     """match key (lower-cased) → mapped values of the Contacts and open Leads holding a PQL
-    score that Salesforce changed since `since` (a Contact wins over a Lead)."""
+    value that Salesforce changed since `since` (a Contact wins over a Lead). A record holding
+    any of score, qualification time or model version counts, so one whose score a rep
+    cleared by hand is found too (long text areas cannot be filtered in SOQL)."""
     key, fields = target.match_on, _mapped(target)
     stamp = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    f = target.fields
+    ours = " OR ".join(f"{n} != null" for n in (f.score, f.qualified_at, f.model_version))
     out: dict[str, dict] = {}
     for obj, extra in (("Lead", " AND IsConverted = false"), ("Contact", "")):
         soql = (
             f"SELECT {key}, {', '.join(fields)} FROM {obj} WHERE SystemModstamp >= {stamp} "
-            f"AND {target.fields.score} != null{extra}"
+            f"AND ({ours}){extra}"
         )
         for r in call(lambda sf, q=soql: sf.query_all(q))["records"]:
             k = _values(r, [key])[key]
@@ -406,7 +420,7 @@ def sync(
     counts = {
         "candidates": len(desired),
         "unchanged": len(desired) - len(todo),
-        "skipped_no_email": int(scores["email"].isna().sum()),
+        "skipped_no_email": no_email(scores),
     }
     if dry_run:
         return {**counts, "would_write": len(todo), "sample": diff_sample(todo, ledger)}
@@ -458,6 +472,9 @@ def sync(
                          strict=True))  # fmt: skip
         held = read_back(call, {e: where[e] for e in checked}, target)
         results = unverified(results, todo, held, checked)
+        if rest := verify_rest(results, checked, target.verify):
+            held = read_back(call, {e: where[e] for e in rest}, target)
+            results = unverified(results, todo, held, rest)
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     run_dir = lake.sync(CRM) / f"run={run_id}"
     with atomic_dir(run_dir) as tmp:
@@ -493,8 +510,8 @@ def sync(
 
 def _match_keys(scores: pd.DataFrame, target: SalesforceTarget) -> dict[str, str]:
     """email → the lower-cased value users are matched on (the email, or the user id)."""
-    s = scores[scores["email"].notna()]
-    emails = s["email"].str.lower()
+    emails = normal_emails(scores["email"])
+    s, emails = scores[emails.notna()], emails[emails.notna()]
     if target.match_on.lower() == "email":
         return dict(zip(emails, emails, strict=True))
     ids = s["user_key"].astype("string").str.lower()

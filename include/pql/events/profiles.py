@@ -98,6 +98,9 @@ def refresh(session: requests.Session, lake: Lake, source: str, url: str, projec
     )
     # Ids without a profile email are kept too, so they are not asked for again every run.
     merged = pd.concat([pd.read_parquet(path), fresh]) if path.exists() else fresh
+    # Text columns stay text when nobody was looked up or no email was found (pandas would
+    # write double or null columns, which the feature SQL cannot lower-case).
+    merged = merged.astype({"user_key": "string", "email": "string"})
     with atomic_dir(path.parent) as tmp:
         merged.drop_duplicates("user_key", keep="last").to_parquet(tmp / path.name, index=False)
     log.info("profiles: looked up %s users without an email, found %s", len(ids), len(found))
