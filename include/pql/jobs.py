@@ -99,6 +99,7 @@ def extract_range(
         if progress:
             progress((end - start).days + 1)
         start = end + timedelta(days=1)
+    log.info("extract %s %s..%s: %s", source_name, first, last, totals)
     return {"source": source_name, "first": first.isoformat(), "last": last.isoformat(), **totals}
 
 

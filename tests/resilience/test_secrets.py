@@ -57,9 +57,9 @@ def _config(path: Path, crm: str) -> Path:
     text = config.DEFAULT_CONFIG.read_text()
     head, _, rest = text.partition("\ncrm:\n")
     tail = rest[rest.index("\nrouting:") :]
-    tail = tail.replace("  slack: false", "  slack: true")
+    tail = tail.replace("  slack: false", "  slack: true")  # routing, outcomes and alerts
     crm_body = "  kind: hubspot\n" if crm == "hubspot" else "  kind: salesforce\n"
-    path.write_text(f"{head}\ncrm:\n{crm_body}{tail}\nalerts:\n  slack: true\n")
+    path.write_text(f"{head}\ncrm:\n{crm_body}{tail}")
     assert config.load(path).alerts.slack and config.load(path).routing.slack
     return path
 

@@ -362,9 +362,9 @@ def sync(
     update_ledger(lake, ledger, written, run_started=started, prepared=prepared)
     failed = results[results["status"] == "failed"]
     counts.update(written=len(written), failed=len(failed), run=run_id)
-    log.info(
-        "HubSpot sync: %(written)s written, %(unchanged)s unchanged, %(failed)s failed", counts
-    )
+    log.info("HubSpot sync: %(written)s written, %(unchanged)s unchanged, %(failed)s failed, "
+             "%(skipped_no_email)s without an email; all counts: %(all)s",
+             {**counts, "all": counts})  # fmt: skip
     # Measured against every record the run is responsible for, so one permanently bad
     # record retried on a quiet day does not fail the run on its own.
     if len(failed) and len(failed) / len(desired) > target.max_failed_share:

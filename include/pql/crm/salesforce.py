@@ -493,8 +493,8 @@ def sync(
     )
     log.info(
         "Salesforce sync: %(written)s written, %(unchanged)s unchanged, %(failed)s failed, "
-        "%(not_in_crm)s not in Salesforce (via %(api)s)",
-        counts,
+        "%(not_in_crm)s not in Salesforce (via %(api)s); all counts: %(all)s",
+        {**counts, "all": counts},
     )
     if len(failed) and len(failed) / len(desired) > target.max_failed_share:
         sample = "; ".join(
