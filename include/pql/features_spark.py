@@ -15,6 +15,7 @@ pyspark is imported only when a session is needed (it is heavy, and not needed t
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from contextlib import contextmanager
@@ -63,6 +64,8 @@ def session(options: Features.Spark | None = None):
     """The process's SparkSession (created with `options` the first time)."""
     from pyspark.sql import SparkSession
 
+    # py4j logs its connection closing from __del__, after logging has shut down at exit.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     options = options or Features.Spark()
     local = options.master.startswith("local")
     if local:  # the JVM's own address lookup, before any setting is read
