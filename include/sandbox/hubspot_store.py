@@ -1216,13 +1216,14 @@ class SearchQuery:
         return not self.groups or any(all(f.matches(props) for f in g) for g in self.groups)
 
     def prefilter(self) -> tuple[str, list]:
-        """SQL narrowing the scan by range filters of a single filter group: record id, and
+        """SQL narrowing the scan by the range filters every filter group has: record id, and
         datetimes (stored normalized, so text order is time order). A superset of matches."""
-        if len(self.groups) != 1:
+        if not self.groups:
             return "", []
         sql, params = "", []
         ops = {"GT": ">", "GTE": ">=", "LT": "<", "LTE": "<="}
-        for f in self.groups[0]:
+        common = [f for f in self.groups[0] if all(f in g for g in self.groups[1:])]
+        for f in common:
             if f.operator not in ops:
                 continue
             if f.defn.name == "hs_object_id":
