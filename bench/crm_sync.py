@@ -144,7 +144,8 @@ def main() -> None:
             local = time.perf_counter() - t
             rerun = calls(base, before)
             print(f"\nunchanged re-run: {again['written']} written, {rerun['write']} write calls, "
-                  f"{local:.1f} s (the diff of {n:,} records, no API call)")  # fmt: skip
+                  f"{rerun['other']} other calls (provisioning check; the hand-edit search reads "
+                  f"back what the last run wrote), {local:.1f} s")  # fmt: skip
 
             sample = scores(n, changed).head(args.naive_sample).assign(score=1, flag=False)
             naive_s = naive(hs, sample, target) / len(sample) * changed

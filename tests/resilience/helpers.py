@@ -8,11 +8,9 @@ from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 
 import pandas as pd
-import requests
-from simple_salesforce import Salesforce
 
 from sandbox.hubspot import HubSpotStore
-from sandbox.salesforce import SalesforceStore, credentials, tls_files
+from sandbox.salesforce import SalesforceStore
 
 FIELDS = ("score", "flag", "qualified_at", "reasons", "model_version")
 HUBSPOT = {
@@ -165,25 +163,3 @@ def salesforce_people(state) -> tuple[dict[str, tuple], Counter]:
 def mismatches(held: dict[str, tuple], want: dict[str, tuple]) -> dict[str, tuple]:
     """email → (held, wanted) wherever the CRM does not hold what was computed."""
     return {e: (held.get(e), v) for e, v in want.items() if held.get(e) != v}
-
-
-# --- clients ----------------------------------------------------------------------------------
-
-
-def salesforce_login(state):
-    """A login function (client-credentials flow, as the provider's hook would) for the sync."""
-    session = requests.Session()
-    session.trust_env = False
-    session.verify = str(tls_files(state)["ca"])
-    creds = credentials(state)
-
-    def login() -> Salesforce:
-        token = session.post(
-            f"{state.salesforce_url}/services/oauth2/token",
-            data={"grant_type": "client_credentials", "client_id": creds["client_id"],
-                  "client_secret": creds["client_secret"]},
-            timeout=30,
-        ).json()["access_token"]  # fmt: skip
-        return Salesforce(instance_url=state.salesforce_url, session_id=token, session=session)
-
-    return login

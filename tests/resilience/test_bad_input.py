@@ -39,11 +39,11 @@ from sandbox import amplitude as sbx_amplitude
 from sandbox.hubspot import HubSpotStore
 from sandbox.mixpanel import DayWriter
 from sandbox.salesforce import SalesforceStore
+from tests.conftest import salesforce_login
 from tests.resilience.helpers import (
     expected,
     hubspot_contacts,
     mismatches,
-    salesforce_login,
     salesforce_people,
 )
 

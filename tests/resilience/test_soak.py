@@ -26,6 +26,7 @@ from pql.crm.ledger import SyncError, load_ledger
 from pql.lake import Lake
 from sandbox.hubspot import HubSpotStore
 from sandbox.salesforce import SalesforceStore
+from tests.conftest import salesforce_login
 from tests.resilience.helpers import (
     HUBSPOT,
     SALESFORCE,
@@ -33,7 +34,6 @@ from tests.resilience.helpers import (
     expected,
     hubspot_contacts,
     mismatches,
-    salesforce_login,
     salesforce_people,
 )
 

@@ -155,7 +155,9 @@ def ensure_properties(
         )
         created.append(f"group {target.property_group}")
     limited(hs)
-    existing = {p.name for p in hs.crm.properties.core_api.get_all(object_type=object_type).results}
+    # Raw JSON: the SDK's models for a portal's hundreds of properties take a second of CPU.
+    resp = hs.crm.properties.core_api.get_all(object_type=object_type, _preload_content=False)
+    existing = {p["name"] for p in json.loads(resp.data).get("results") or []}
     for spec in specs if specs is not None else property_specs(target):
         if spec["name"] in existing:
             continue
