@@ -163,18 +163,6 @@ def client(state: SandboxState, instance: str) -> tuple[Salesforce, callable, Ti
     return login(), login, session
 
 
-def values(row: dict, target: SalesforceTarget) -> dict:
-    """Ledger strings -> the Salesforce JSON values the sync writes."""
-    f = target.fields
-    return {
-        f.score: float(row[f.score]),
-        f.flag: row[f.flag] == "true",
-        f.qualified_at: row[f.qualified_at] or None,
-        f.reasons: row[f.reasons] or None,
-        f.model_version: row[f.model_version] or None,
-    }
-
-
 def seed(
     state: SandboxState, lake: Lake, target: SalesforceTarget, frame: pd.DataFrame, last: int
 ) -> list[str]:
@@ -205,7 +193,7 @@ def seed(
                 "AccountId": account_ids[int(domain.removeprefix("company").split(".")[0])],
                 "CreatedDate": created,
                 "LastModifiedDate": latest if i >= len(desired) - last else older,
-                **values(row, target),
+                **crm.wire(row, target),
             }
         )
     ids = []
@@ -218,7 +206,8 @@ def seed(
 
 def check_written(state: SandboxState, frame: pd.DataFrame, target: SalesforceTarget) -> int:
     """How many of `frame`'s Contacts hold its values in the org (read from the store: no API)."""
-    want = {r["email"]: values(r, target) for r in desired_values(frame, target).to_dict("records")}
+    rows = desired_values(frame, target).to_dict("records")
+    want = {r["email"]: crm.wire(r, target) for r in rows}
     fields = list(next(iter(want.values())))
     at = target.fields.qualified_at
     emails, held = list(want), 0
@@ -266,7 +255,7 @@ def naive(sf: Salesforce, ids: list[str], frame: pd.DataFrame, target: Salesforc
     desired = desired_values(frame, target).to_dict("records")
     started = time.perf_counter()
     for rid, row in zip(ids, desired, strict=True):
-        sf.Contact.update(rid, values(row, target))
+        sf.Contact.update(rid, crm.wire(row, target))
     return time.perf_counter() - started
 
 

@@ -25,13 +25,11 @@ from pql.crm.ledger import (
     apply_manual_edits,
     changed,
     desired_accounts,
-    desired_values,
     diff_sample,
     edits_since,
     entries,
-    keep_flags,
     load_ledger,
-    no_email,
+    plan,
     to_verify,
     unverified,
     update_ledger,
@@ -309,16 +307,7 @@ def sync(
     with ThreadPoolExecutor(max_workers=1) as pool:
         # The provisioning check's calls open the rate window while the diff is computed.
         provisioned = None if dry_run else pool.submit(ensure_properties, hs, target)
-        desired = desired_values(scores, target)
-        ledger = load_ledger(lake)
-        if not target.unflag:
-            desired = keep_flags(desired, ledger, target.fields.flag)
-        todo = changed(desired, ledger)
-        counts = {
-            "candidates": len(desired),
-            "unchanged": len(desired) - len(todo),
-            "skipped_no_email": no_email(scores),
-        }
+        desired, ledger, todo, counts = plan(scores, lake, target, "hubspot")
         if dry_run:
             return {**counts, "would_write": len(todo), "sample": diff_sample(todo, ledger)}
         provisioned.result()

@@ -114,6 +114,23 @@ def changed(desired: pd.DataFrame, ledger: pd.DataFrame | None, key: str = "emai
     return desired[differs]
 
 
+def plan(
+    scores: pd.DataFrame, lake: Lake, target: HubSpotTarget | SalesforceTarget, crm: str
+) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame, dict]:
+    """What a sync run starts from: desired values, the ledger, the changed rows, and counts."""
+    desired = desired_values(scores, target)
+    ledger = load_ledger(lake, crm=crm)
+    if not target.unflag:
+        desired = keep_flags(desired, ledger, target.fields.flag)
+    todo = changed(desired, ledger)
+    counts = {
+        "candidates": len(desired),
+        "unchanged": len(desired) - len(todo),
+        "skipped_no_email": no_email(scores),
+    }
+    return desired, ledger, todo, counts
+
+
 def keep_flags(desired: pd.DataFrame, ledger: pd.DataFrame | None, flag: str) -> pd.DataFrame:
     """With unflag off, a lead once written as qualified stays flagged in the CRM."""
     if ledger is None or ledger.empty:

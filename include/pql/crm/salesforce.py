@@ -27,13 +27,11 @@ from pql.crm.ledger import (
     apply_manual_edits,
     changed,
     desired_accounts,
-    desired_values,
     diff_sample,
     edits_since,
-    keep_flags,
     load_ledger,
-    no_email,
     normal_emails,
+    plan,
     to_verify,
     unverified,
     update_ledger,
@@ -247,7 +245,7 @@ def read_back(call: _Session, written: dict[str, tuple[str, str]], target: Sales
     return out
 
 
-def _wire(row: dict, target: SalesforceTarget) -> dict:
+def wire(row: dict, target: SalesforceTarget) -> dict:
     """Ledger strings → Salesforce JSON values (number, boolean, datetime or null)."""
     f = target.fields
     return {
@@ -412,16 +410,7 @@ def sync(
     as `verify` says, and one Salesforce does not hold as sent is not marked synced.
     """
     started = datetime.now(UTC)
-    desired = desired_values(scores, target)
-    ledger = load_ledger(lake, crm=CRM)
-    if not target.unflag:
-        desired = keep_flags(desired, ledger, target.fields.flag)
-    todo = changed(desired, ledger)
-    counts = {
-        "candidates": len(desired),
-        "unchanged": len(desired) - len(todo),
-        "skipped_no_email": no_email(scores),
-    }
+    desired, ledger, todo, counts = plan(scores, lake, target, CRM)
     if dry_run:
         return {**counts, "would_write": len(todo), "sample": diff_sample(todo, ledger)}
     key_of = _match_keys(scores, target)
@@ -445,7 +434,7 @@ def sync(
         counts.update(found_edits)
     writes, not_in_crm = [], []
     for row in todo.to_dict("records"):
-        email, values = row["email"], _wire(row, target)
+        email, values = row["email"], wire(row, target)
         if email in found:
             f = found[email]
             obj, rid, account = f.object, f.id, f.account
