@@ -19,6 +19,7 @@ import requests
 
 from pql import enrich
 from pql.events import transport
+from pql.frames import among
 from pql.lake import Lake, atomic_file
 from pql.ratelimit import Budget
 
@@ -153,11 +154,11 @@ def fetch(
     finally:
         if fetched:  # keep what was paid for, even when the run stops half way
             new = _cache_frame(fetched)
-            kept = cache[~cache["domain"].isin(new["domain"])]
+            kept = cache[~among(cache["domain"], new["domain"])]
             cache = pd.concat([kept, new]) if len(kept) else new
             _write_cache(lake, cache.sort_values("domain").reset_index(drop=True))
     log.info("enrichment: %s", counts)
-    known = cache[cache["domain"].isin(wanted) & cache["found"].fillna(False)]
+    known = cache[among(cache["domain"], wanted) & cache["found"].fillna(False)]
     out = enrich.normalise(known.drop(columns=["found", "fetched_at"]))
     out.attrs["enrichment"] = counts
     return out

@@ -18,6 +18,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pandas as pd
 
+from pql.frames import among
 from pql.lake import Lake, atomic_dir
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ def refresh(
             frames[kind] = _sorted(new, kind)
         else:
             old = held[kind]
-            keep = old[~old[id_col].isin(got.seen | set(new[id_col]))]
+            keep = old[~among(old[id_col], got.seen | set(new[id_col]))]
             parts = [f for f in (keep, new) if len(f)]
             frames[kind] = _sorted(pd.concat(parts) if parts else empty(kind), kind)
         stats[f"{kind}_pulled"] = len(got.seen)

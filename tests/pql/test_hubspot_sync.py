@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -41,6 +43,32 @@ def test_provisions_writes_and_skips_unchanged(sandbox, hs, tmp_path):
     changed.loc[:9, "score"] = 80
     assert crm.sync(hs, lake, TARGET, changed)["written"] == 10
     assert crm.sync(hs, lake, TARGET, changed, dry_run=True)["would_write"] == 0
+
+
+def test_a_ledger_from_before_the_field_columns_is_read(sandbox, hs, tmp_path):
+    """Ledgers once held one JSON text per email (some without a digest): a run on one of
+    them sends only what changed, and leaves the ledger in columns."""
+    lake = Lake(tmp_path)
+    emails = [f"old{i}@acme.io" for i in range(20)]
+    crm.sync(hs, lake, TARGET, _scores(emails))
+    path = lake.sync("hubspot") / "ledger" / "ledger.parquet"
+    now = pd.read_parquet(path)
+    fields = sorted(c for c in now.columns if c not in ("email", "digest", "synced_at"))
+    old = pd.DataFrame({
+        "email": now["email"],
+        "values": [json.dumps(dict(zip(fields, r, strict=True)))
+                   for r in now[fields].itertuples(index=False, name=None)],
+        "digest": now["digest"].where(now.index % 2 == 0),  # half written before digests
+        "synced_at": now["synced_at"],
+    })  # fmt: skip
+    old.to_parquet(path, index=False)
+    changed = _scores(emails)
+    changed.loc[[0, 1], "score"] = 90
+    result = crm.sync(hs, lake, TARGET, changed)
+    assert (result["written"], result["unchanged"]) == (2, 18)
+    after = pd.read_parquet(path)
+    assert "values" not in after.columns and after["digest"].notna().all()
+    assert crm.sync(hs, lake, TARGET, changed)["written"] == 0
 
 
 def test_rejected_records_are_kept_and_retried(sandbox, hs, tmp_path):

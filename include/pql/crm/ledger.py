@@ -2,8 +2,9 @@
 
 Values travel as strings (as HubSpot takes them: "70", "true", "2026-10-01T00:00:00.000Z",
 "" for empty); each CRM client converts them to its own types. A ledger per CRM and level
-(contacts, companies/accounts) holds, per key, the sorted-key JSON of the values last written
-successfully, and the moment from which the next run looks for records edited by hand.
+(contacts, companies/accounts) holds, per key, each field's value last written successfully
+(one column per field, so 100,000 keys load and save in tens of milliseconds) and a digest of
+them, and the moment from which the next run looks for records edited by hand.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from pql.config import HubSpotTarget, SalesforceTarget
+from pql.frames import among
 from pql.lake import Lake, atomic_dir
 
 # Look a little further back than the last run started: the CRM stamps modification times
@@ -61,9 +63,11 @@ def no_email(scores: pd.DataFrame) -> int:
 
 def _iso_seconds(moments: pd.Series) -> pd.Series:
     """UTC instants as '2026-10-01T00:00:00.000Z' (whole seconds, as HubSpot shows them; ''
-    for none); vectorised, as strftime is not."""
-    text = np.datetime_as_string(moments.dt.tz_convert(None).to_numpy("datetime64[s]"), unit="s")
-    return pd.Series(np.char.add(text, ".000Z"), index=moments.index).where(moments.notna(), "")
+    for none). Formatted once per distinct instant: a snapshot holds few (days, not users)."""
+    codes, uniques = pd.factorize(moments.dt.tz_convert(None).dt.floor("s"))
+    text = np.datetime_as_string(uniques.to_numpy("datetime64[s]"), unit="s")
+    table = np.append(np.char.add(text, ".000Z").astype(object), "")
+    return pd.Series(table[codes], index=moments.index)  # code -1 (none) takes the last: ''
 
 
 def desired_accounts(
@@ -82,15 +86,6 @@ def desired_accounts(
     ).reset_index(drop=True)
 
 
-def values_json(frame: pd.DataFrame, key: str) -> list[str]:
-    """Each row's values except the key, as the ledger stores them (sorted-key JSON)."""
-    fields = sorted(c for c in frame.columns if c != key)
-    return [
-        json.dumps(dict(zip(fields, row, strict=True)))
-        for row in frame[fields].itertuples(index=False, name=None)
-    ]
-
-
 def digests(frame: pd.DataFrame, key: str) -> pd.Series:
     """A 64-bit digest (as text) of each row's values except the key: the fast diff."""
     fields = sorted(c for c in frame.columns if c != key)
@@ -101,17 +96,8 @@ def changed(desired: pd.DataFrame, ledger: pd.DataFrame | None, key: str = "emai
     """Rows of `desired` whose values differ from what the ledger says was last written."""
     if ledger is None or ledger.empty:
         return desired
-    last = ledger.set_index(key)
-    digest = last["digest"] if "digest" in last.columns else pd.Series(pd.NA, index=last.index)
-    was = desired[key].map(digest)
-    differs = digests(desired, key).ne(was)
-    # Rows written before the ledger kept digests: compare their JSON instead.
-    old = was.isna()
-    if old.any() and (old := old & desired[key].isin(last.index)).any():
-        rows = desired[old]
-        now = pd.Series(values_json(rows, key), index=rows.index)
-        differs[old] = now.ne(rows[key].map(last["values"]))
-    return desired[differs]
+    was = desired[key].map(ledger.set_index(key)["digest"])
+    return desired[digests(desired, key).ne(was)]
 
 
 def plan(
@@ -135,7 +121,9 @@ def keep_flags(desired: pd.DataFrame, ledger: pd.DataFrame | None, flag: str) ->
     """With unflag off, a lead once written as qualified stays flagged in the CRM."""
     if ledger is None or ledger.empty:
         return desired
-    was = ledger.set_index("email")["values"].map(lambda v: json.loads(v).get(flag) == "true")
+    if flag not in ledger.columns:
+        return desired
+    was = ledger.set_index("email")[flag].eq("true")
     keep = desired["email"].map(was).fillna(False).astype(bool)
     return desired.assign(**{flag: desired[flag].where(~keep, "true")})
 
@@ -179,15 +167,44 @@ def edited_in_crm(
     """Keys whose CRM values differ from what this pipeline last wrote (edited by hand)."""
     if ledger is None or not current:
         return set()
-    mine = ledger[ledger[key].isin(current.keys())]
-    last = {k: json.loads(v) for k, v in zip(mine[key], mine["values"], strict=True)}
-    return set(differing(current, last))
+    # Only the fields read from the CRM: a field no longer mapped is nobody's edit.
+    fields = set().union(*current.values())
+    last = last_values(ledger, current.keys(), key)
+    return set(differing(current, {k: {f: v for f, v in d.items() if f in fields}
+                                   for k, d in last.items()}))  # fmt: skip
+
+
+def last_values(ledger: pd.DataFrame | None, keys, key: str = "email") -> dict[str, dict]:
+    """key → {field: value last written} for those of `keys` in the ledger (fields the
+    mapping had then)."""
+    if ledger is None:
+        return {}
+    mine = ledger[among(ledger[key], keys)]
+    fields = [c for c in mine.columns if c not in (key, *META)]
+    return {r[key]: {f: r[f] for f in fields if not pd.isna(r[f])} for r in mine.to_dict("records")}
+
+
+META = ("digest", "synced_at")  # the ledger's columns besides the key and the fields
 
 
 def load_ledger(lake: Lake, name: str = "ledger", crm: str = "hubspot") -> pd.DataFrame | None:
-    """What the sync last wrote to `crm` (key, sorted-key JSON values, synced_at), or None."""
+    """What the sync last wrote to `crm` (key, one column per field, digest, synced_at), or
+    None. Ledgers from before the columns (one JSON text per key) are read as well."""
     path = lake.sync(crm) / name / "ledger.parquet"
-    return pd.read_parquet(path) if path.exists() else None
+    if not path.exists():
+        return None
+    frame = pd.read_parquet(path)
+    if "values" not in frame.columns:
+        return frame
+    key = frame.columns[0]
+    values = pd.DataFrame([json.loads(v) for v in frame["values"]], index=frame.index)
+    out = pd.concat([frame[[key]], values], axis=1)
+    # Digests are over the fields the row was written with: a field missing from a row (the
+    # mapping changed since) makes it differ, and the row is written again.
+    digest = digests(out, key)
+    if "digest" in frame.columns:
+        digest = frame["digest"].fillna(digest)
+    return out.assign(digest=digest, synced_at=frame["synced_at"])
 
 
 def edits_since(lake: Lake, name: str = "ledger", crm: str = "hubspot") -> datetime | None:
@@ -196,14 +213,6 @@ def edits_since(lake: Lake, name: str = "ledger", crm: str = "hubspot") -> datet
     if not path.exists():
         return None
     return datetime.fromisoformat(json.loads(path.read_text())["edits_since"]) - CLOCK_SKEW
-
-
-def entries(rows: pd.DataFrame, key: str = "email") -> pd.DataFrame:
-    """Ledger entries (key, values JSON, digest) for rows about to be written: computed while
-    the rate window would idle anyway, so the run ends soon after its last call."""
-    return pd.DataFrame(
-        {key: rows[key], "values": values_json(rows, key), "digest": digests(rows, key)}
-    )
 
 
 def update_ledger(
@@ -215,16 +224,13 @@ def update_ledger(
     name: str = "ledger",
     crm: str = "hubspot",
     run_started: datetime | None = None,
-    prepared: pd.DataFrame | None = None,
 ) -> None:
-    """Record `written` rows as the CRM's values (from `prepared` entries when given); with
-    `run_started`, the next edit check starts there (everything the CRM changed since)."""
-    if prepared is None:
-        fresh = entries(written, key)
-    else:
-        fresh = prepared[prepared[key].isin(written[key])]
-    fresh = fresh.assign(synced_at=datetime.now(UTC))
-    merged = fresh if ledger is None else pd.concat([ledger[~ledger[key].isin(fresh[key])], fresh])
+    """Record `written` rows (key and field values) as the CRM's values; with `run_started`,
+    the next edit check starts there (everything the CRM changed since)."""
+    fresh = written.assign(digest=digests(written, key), synced_at=datetime.now(UTC))
+    merged = fresh
+    if ledger is not None:
+        merged = pd.concat([ledger[~among(ledger[key], fresh[key])], fresh])
     state = lake.sync(crm) / name / "state.json"
     previous = state.read_text() if state.exists() else None
     with atomic_dir(lake.sync(crm) / name) as tmp:
@@ -237,11 +243,11 @@ def update_ledger(
 
 def diff_sample(todo: pd.DataFrame, ledger: pd.DataFrame | None, n: int = 10) -> list[dict]:
     """Up to n records that would be written, each with its changed fields' old and new values."""
-    last = {} if ledger is None else dict(zip(ledger["email"], ledger["values"], strict=True))
+    last = last_values(ledger, todo["email"].head(n))
     fields = [c for c in todo.columns if c != "email"]
     out = []
     for r in todo.head(n).to_dict("records"):
-        old = json.loads(last[r["email"]]) if r["email"] in last else {}
+        old = last.get(r["email"], {})
         changes = {k: (old.get(k), r[k]) for k in fields if old.get(k) != r[k]}
         out.append({"email": r["email"], "new_record": not old, "changes": changes})
     return out
@@ -261,10 +267,10 @@ def apply_manual_edits(
     if not edited:
         return todo, {"edited_in_crm": 0}
     if rule == "keep":
-        kept = todo["email"].isin(edited)
+        kept = among(todo["email"], edited)
         log.warning("%s records were edited in the CRM by hand: kept", len(edited))
         return todo[~kept], {"edited_in_crm": len(edited), "kept_manual_edits": int(kept.sum())}
-    back = desired[desired["email"].isin(edited) & ~desired["email"].isin(todo["email"])]
+    back = desired[among(desired["email"], edited) & ~among(desired["email"], todo["email"])]
     log.warning("%s records were edited in the CRM by hand: computed values written back",
                 len(edited))  # fmt: skip
     return pd.concat([todo, back]), {"edited_in_crm": len(edited), "overwritten": len(edited)}
@@ -285,7 +291,7 @@ def verify_rest(results: pd.DataFrame, checked: list[str], mode: str) -> list[st
     batch of 100-200 records, of which a sample sees only some)."""
     if mode != "sample" or not checked:
         return []
-    sampled = results["email"].isin(checked)
+    sampled = among(results["email"], checked)
     if not (sampled & results["status"].eq("failed")).any():
         return []
     log.warning("read-back: the sample found lost writes; reading back every written record")
@@ -309,7 +315,7 @@ def unverified(
     if bad:
         log.warning("read-back: %s of %s checked records differ; they stay unsynced", len(bad),
                     len(checked))  # fmt: skip
-        hit = results["email"].isin(bad.keys())
+        hit = among(results["email"], bad)
         results.loc[hit, "status"] = "failed"
         results.loc[hit, "message"] = results.loc[hit, "email"].map(bad)
         results.loc[hit, "transient"] = True

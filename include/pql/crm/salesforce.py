@@ -37,6 +37,7 @@ from pql.crm.ledger import (
     update_ledger,
     verify_rest,
 )
+from pql.frames import among
 from pql.lake import Lake, atomic_dir
 
 log = logging.getLogger(__name__)
@@ -469,13 +470,13 @@ def sync(
     with atomic_dir(run_dir) as tmp:
         results.to_parquet(tmp / "results.parquet", index=False)
     written = results[results["status"] == "written"]
-    update_ledger(lake, ledger, todo[todo["email"].isin(written["email"])], crm=CRM,
+    update_ledger(lake, ledger, todo[among(todo["email"], written["email"])], crm=CRM,
                   run_started=started)  # fmt: skip
     failed = results[results["status"] == "failed"]
     counts.update(
         written=len(written),
         failed=len(failed),
-        created=int((written["record_id"].notna() & ~written["email"].isin(found)).sum()),
+        created=int((written["record_id"].notna() & ~among(written["email"], found)).sum()),
         not_in_crm=len(not_in_crm),
         api="bulk" if bulk else "collections",
         run=run_id,
@@ -553,7 +554,7 @@ def sync_accounts(
                        "record": record})  # fmt: skip
     results = pd.DataFrame(_collections(call, writes) if writes else [], columns=RESULT_COLUMNS)
     written = results.loc[results["status"] == "written", "email"]
-    update_ledger(lake, ledger, todo[todo["domain"].isin(written)], key="domain",
+    update_ledger(lake, ledger, todo[among(todo["domain"], written)], key="domain",
                   name="accounts_ledger", crm=CRM)  # fmt: skip
     counts.update(written=len(written), failed=int((results["status"] == "failed").sum()),
                   not_in_crm=missing)  # fmt: skip
