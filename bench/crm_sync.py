@@ -132,9 +132,10 @@ def main() -> None:
             seed(state, hs, lake, target, scores(n))
             print(f"seeded {n:,} contacts and the ledger in {time.perf_counter() - t:.0f} s")
 
+            today = scores(n, changed)
             before = counters(base)
             t = time.perf_counter()
-            result = crm.sync(hs, lake, target, scores(n, changed))
+            result = crm.sync(hs, lake, target, today)
             seconds = time.perf_counter() - t
             run = calls(base, before)
             made = run["write"] + run["read"] + run["other"]
@@ -156,7 +157,7 @@ def main() -> None:
 
             before = counters(base)
             t = time.perf_counter()
-            again = crm.sync(hs, lake, target, scores(n, changed))
+            again = crm.sync(hs, lake, target, today)
             local = time.perf_counter() - t
             rerun = calls(base, before)
             print(f"\nunchanged re-run: {again['written']} written, {rerun['write']} write calls, "

@@ -288,14 +288,15 @@ def main() -> None:
         try:
             sf, login, session = client(state, info["salesforce_url"])
 
+            today = scores(n, changed)
             before = counters(base)
             session.reset()
             t = time.perf_counter()
-            result = crm.sync(sf, lake, target, scores(n, changed), login=login)
+            result = crm.sync(sf, lake, target, today, login=login)
             seconds = time.perf_counter() - t
             run = calls(base, before)
             mine = {k: (session.calls[k], session.seconds[k]) for k in session.calls}
-            held = check_written(state, scores(n, changed).head(changed), target)
+            held = check_written(state, today.head(changed), target)
             print(f"\nsync, {changed:,} of {n:,} changed (bulk_threshold "
                   f"{target.bulk_threshold:,}): {result['written']:,} written via "
                   f"{result['api']}, {result['unchanged']:,} unchanged, {result['failed']} "
@@ -320,7 +321,7 @@ def main() -> None:
             before = counters(base)
             session.reset()
             t = time.perf_counter()
-            again = crm.sync(sf, lake, target, scores(n, changed), login=login)
+            again = crm.sync(sf, lake, target, today, login=login)
             local = time.perf_counter() - t
             rerun = calls(base, before)
             print(f"\nunchanged re-run: {again['written']} written, {rerun['write']} write calls, "
@@ -329,7 +330,7 @@ def main() -> None:
                   + f"), {local:.1f} s")  # fmt: skip
 
             sample = min(args.naive_sample, changed)
-            frame = scores(n, changed).head(sample).assign(score=1, flag=False)
+            frame = today.head(sample).assign(score=1, flag=False)
             before = counters(base)
             naive_s = naive(sf, ids[:sample], frame, target) / sample * changed
             made = calls(base, before)

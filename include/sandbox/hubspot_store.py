@@ -1223,11 +1223,15 @@ class SearchQuery:
         sql, params = "", []
         ops = {"GT": ">", "GTE": ">=", "LT": "<", "LTE": "<="}
         common = [f for f in self.groups[0] if all(f in g for g in self.groups[1:])]
+        # A modified-since range has an index of its own, far narrower than "every id above
+        # n" (which SQLite would pick otherwise): `+id` keeps the id range off the index.
+        indexed = {"lastmodifieddate", "hs_lastmodifieddate"}
+        by_time = any(f.defn.name in indexed and f.operator in ops for f in common)
         for f in common:
             if f.operator not in ops:
                 continue
             if f.defn.name == "hs_object_id":
-                sql += f" AND id {ops[f.operator]} ?"
+                sql += f" AND {'+id' if by_time else 'id'} {ops[f.operator]} ?"
                 params.append(int(f.values[0]))
             elif f.defn.type == "datetime":
                 sql += f" AND json_extract(properties, '$.{f.defn.name}') {ops[f.operator]} ?"

@@ -24,11 +24,14 @@ from pql.crm.ledger import (
     SyncError,
     apply_manual_edits,
     changed,
+    contact_fields,
     desired_accounts,
     diff_sample,
     edits_since,
     load_ledger,
+    merged_ledger,
     plan,
+    save_ledger,
     to_verify,
     unverified,
     update_ledger,
@@ -307,25 +310,26 @@ def sync(
     Records edited by hand since the last run follow `on_manual_edit`.
     """
     started = datetime.now(UTC)
+    fields = contact_fields(target)
+    # With overwrite, edits to records whose computed values did not change must be undone
+    # too: look at every contact HubSpot changed since the last run began (pages of 200).
+    since = edits_since(lake) if target.on_manual_edit == "overwrite" and not dry_run else None
     with ThreadPoolExecutor(max_workers=1) as pool:
-        # The provisioning check's calls open the rate window while the diff is computed.
+        # The provisioning check, then the edit search, run while the diff is computed: the
+        # first write goes out as soon as the diff is done.
         provisioned = None if dry_run else pool.submit(ensure_properties, hs, target)
+        modified = pool.submit(modified_contacts, hs, since, fields) if since else None
         desired, ledger, todo, counts = plan(scores, lake, target, "hubspot")
         if dry_run:
             return {**counts, "would_write": len(todo), "sample": diff_sample(todo, ledger)}
         provisioned.result()
-    fields = [c for c in desired.columns if c != "email"]
+        current = modified.result() if modified else {}
     if ledger is not None:
         if target.on_manual_edit == "keep":
             # An edit made any time since we wrote a record must survive: read the records
             # about to be written (one read per 100).
             known = todo["email"][among(todo["email"], ledger["email"])]
             current = read_contacts(hs, list(known), fields)
-        else:
-            # Edits to records whose computed values did not change must be undone too: look
-            # at every contact HubSpot changed since the last run began (search pages of 200).
-            since = edits_since(lake)
-            current = modified_contacts(hs, since, fields) if since else {}
         todo, found = apply_manual_edits(todo, desired, ledger, current, target.on_manual_edit)
         counts.update(found)
     if not target.create_missing:
@@ -342,17 +346,23 @@ def sync(
         list(upsert_contacts(hs, todo)),
         columns=["email", "status", "http_status", "message", "transient", "hubspot_id"],
     )
-    checked = to_verify(results.loc[results["status"] == "written", "email"], target.verify,
-                        target.verify_sample)  # fmt: skip
-    if checked:
-        results = unverified(results, todo, read_contacts(hs, checked, fields), checked)
-        if rest := verify_rest(results, checked, target.verify):
-            results = unverified(results, todo, read_contacts(hs, rest, fields), rest)
+    ok = results.loc[results["status"] == "written", "email"]
+    checked = to_verify(ok, target.verify, target.verify_sample)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # The read-back waits for the rate window: the new ledger is built meanwhile.
+        held = pool.submit(read_contacts, hs, checked, fields) if checked else None
+        merged = merged_ledger(ledger, todo[among(todo["email"], ok)])
+        if held is not None:
+            results = unverified(results, todo, held.result(), checked)
+            if rest := verify_rest(results, checked, target.verify):
+                results = unverified(results, todo, read_contacts(hs, rest, fields), rest)
+    written = results[results["status"] == "written"]
+    if len(written) < len(ok):  # the CRM did not keep some writes: they stay out
+        merged = merged_ledger(ledger, todo[among(todo["email"], written["email"])])
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     with atomic_dir(lake.sync("hubspot") / f"run={run_id}") as tmp:
         results.to_parquet(tmp / "results.parquet", index=False)
-    written = results[results["status"] == "written"]
-    update_ledger(lake, ledger, todo[among(todo["email"], written["email"])], run_started=started)
+    save_ledger(lake, merged, run_started=started)
     failed = results[results["status"] == "failed"]
     counts.update(written=len(written), failed=len(failed), run=run_id)
     log.info("HubSpot sync: %(written)s written, %(unchanged)s unchanged, %(failed)s failed, "

@@ -33,20 +33,24 @@ class SyncError(Exception):
 
 def desired_values(scores: pd.DataFrame, target: HubSpotTarget | SalesforceTarget) -> pd.DataFrame:
     """CRM field values (strings) per email, from a scores snapshot."""
-    f = target.fields
     email = normal_emails(scores["email"])
     s = scores.assign(email=email)[email.notna()].drop_duplicates("email", keep="last")
     qualified = pd.to_datetime(s["qualified_at"], utc=True)
-    return pd.DataFrame(
-        {
-            "email": s["email"].astype(str),
-            f.score: s["score"].astype(int).astype(str),
-            f.flag: s["flag"].map({True: "true", False: "false"}),
-            f.qualified_at: _iso_seconds(qualified),
-            f.reasons: s["reasons"].fillna(""),
-            f.model_version: s["model_version"],
-        }
-    ).reset_index(drop=True)
+    values = [
+        s["score"].astype(int).astype(str),
+        s["flag"].map({True: "true", False: "false"}),
+        _iso_seconds(qualified),
+        s["reasons"].fillna(""),
+        s["model_version"],
+    ]
+    columns = dict(zip(contact_fields(target), values, strict=True))
+    return pd.DataFrame({"email": s["email"].astype(str), **columns}).reset_index(drop=True)
+
+
+def contact_fields(target: HubSpotTarget | SalesforceTarget) -> list[str]:
+    """The CRM fields a contact (lead) sync writes, in desired_values' column order."""
+    f = target.fields
+    return [f.score, f.flag, f.qualified_at, f.reasons, f.model_version]
 
 
 def normal_emails(emails: pd.Series) -> pd.Series:
@@ -227,10 +231,28 @@ def update_ledger(
 ) -> None:
     """Record `written` rows (key and field values) as the CRM's values; with `run_started`,
     the next edit check starts there (everything the CRM changed since)."""
+    save_ledger(lake, merged_ledger(ledger, written, key), name=name, crm=crm,
+                run_started=run_started)  # fmt: skip
+
+
+def merged_ledger(
+    ledger: pd.DataFrame | None, written: pd.DataFrame, key: str = "email"
+) -> pd.DataFrame:
+    """The ledger with `written` rows (key and field values) as the CRM's values."""
     fresh = written.assign(digest=digests(written, key), synced_at=datetime.now(UTC))
-    merged = fresh
-    if ledger is not None:
-        merged = pd.concat([ledger[~among(ledger[key], fresh[key])], fresh])
+    merged = pd.concat([ledger, fresh]) if ledger is not None else fresh
+    return merged.drop_duplicates(key, keep="last")  # this run's entry wins
+
+
+def save_ledger(
+    lake: Lake,
+    merged: pd.DataFrame,
+    *,
+    name: str = "ledger",
+    crm: str = "hubspot",
+    run_started: datetime | None = None,
+) -> None:
+    """Put a merged ledger in place in one step (see update_ledger)."""
     state = lake.sync(crm) / name / "state.json"
     previous = state.read_text() if state.exists() else None
     with atomic_dir(lake.sync(crm) / name) as tmp:
