@@ -23,6 +23,7 @@ from pql.lake import Lake, atomic_dir
 # Look a little further back than the last run started: the CRM stamps modification times
 # with its own clock, and HubSpot's search index lags writes by "a few moments".
 CLOCK_SKEW = timedelta(minutes=5)
+META = ("digest", "synced_at")  # the ledger's columns besides the key and the fields
 
 log = logging.getLogger(__name__)
 
@@ -186,9 +187,6 @@ def last_values(ledger: pd.DataFrame | None, keys, key: str = "email") -> dict[s
     mine = ledger[among(ledger[key], keys)]
     fields = [c for c in mine.columns if c not in (key, *META)]
     return {r[key]: {f: r[f] for f in fields if not pd.isna(r[f])} for r in mine.to_dict("records")}
-
-
-META = ("digest", "synced_at")  # the ledger's columns besides the key and the fields
 
 
 def load_ledger(lake: Lake, name: str = "ledger", crm: str = "hubspot") -> pd.DataFrame | None:
