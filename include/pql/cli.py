@@ -133,7 +133,9 @@ def extract(config_path, source_name, first, last, window_days) -> None:
     click.echo(
         f"{src.name} {first}..{last}: {result['raw']:,} raw lines = "
         f"{result['canonical']:,} canonical + {result['duplicates']:,} duplicates + "
-        f"{result['quarantined']:,} quarantined ({result['windows']} export calls)"
+        f"{result['quarantined']:,} quarantined ({result['windows']} export calls"
+        + (f", {retries} fetched again" if (retries := result["fetch_retries"]) else "")
+        + ")"  # fmt: skip
     )
 
 
@@ -351,7 +353,11 @@ def events_stats(config_path, source_name, by) -> None:
         table.add_column(col, justify="left" if frame[col].dtype == object else "right")
     for row in frame.itertuples(index=False):
         table.add_row(*[f"{v:,}" if isinstance(v, int) else str(v) for v in row])
-    console.print(table)
+    # Piped or redirected, the table keeps its rows whole instead of wrapping at 80 columns.
+    (console if console.is_terminal else Console(width=100_000)).print(table)
+    if by == "day":
+        for line in stats.retried(cfg.lake.root, names):
+            click.echo(f"fetched again: {line}")
 
 
 # --- sandbox -------------------------------------------------------------------------------

@@ -89,6 +89,7 @@ class MixpanelSource(Strict):
     time_mode: Literal["auto", "utc", "local"] = "auto"
     profile_lookup: bool = True  # ask Engage for the email of users whose events have none
     queries_per_hour: int = Field(60, gt=0, le=3600)  # Mixpanel's export budget per project
+    fetch_attempts: int = Field(6, ge=1, le=20)  # per window: errors and cut downloads, then fail
 
     @field_validator("project_timezone")
     @classmethod
@@ -135,6 +136,7 @@ class AmplitudeSource(Strict):
     bad_line_threshold: float = Field(0.01, ge=0, le=1)
     lookback_days: int = Field(2, ge=0, le=30)
     availability_delay_hours: int = Field(3, ge=0, le=48)
+    fetch_attempts: int = Field(6, ge=1, le=20)  # per window: errors and cut downloads, then fail
 
 
 Source = Annotated[MixpanelSource | AmplitudeSource, Field(discriminator="kind")]

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import functools
+import logging
 import os
 import shutil
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,10 +18,12 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Lake:
-    """Partition paths under one root (see DESIGN.md, "The lake")."""
+    """Partition paths under one root: raw/, events/, quarantine/, scores/, sync/, reports/ ..."""
 
     root: Path
 
@@ -72,11 +77,15 @@ class Lake:
 def atomic_dir(final: Path) -> Iterator[Path]:
     """Yield an empty temporary folder that replaces `final` whole when the block succeeds.
 
-    A crash leaves either the old partition or the new one, never half of either.
+    A crash leaves either the old partition or the new one, never half of either. The folder
+    is locked while the block runs; what killed runs left beside `final` is removed first.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
+    sweep(final)
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
+    fd = os.open(tmp, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # "a live run owns this": released however the run ends
     try:
         yield tmp
         # Swapped in one step where the system can (then tmp holds the old version, removed
@@ -88,10 +97,59 @@ def atomic_dir(final: Path) -> Iterator[Path]:
                 os.replace(final, old)
             os.replace(tmp, final)
             if old is not None:
-                shutil.rmtree(old)
+                shutil.rmtree(old, ignore_errors=True)  # a sweep may be at it too
     finally:
+        os.close(fd)
         if tmp.exists():
-            shutil.rmtree(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+#: A leftover younger than this may belong to a run that has not locked it yet.
+SWEEP_AFTER_SECONDS = 60.0
+
+
+def sweep(final: Path) -> list[Path]:
+    """Remove the temporary folders and files that killed runs left beside `final`.
+
+    A run holds a lock on its temporary folder (or file) as long as it lives, so only what
+    nobody holds is removed, and only once it is a minute old. `.old-` folders are removed
+    only when `final` exists (else a swap without renameat2 may be half done). Returns what
+    was removed.
+    """
+    removed = []
+    now = time.time()
+    prefixes = (f".tmp-{final.name}-",) + ((f".old-{final.name}-",) if final.exists() else ())
+    try:
+        entries = list(os.scandir(final.parent))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(prefixes):
+            continue
+        try:
+            if now - entry.stat(follow_symlinks=False).st_mtime < SWEEP_AFTER_SECONDS:
+                continue
+            fd = os.open(entry.path, os.O_RDONLY)
+        except OSError:  # gone meanwhile
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a live run holds it
+            os.close(fd)
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+            removed.append(Path(entry.path))
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    if removed:
+        log.info("removed %s leftover(s) of killed runs beside %s", len(removed), final)
+    return removed
 
 
 _RENAME_EXCHANGE, _AT_FDCWD = 2, -100
@@ -126,9 +184,11 @@ def _exchange(a: Path, b: Path) -> bool:
 def atomic_file(final: Path, mode: str = "wb"):
     """Open a temporary file that is renamed to `final` when the block succeeds."""
     final.parent.mkdir(parents=True, exist_ok=True)
+    sweep(final)
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     try:
         with open(tmp, mode) as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)  # see atomic_dir
             yield f
             f.flush()
             os.fsync(f.fileno())

@@ -27,8 +27,8 @@ def per_event(root: Path, sources: list[str]) -> pd.DataFrame:
 
 
 def per_day(root: Path, sources: list[str]) -> pd.DataFrame:
-    """Events per source and export day, with the duplicates and quarantined lines of the
-    export that last wrote the day (from its manifest)."""
+    """Events per source and export day, with the duplicates, quarantined lines and fetch
+    retries of the export that last wrote the day (from its manifest)."""
     lake = Lake(root)
     rows = []
     for src in sources:
@@ -53,9 +53,32 @@ def per_day(root: Path, sources: list[str]) -> pd.DataFrame:
                     "export": f"{m.get('first', '?')}..{m.get('last', '?')}",
                     "export_duplicates": int(m.get("duplicates", 0)),
                     "export_quarantined": int(m.get("quarantined", 0)),
+                    "export_retries": retries(m),
                 }
             )
     return pd.DataFrame(rows)
+
+
+def retries(manifest: dict) -> int:
+    """Fetches of an export beyond the first, over its requests (0 for manifests without)."""
+    return sum(f["attempts"] - 1 for f in manifest.get("fetches", []))
+
+
+def retried(root: Path, sources: list[str]) -> list[str]:
+    """One line per export whose fetch needed retries: its window and why each try failed."""
+    lake = Lake(root)
+    lines = []
+    for src in sources:
+        for _, raw_dir in lake.partitions(f"raw/{src}"):
+            manifest = raw_dir / "manifest.json"
+            if not manifest.exists():
+                continue
+            m = json.loads(manifest.read_text())
+            for f in m.get("fetches", []):
+                if f["faults"]:
+                    lines.append(f"{src} {f['window']}: {f['attempts']} attempts ("
+                                 + "; ".join(f["faults"]) + ")")  # fmt: skip
+    return lines
 
 
 def _files(lake: Lake, sources: list[str]) -> list[str]:

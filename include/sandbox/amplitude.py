@@ -20,7 +20,9 @@ Settings (read with defaults, so they may be absent from settings.json):
 
 Fault injection (``state.queue_fault("amplitude", status)``): a queued 4xx/5xx status (429, 503,
 504, ...) is answered instead of the request; ``CORRUPT_FAULT`` (298) serves the archive with its
-first member cut to half its length (the zip stays valid, gunzip of that member fails).
+first member cut to half its length (the zip stays valid, gunzip of that member fails);
+``ZIP_CUT_FAULT`` (297) serves it cut in its central directory (the zip does not open). Faults of
+the connection itself (a cut or reset body) come from ``sandbox.wire``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import json
 import random
 import re
 import secrets
+import struct
 import tempfile
 import threading
 import uuid
@@ -58,6 +61,10 @@ EXPORT_PATH = "/api/2/export"
 
 #: Queued on target "amplitude": serve the archive with its first gzip member truncated.
 CORRUPT_FAULT = 298
+#: Queued on target "amplitude": serve the archive cut in the middle of its central directory
+#: (the zip's table of contents, at its end), with a Content-Length that matches the cut body,
+#: as a server that lost the end of a file it was sending would.
+ZIP_CUT_FAULT = 297
 
 DEFAULT_PROJECT_ID = 187520
 #: Settings this emulator reads, with their defaults (used when settings.json lacks them).
@@ -496,17 +503,21 @@ def _prepend(first: bytes, rest: Iterable[bytes]) -> Iterator[bytes]:
     yield from rest
 
 
-def _stream_file(f: BinaryIO) -> Iterator[bytes]:
+def _stream_file(f: BinaryIO, size: int) -> Iterator[bytes]:
     with f:
-        while chunk := f.read(CHUNK_BYTES):
+        while size > 0 and (chunk := f.read(min(CHUNK_BYTES, size))):
+            size -= len(chunk)
             yield chunk
 
 
-def export_response(state: SandboxState, window: ExportWindow, *, corrupt: bool = False):
+def export_response(
+    state: SandboxState, window: ExportWindow, *, corrupt: bool = False, cut: bool = False
+):
     """The archive as a streamed application/zip response; 404 when no event is visible.
 
     The zip is built in a temporary file (archives may be gigabytes) that is unlinked while open,
-    so it disappears however the download ends.
+    so it disappears however the download ends. With `cut`, only the archive up to the middle of
+    its central directory is served.
     """
     tmp_dir = state.root / "tmp"
     tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -515,11 +526,20 @@ def export_response(state: SandboxState, window: ExportWindow, *, corrupt: bool 
         if build_archive(state, window, f, now=_utcnow(), corrupt=corrupt) == 0:
             raise AmplitudeError(404, "No data available for the time range requested")
         size = f.tell()
+        if cut:
+            size = _central_directory(f, size)
         f.seek(0)
         cleanup.pop_all()  # from here the response body owns (and closes) the file
     return StreamingResponse(
-        _stream_file(f), media_type="application/zip", headers={"Content-Length": str(size)}
+        _stream_file(f, size), media_type="application/zip", headers={"Content-Length": str(size)}
     )
+
+
+def _central_directory(f: BinaryIO, size: int) -> int:
+    """The middle of the zip's central directory (from its end record, 22 bytes, no comment)."""
+    f.seek(size - 22)
+    (offset,) = struct.unpack("<I", f.read(22)[16:20])
+    return offset + (size - offset) // 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -588,7 +608,9 @@ def router(state: SandboxState) -> APIRouter:
             _raise_for_fault(fault)
             _authenticate(state, request)
             window = parse_window(dict(request.query_params))
-            return export_response(state, window, corrupt=fault == CORRUPT_FAULT)
+            return export_response(
+                state, window, corrupt=fault == CORRUPT_FAULT, cut=fault == ZIP_CUT_FAULT
+            )
         except AmplitudeError as exc:
             return _error_response(exc)
 

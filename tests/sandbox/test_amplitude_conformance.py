@@ -279,6 +279,22 @@ def test_corrupt_member_fault(sandbox, hook, creds, seeded):
     assert len(unzip(export(hook, **DAY))) == 4  # one request only
 
 
+def test_zip_cut_fault(sandbox, hook, seeded):
+    """The archive is served cut inside its central directory, with a matching length: the
+    HTTP transfer is complete, the zip does not open."""
+    whole = export(hook, **DAY).content
+    sandbox.queue_fault("amplitude", amplitude.ZIP_CUT_FAULT)
+    response = export(hook, **DAY)
+    assert response.status_code == 200
+    assert int(response.headers["Content-Length"]) == len(response.content) < len(whole)
+    assert whole.startswith(response.content)
+    directory = whole.index(b"PK\x01\x02")  # where the central directory starts
+    assert directory < len(response.content)  # cut after the members, inside the directory
+    with pytest.raises(zipfile.BadZipFile):
+        zipfile.ZipFile(io.BytesIO(response.content))
+    assert len(unzip(export(hook, **DAY))) == 4  # one request only
+
+
 # ---------------------------------------------------------------------------------------------
 # Availability delay
 # ---------------------------------------------------------------------------------------------

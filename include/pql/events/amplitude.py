@@ -12,7 +12,6 @@ import gzip
 import hashlib
 import json
 import logging
-import shutil
 import time
 import zipfile
 import zlib
@@ -23,9 +22,11 @@ from pathlib import Path
 import requests
 
 from pql.config import AmplitudeSource
+from pql.events import transport
 from pql.events.canonical import Counts, Quarantine, RowBuffer, finish, first_value, split_by_day
-from pql.events.transport import CredentialsError, ExportError, send, transient
+from pql.events.transport import CredentialsError, ExportError, IncompleteExport, transient
 from pql.lake import Lake, atomic_dir
+from pql.ratelimit import Budget
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,6 @@ HOSTS = {"us": "https://amplitude.com", "eu": "https://analytics.eu.amplitude.co
 # a stored event, so a re-read window brings back the same uuid.
 DEDUP_KEY = ["device_id", "event_id"]
 MAX_LINE_BYTES = 1_000_000
-TRUNCATED = "truncated gzip stream"
 
 
 def base_url(residency: str, host: str | None = None) -> str:
@@ -52,65 +52,95 @@ def download(
     end: datetime,
     dest_dir: Path,
     *,
+    conn_id: str = "amplitude_default",
     attempts: int = 6,
     sleep: Callable[[float], None] = time.sleep,
+    budget: Budget | None = None,
+    fetches: list[dict] | None = None,
 ) -> list[Path]:
     """Fetch upload hours start..end (inclusive) as zip files in `dest_dir`.
 
     404 means no data (no file); 400 (over 4 GB) and 504 (too slow) split the window in halves
-    down to single hours; 429 and 5xx back off and retry; 401/403 stop with a clear message.
+    down to single hours; 429, 5xx, connection errors and archives that did not arrive whole
+    (cut, reset, a zip that does not open, a gzip member that breaks) are fetched again with
+    backoff; 401/403 stop with a clear message. Each request's attempts are appended to
+    `fetches`.
     """
-    url = f"{base}/api/2/export"
-    params = {"start": _hour(start), "end": _hour(end)}
+    window = f"{_hour(start)}..{_hour(end)}"
+    dest = dest_dir / f"export_{_hour(start)}_{_hour(end)}.zip"
     # 504 means "too large to finish": split the window rather than ask again.
-    resp = send(
+    got = transport.download(
         session,
-        "GET",
-        url,
+        f"{base}/api/2/export",
+        dest,
+        window=f"Amplitude export of upload hours {window}",
         attempts=attempts,
+        check=ArchiveBody,
         sleep=sleep,
-        params=params,
-        stream=True,
-        timeout=(10, 1800),
+        budget=budget,
         retry_on=lambda s: transient(s) and s != 504,
+        params={"start": _hour(start), "end": _hour(end)},
+        timeout=(10, 1800),
     )
-    with resp:
-        status = resp.status_code
-        if status == 200:
-            dest = dest_dir / f"export_{_hour(start)}_{_hour(end)}.zip"
-            with open(dest, "wb") as f:
-                for chunk in resp.iter_content(1 << 20):
-                    f.write(chunk)
-            return [dest]
-        if status == 404:
-            return []
-        body = resp.text[:300]
-        if status in (401, 403):
-            raise CredentialsError(
-                f"Amplitude refused the credentials ({status}: {body}). Check the "
-                "connection's login (project API key) and password (secret key)."
-            )
-        if status in (400, 504) and end > start:
-            mid = start + timedelta(hours=int((end - start).total_seconds() // 3600) // 2)
-            log.warning(
-                "Amplitude answered %s for %s..%s: splitting the window",
-                status,
-                _hour(start),
-                _hour(end),
-            )
-            return download(session, base, start, mid, dest_dir, sleep=sleep) + download(
-                session, base, mid + timedelta(hours=1), end, dest_dir, sleep=sleep
-            )
-        if transient(status):
-            raise ExportError(f"Amplitude export kept failing with {status}: {body}")
-        raise ExportError(
-            f"Amplitude rejected {params} ({status}): {body}. A single hour "
-            "over 4 GB needs Amplitude's S3 export instead."
+    if fetches is not None:
+        fetches.append(got.record(window))
+    status, body = got.status, got.text[:300]
+    if status == 200:
+        return [dest]
+    if status == 404:
+        return []
+    if status in (401, 403):
+        raise CredentialsError(
+            f"Amplitude refused the credentials of connection {conn_id!r} ({status}: {body}). "
+            "Check its login (project API key) and password (secret key)."
         )
+    if status in (400, 504) and end > start:
+        mid = start + timedelta(hours=int((end - start).total_seconds() // 3600) // 2)
+        log.warning("Amplitude answered %s for %s: splitting the window", status, window)
+        more = dict(conn_id=conn_id, attempts=attempts, sleep=sleep, budget=budget,
+                    fetches=fetches)  # fmt: skip
+        return download(session, base, start, mid, dest_dir, **more) + download(
+            session, base, mid + timedelta(hours=1), end, dest_dir, **more
+        )
+    if transient(status):
+        raise ExportError(f"Amplitude export kept failing with {status}: {body}")
+    raise ExportError(
+        f"Amplitude rejected hours {window} ({status}): {body}. A single hour "
+        "over 4 GB needs Amplitude's S3 export instead."
+    )
+
+
+class ArchiveBody:
+    """Whether an export archive arrived whole: the zip opens (its central directory is at the
+    end, so a cut archive does not), and every member passes its CRC and is a gzip stream that
+    ends with its last member's checksum."""
+
+    def __init__(self, headers) -> None:
+        pass
+
+    def feed(self, chunk: bytes) -> None:
+        pass  # a zip can only be judged whole from its end
+
+    def finish(self, path: Path) -> None:
+        try:
+            with zipfile.ZipFile(path) as zf:
+                for name in zf.namelist():
+                    check = transport.GzipCheck()
+                    with zf.open(name) as member:
+                        while block := member.read(1 << 20):
+                            if name.endswith(".gz"):
+                                check.feed(block)
+                    if name.endswith(".gz"):
+                        check.finish(path)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+            raise IncompleteExport(f"the zip archive is not whole ({e})") from e
+        except IncompleteExport as e:
+            raise IncompleteExport(f"a member of the zip archive is not whole: {e}") from e
 
 
 def read_lines(zip_path: Path) -> Iterator[tuple[str, str]]:
-    """(member:line, text) for every line of every gzip member; a broken member ends itself."""
+    """(member:line, text) for every line of every gzip member; a member that breaks raises
+    IncompleteExport (downloads are checked whole, so the file was damaged since)."""
     with zipfile.ZipFile(zip_path) as zf:
         for name in sorted(n for n in zf.namelist() if n.endswith(".json.gz")):
             n = 0
@@ -120,7 +150,10 @@ def read_lines(zip_path: Path) -> Iterator[tuple[str, str]]:
                     for n, line in enumerate(f, start=1):  # noqa: B007 (n used below)
                         yield f"{name}:{n}", line.rstrip("\n")
             except (EOFError, zlib.error, OSError, zipfile.BadZipFile) as e:
-                yield f"{name}:{n + 1}", f"\x00{TRUNCATED}: {e}"
+                raise IncompleteExport(
+                    f"{zip_path.name}/{name}: the gzip member breaks after line {n} ({e}): the "
+                    "raw export is not whole; extract its window again"
+                ) from e
 
 
 def parse_time(text) -> datetime | None:
@@ -137,8 +170,6 @@ def parse_time(text) -> datetime | None:
 def parse_line(line: str, source: str, email_properties: list[str],
                account_properties: list[str]):  # fmt: skip
     """One export line → (canonical row, None) or (None, the reason it was quarantined)."""
-    if line.startswith("\x00"):
-        return None, line[1:].split(":")[0]
     if len(line.encode("utf-8", "replace")) > MAX_LINE_BYTES:
         return None, "line too large"
     try:
@@ -208,7 +239,8 @@ def to_canonical(zips: list[Path], out_dir: Path, quarantine_dir: Path, *, sourc
 def extract_window(session: requests.Session, lake: Lake, src: AmplitudeSource, *, base: str,
                    first: date, last: date, email_properties: list[str],
                    account_properties: list[str], now: datetime | None = None,
-                   sleep: Callable[[float], None] = time.sleep) -> dict:  # fmt: skip
+                   sleep: Callable[[float], None] = time.sleep,
+                   budget: Budget | None = None) -> dict:  # fmt: skip
     """Export upload days first..last and replace each day's partition atomically.
 
     Hours younger than the source's availability delay are not asked for: the look-back of
@@ -225,27 +257,22 @@ def extract_window(session: requests.Session, lake: Lake, src: AmplitudeSource, 
             f"{first}..{last} is not exportable yet: Amplitude needs "
             f"{src.availability_delay_hours} h after an hour ends"
         )
+    fetches: list[dict] = []
     with atomic_dir(lake.raw(src.name, last)) as raw_dir, \
          atomic_dir(lake.quarantine(src.name, last)) as q_dir:  # fmt: skip
-        for attempt in (1, 2):
-            zips = download(session, base, start, end, raw_dir, sleep=sleep)
-            staged = raw_dir / "_staged"
-            staged.mkdir()
-            counts = to_canonical(
-                zips,
-                staged,
-                q_dir,
-                source=src.name,
-                email_properties=email_properties,
-                account_properties=account_properties,
-            )
-            if TRUNCATED not in counts.reasons or attempt == 2:
-                break
-            # A broken member is usually a transfer fault: fetch the window once more.
-            log.warning("a gzip member of %s..%s was truncated; fetching it again", first, last)
-            for folder in (raw_dir, q_dir):
-                shutil.rmtree(folder)
-                folder.mkdir()
+        zips = download(session, base, start, end, raw_dir, conn_id=src.connection_id,
+                        attempts=src.fetch_attempts, sleep=sleep, budget=budget,
+                        fetches=fetches)  # fmt: skip
+        staged = raw_dir / "_staged"
+        staged.mkdir()
+        counts = to_canonical(
+            zips,
+            staged,
+            q_dir,
+            source=src.name,
+            email_properties=email_properties,
+            account_properties=account_properties,
+        )
         per_day = split_by_day(
             staged / "part-0.parquet", lake, src.name, first, last, day_of="received_at"
         )
@@ -259,6 +286,7 @@ def extract_window(session: requests.Session, lake: Lake, src: AmplitudeSource, 
             "hours": [_hour(start), _hour(end)],
             **counts.as_dict(),
             "reasons": counts.reasons,
+            "fetches": fetches,
             "per_day": {d.isoformat(): n for d, n in per_day.items()},
         }
         (raw_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -284,5 +312,6 @@ def extract_window(session: requests.Session, lake: Lake, src: AmplitudeSource, 
         "first": first.isoformat(),
         "last": last.isoformat(),
         **counts.as_dict(),
+        "fetch_retries": sum(f["attempts"] - 1 for f in fetches),
         "raw_path": str(lake.raw(src.name, last)),
     }

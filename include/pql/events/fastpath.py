@@ -20,9 +20,9 @@ per-line work as vectorised DuckDB SQL instead of a Python loop:
    them) and the quarantined lines, in line order, to `lines.jsonl.gz`.
 
 Memory stays flat: every step streams or spills past `memory_limit` into a folder in `out_dir`.
-A broken gzip stream (cut short, corrupt, not gzip at all) never aborts the run: every readable
-line is processed and the rest becomes one line "truncated gzip stream", numbered as the old path
-numbers it, whose raw text is what could be read of the line that was cut (the error is logged).
+A broken gzip stream (cut short, corrupt, not gzip at all) is never data: downloads are checked
+whole before they reach the lake, so a raw file that breaks here was damaged since, and
+`IncompleteExport` says which file and after which line (the window must be extracted again).
 
 Where this path deliberately differs from the old one, always on input Mixpanel does not send,
 is listed in `DIFFERENCES`.
@@ -36,7 +36,6 @@ import logging
 import os
 import shutil
 import tempfile
-import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,7 +53,6 @@ log = logging.getLogger(__name__)
 
 MAX_LINE_BYTES = 1 << 20
 BLOCK_BYTES = 4 << 20  # inflated per read: big enough to amortise, small enough to stream
-BROKEN_STREAM = "truncated gzip stream"
 LINE_TOO_LARGE = "line too large"
 BAD_INSERT_ID = "invalid '$insert_id'"
 # zstd level 1 writes as fast as lz4, and within a few per cent of the default level's size.
@@ -68,8 +66,6 @@ DIFFERENCES = """\
 - a boolean distinct_id is "missing distinct_id"; the old path takes it as the user "True";
 - a $device_id that is a boolean, float, list or object gives no device_id; the old path stores
   its Python repr;
-- a line starting with a NUL byte is "not valid JSON"; the old path mistakes it for its own
-  broken-stream marker and takes the reason from the line's text;
 - DuckDB's JSON reader also accepts trailing commas and nan/inf in any letter case (such lines
   become events; the old path: "not valid JSON"), and rejects an unpaired UTF-16 surrogate
   escape ("not valid JSON"; the old path crashes writing Parquet);
@@ -77,8 +73,6 @@ DIFFERENCES = """\
 - emails are lower-cased by DuckDB, which has no Greek final sigma: "ΑΣ" → "ασ" (Python "ας");
 - properties hold the same JSON but DuckDB spells it: 1e16 as 10000000000000000.0, \\u001F in
   upper case (realistic exports come out byte for byte the same);
-- a corrupt gzip member: the old path loses the block it was inflating, this path salvages every
-  byte zlib can inflate, so it may read a few more lines before the break;
 - ties on the dedup key and mp_processing_time_ms keep the later line; the old path, any one.
 """
 
@@ -128,19 +122,23 @@ def to_canonical(
         con.unregister("lines")
         rel = f"read_parquet('{_sql_path(staged)}')"
         reasons = dict(con.execute(f"SELECT reason, count(*) FROM {rel} GROUP BY ALL").fetchall())
+        if lines.broken:
+            n, error = lines.broken
+            raise mixpanel.IncompleteExport(
+                f"{raw_path}: the gzip stream breaks after line {n - 1} ({error}): the raw "
+                "export is not whole; extract its window again"
+            )
         if reasons.pop("\x00terminated", 0):
             marker = mixpanel.TRUNCATED_MARKER
             raise mixpanel.IncompleteExport(f"{raw_path}: export contains '{marker}'")
         good = reasons.pop(None, 0)
-        if lines.broken:
-            reasons[BROKEN_STREAM] = reasons.get(BROKEN_STREAM, 0) + 1
         counts = Counts(raw=good + sum(reasons.values()), reasons=dict(sorted(reasons.items())))
         counts.quarantined = sum(reasons.values())
         if good:
             counts.canonical = _dedupe(con, rel, good, out_dir / "part-0.parquet")
         counts.duplicates = good - counts.canonical
         if counts.quarantined:
-            _write_quarantine(con, rel, lines.broken, quarantine_dir / "lines.jsonl.gz")
+            _write_quarantine(con, rel, quarantine_dir / "lines.jsonl.gz")
         counts.check()
         return counts
     finally:
@@ -175,13 +173,13 @@ class _Lines:
 
     `cut` is the byte length of a line longer than `max_line_bytes`, whose text is then only its
     first `max_line_bytes` bytes; NULL otherwise. After reading, `broken` is None, or the
-    (line number, readable start of that line, error) where the stream broke.
+    (line number, error) where the stream broke.
     """
 
     def __init__(self, path: Path, max_line_bytes: int):
         self.path, self.max_line_bytes = path, max_line_bytes
         self.count = 0
-        self.broken: tuple[int, str, str] | None = None
+        self.broken: tuple[int, str] | None = None
         self._giant: int | None = None  # length so far of an over-long line being skipped
         self._head = b""  # and its first max_line_bytes bytes
 
@@ -211,8 +209,7 @@ class _Lines:
                     body = data[end + 1 : cut]
                 yield self._batch(body)
         except _Broken as e:
-            readable = self._head if self._giant is not None else carry
-            self.broken = (self.count + 1, readable.decode("utf-8", "replace"), str(e))
+            self.broken = (self.count + 1, str(e))
             log.warning("%s: gzip stream broken after line %s: %s", self.path, self.count, e)
             return
         if self._giant is not None:
@@ -274,57 +271,15 @@ class _Lines:
 
 
 def _inflate(path: Path) -> Iterator[bytes]:
-    """The inflated blocks of a (multi-member) gzip file; _Broken after the last readable byte."""
+    """The inflated blocks of a (multi-member) gzip file; _Broken where it stops being readable."""
     if path.stat().st_size == 0:  # what gzip.open reads from an empty file: nothing, no error
         return
-    delivered = 0
     try:
         with igzip_threaded.open(path, "rb", threads=1) as stream:
             while block := stream.read(BLOCK_BYTES):
-                delivered += len(block)
                 yield block
-        return
     except (OSError, EOFError, ValueError) as e:
-        log.info(
-            "%s: ISA-L stopped inflating at byte %s (%s); salvaging with zlib", path, delivered, e
-        )
-    # The inflater may drop the block it was on when the stream breaks: zlib salvages the rest.
-    yield from _salvage(path, delivered)
-
-
-def _salvage(path: Path, skip: int) -> Iterator[bytes]:
-    """zlib inflates the file again: yield every readable byte after `skip`, then raise _Broken."""
-    d, started = zlib.decompressobj(31), False
-    with open(path, "rb") as f:
-        while True:
-            if d.eof:  # a member ended: whatever follows must be another member
-                data = d.unused_data or f.read(1 << 16)
-                if not data:
-                    return
-                d = zlib.decompressobj(31)
-            else:
-                data = f.read(1 << 16)
-                if not data:
-                    if started:
-                        raise _Broken("compressed file ended before the end-of-stream marker")
-                    return
-            started = True
-            before = d.copy()
-            try:
-                out, error = d.decompress(data), None
-            except zlib.error as e:  # redo in small steps to keep what precedes the damage
-                out, error, d = b"", e, before
-                for i in range(0, len(data), 64):
-                    try:
-                        out += d.decompress(data[i : i + 64])
-                    except zlib.error:
-                        break
-            if skip:
-                out, skip = out[skip:], max(0, skip - len(out))
-            if out:
-                yield out
-            if error:
-                raise _Broken(f"corrupt gzip stream ({error})")
+        raise _Broken(str(e)) from e
 
 
 def _content_ids(lines: pa.Array) -> pa.Array:
@@ -520,21 +475,10 @@ def _dedupe(con: duckdb.DuckDBPyConnection, staged: str, good: int, out: Path) -
     return written
 
 
-def _write_quarantine(con: duckdb.DuckDBPyConnection, staged: str,
-                      broken: tuple[int, str, str] | None, out: Path) -> None:  # fmt: skip
+def _write_quarantine(con: duckdb.DuckDBPyConnection, staged: str, out: Path) -> None:
     """The quarantined lines in line order, one {"line", "reason", "raw"} object per line."""
-    cut_line = pa.table(
-        {
-            "line": pa.array([broken[0]] if broken else [], pa.int64()),
-            "reason": pa.array([BROKEN_STREAM] if broken else [], pa.string()),
-            "raw": pa.array([broken[1]] if broken else [], pa.string()),
-        }
-    )
-    con.register("cut_line", cut_line)
     con.execute(
-        f"""COPY (SELECT line, reason, raw FROM (
-                    SELECT n AS line, reason, raw FROM {staged} WHERE reason IS NOT NULL
-                    UNION ALL SELECT * FROM cut_line) ORDER BY line)
+        f"""COPY (SELECT n AS line, reason, raw FROM {staged} WHERE reason IS NOT NULL
+                  ORDER BY line)
             TO '{_sql_path(out)}' (FORMAT json, COMPRESSION gzip)"""
     )
-    con.unregister("cut_line")

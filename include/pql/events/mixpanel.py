@@ -17,16 +17,11 @@ from pathlib import Path
 import requests
 
 from pql.config import MixpanelSource
-from pql.events import fastpath
+from pql.events import fastpath, transport
 from pql.events.canonical import Counts, Quarantine, RowBuffer, finish, first_value, split_by_day
-from pql.events.transport import (
-    CredentialsError,
-    ExportError,
-    IncompleteExport,
-    send,
-    transient,
-)
+from pql.events.transport import CredentialsError, ExportError, IncompleteExport, transient
 from pql.lake import Lake, atomic_dir
+from pql.ratelimit import Budget
 
 __all__ = ["CredentialsError", "ExportError", "IncompleteExport", "extract_window"]
 
@@ -70,64 +65,118 @@ def download(
     req: ExportRequest,
     dest: Path,
     *,
+    conn_id: str = "mixpanel_default",
+    timezone: str = "UTC",
     attempts: int = 6,
     sleep: Callable[[float], None] = time.sleep,
-) -> int:
-    """Stream one export to `dest` (gzip, as received); returns compressed bytes written.
+    budget: Budget | None = None,
+) -> transport.Download:
+    """Stream one export to `dest` (gzip, as received); returns how the fetch went.
 
-    Retries 429 and 5xx with exponential backoff, honouring Retry-After.
+    429, 5xx, connection errors and bodies that did not arrive whole (cut, reset, a broken
+    gzip stream, Mixpanel's 'terminated early') are fetched again with backoff; a body is
+    never kept unless it is whole.
     """
-    url = f"{req.base_url}/api/2.0/export"
-    resp = send(
+    got = transport.download(
         session,
-        "GET",
-        url,
+        f"{req.base_url}/api/2.0/export",
+        dest,
+        window=f"Mixpanel export {req.first}..{req.last} of project {req.project_id}",
         attempts=attempts,
+        check=ExportBody,
         sleep=sleep,
+        budget=budget,
         params=req.params(),
-        stream=True,
         timeout=(10, 600),
         headers={"Accept-Encoding": "gzip"},
     )
-    with resp:
-        if resp.status_code == 200:
-            return _save(resp, dest)
-        body = resp.text[:500]
-        if resp.status_code in (401, 403):
-            raise CredentialsError(
-                f"Mixpanel refused the credentials ({resp.status_code}: {body}). Check the "
-                "connection's service-account username/secret and that the account may read "
-                f"project {req.project_id}."
-            )
-        if transient(resp.status_code):
-            raise ExportError(f"Mixpanel export kept failing with {resp.status_code}: {body}")
-        raise ExportError(f"Mixpanel rejected the export request ({resp.status_code}): {body}")
+    status, body = got.status, got.text
+    if status == 200:
+        if got.headers.get("Content-Encoding", "").lower() != "gzip":
+            _compress(dest)  # the lake keeps every raw export gzipped
+        return got
+    if status in (401, 403):
+        raise CredentialsError(
+            f"Mixpanel refused the credentials of connection {conn_id!r} ({status}: {body}). "
+            "Check its service-account username/secret and that the account may read project "
+            f"{req.project_id}."
+        )
+    if status == 400 and "later than today" in body:
+        raise ExportError(
+            f"Mixpanel refused to_date {req.last} ({body}): it is later than today in the "
+            f"project's timezone. The config says project_timezone {timezone!r}: check that it "
+            "matches Project Settings → Overview in Mixpanel (a project created before 2023 "
+            "counts its days in that zone), and that this machine's clock is right."
+        )
+    if transient(status):
+        raise ExportError(f"Mixpanel export kept failing with {status}: {body}")
+    raise ExportError(f"Mixpanel rejected the export request ({status}): {body}")
 
 
-def _save(resp: requests.Response, dest: Path) -> int:
-    """Copy the body as received; bodies Mixpanel did not compress are compressed here."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    gzipped = resp.headers.get("Content-Encoding", "").lower() == "gzip"
-    written = 0
-    with open(dest, "wb") as raw:
-        sink = raw if gzipped else gzip.GzipFile(fileobj=raw, mode="wb")
-        for chunk in resp.raw.stream(1 << 20, decode_content=False):
-            sink.write(chunk)
-            written += len(chunk)
-        if not gzipped:
-            sink.close()
-    return written
+class ExportBody:
+    """Whether an export body arrived whole: a gzip body must end with its last member's
+    checksum, a plain body sent without a length must not end in the middle of a line, and
+    neither may end with Mixpanel's own 'terminated early' line."""
+
+    def __init__(self, headers) -> None:
+        self.gzip = (
+            transport.GzipCheck() if headers.get("Content-Encoding", "").lower() == "gzip" else None
+        )
+        self.framed = (
+            "Content-Length" in headers or "chunked" in headers.get("Transfer-Encoding", "").lower()
+        )
+        self.tail = b""  # a plain body: its end, from the start of its last line on
+        self.cut_line = False
+
+    def feed(self, chunk: bytes) -> None:
+        if self.gzip:
+            self.gzip.feed(chunk)
+            return
+        nl = chunk.rfind(b"\n")
+        if nl >= 0:
+            self.tail = chunk[nl + 1 :] if nl + 1 < len(chunk) else chunk[-256:]
+        elif len(self.tail) <= MAX_TAIL:
+            self.tail += chunk
+
+    def finish(self, path: Path) -> None:
+        if self.gzip:
+            self.gzip.finish(path)
+        tail = self.gzip.tail if self.gzip else self.tail
+        last = tail.rstrip(b"\r\n").rsplit(b"\n", 1)[-1]
+        if last.strip() == TRUNCATED_MARKER.encode():
+            raise IncompleteExport(f"Mixpanel ended the export with '{TRUNCATED_MARKER}'")
+        if self.gzip or self.framed or not tail or tail.endswith(b"\n"):
+            return
+        try:  # a body without a length ends with the connection: a cut may fall inside a line
+            json.loads(last)
+        except ValueError:
+            raise IncompleteExport(
+                "the connection closed in the middle of a line (the body had no length)"
+            ) from None
+
+
+MAX_TAIL = 1 << 20
+
+
+def _compress(path: Path) -> None:
+    tmp = path.with_name(path.name + ".gz-tmp")
+    with open(path, "rb") as src, gzip.open(tmp, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    tmp.replace(path)
 
 
 def read_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Numbered text lines of a gzip file; a truncated stream ends with a marker line."""
+    """Numbered text lines of a gzip file; a stream that breaks raises IncompleteExport."""
     with gzip.open(path, "rt", encoding="utf-8", errors="replace") as f:
         n = 0
         try:
             for n, line in enumerate(f, start=1):  # noqa: B007 (n is used after the loop)
                 yield n, line.rstrip("\n")
         except (EOFError, zlib.error, OSError) as e:
-            yield n + 1, f"\x00truncated gzip stream: {e}"
+            raise IncompleteExport(
+                f"{path}: the gzip stream breaks after line {n} ({e}): the raw export is not "
+                "whole; extract its window again"
+            ) from e
 
 
 def to_canonical(
@@ -169,8 +218,6 @@ def to_canonical(
 
 def parse_line(line, source, email_properties, account_properties, received):
     """One export line → (canonical row, None) or (None, reason it was quarantined)."""
-    if line.startswith("\x00"):
-        return None, line[1:].split(":")[0]
     try:
         obj = json.loads(line)
     except ValueError:
@@ -231,60 +278,66 @@ def extract_window(
     last: date,
     email_properties: list[str],
     account_properties: list[str],
-    attempts: int = 3,
     sleep: Callable[[float], None] = time.sleep,
+    budget: Budget | None = None,
 ) -> dict:
     """Export project days first..last in one call and replace each day's partition atomically.
 
     One call per window keeps within Mixpanel's 60 queries/hour. Canonical partitions are the
     project's export days, each rewritten whole from the latest export, so re-running a
     window (or overlapping windows: the look-back) never counts an event twice and picks up
-    events that arrived late. Returns counts and paths (small enough for an XCom).
+    events that arrived late. `budget`, when given, is spent by every fetch, retries
+    included. Returns counts and paths (small enough for an XCom).
     """
     req = ExportRequest(project_id=src.project_id, first=first, last=last, base_url=base)
-    for attempt in range(1, attempts + 1):
-        try:
-            with atomic_dir(lake.raw(src.name, last)) as raw_dir, \
-                 atomic_dir(lake.quarantine(src.name, last)) as q_dir:  # fmt: skip
-                raw_path = raw_dir / f"export_{first:%Y-%m-%d}_{last:%Y-%m-%d}.jsonl.gz"
-                size = download(session, req, raw_path, sleep=sleep)
-                staged = raw_dir / "_staged"
-                staged.mkdir()
-                counts = fastpath.to_canonical(
-                    raw_path,
-                    staged,
-                    q_dir,
-                    source=src.name,
-                    email_properties=email_properties,
-                    account_properties=account_properties,
-                )
-                per_day = split_by_day(
-                    staged / "part-0.parquet",
-                    lake,
-                    src.name,
-                    first,
-                    last,
-                    day_of="ts",
-                    local_zone=src.project_timezone if src.local_time else None,
-                )
-                shutil.rmtree(staged)
-                manifest = {
-                    "source": src.name,
-                    "first": first.isoformat(),
-                    "last": last.isoformat(),
-                    **counts.as_dict(),
-                    "reasons": counts.reasons,
-                    "raw_bytes": size,
-                    "per_day": {d.isoformat(): n for d, n in per_day.items()},
-                }
-                (raw_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
-            break
-        except IncompleteExport:
-            if attempt == attempts:
-                raise
-            log.warning("export %s..%s was cut short by the server; fetching it again", first, last)
+    with atomic_dir(lake.raw(src.name, last)) as raw_dir, \
+         atomic_dir(lake.quarantine(src.name, last)) as q_dir:  # fmt: skip
+        raw_path = raw_dir / f"export_{first:%Y-%m-%d}_{last:%Y-%m-%d}.jsonl.gz"
+        got = download(
+            session,
+            req,
+            raw_path,
+            conn_id=src.connection_id,
+            timezone=src.project_timezone,
+            attempts=src.fetch_attempts,
+            sleep=sleep,
+            budget=budget,
+        )
+        size = got.size
+        staged = raw_dir / "_staged"
+        staged.mkdir()
+        counts = fastpath.to_canonical(
+            raw_path,
+            staged,
+            q_dir,
+            source=src.name,
+            email_properties=email_properties,
+            account_properties=account_properties,
+        )
+        per_day = split_by_day(
+            staged / "part-0.parquet",
+            lake,
+            src.name,
+            first,
+            last,
+            day_of="ts",
+            local_zone=src.project_timezone if src.local_time else None,
+        )
+        shutil.rmtree(staged)
+        manifest = {
+            "source": src.name,
+            "first": first.isoformat(),
+            "last": last.isoformat(),
+            **counts.as_dict(),
+            "reasons": counts.reasons,
+            "raw_bytes": size,
+            "fetches": [got.record(f"{first}..{last}")],
+            "per_day": {d.isoformat(): n for d, n in per_day.items()},
+        }
+        (raw_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     log.info(
-        "%s %s..%s: %s raw lines = %s canonical + %s duplicates + %s quarantined (%s bytes)",
+        "%s %s..%s: %s raw lines = %s canonical + %s duplicates + %s quarantined (%s bytes, "
+        "fetched in %s attempt(s))",
         src.name,
         first,
         last,
@@ -293,6 +346,7 @@ def extract_window(
         counts.duplicates,
         counts.quarantined,
         size,
+        got.attempts,
     )
     # Checked after the partitions are in place, so the quarantined lines are kept for inspection.
     _fail_if_too_bad(counts, src.bad_line_threshold, lake.quarantine(src.name, last), last)
@@ -301,6 +355,7 @@ def extract_window(
         "last": last.isoformat(),
         **counts.as_dict(),
         "raw_bytes": size,
+        "fetch_retries": got.attempts - 1,
         "raw_path": str(lake.raw(src.name, last)),
     }
 

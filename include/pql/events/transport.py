@@ -1,13 +1,21 @@
-"""What every export client shares: its errors and how long to wait before trying again."""
+"""What every export client shares: its errors, how long to wait before trying again, and a
+download that is data only when the whole body arrived."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
+from isal import isal_zlib
+
+from pql.ratelimit import Budget
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +35,8 @@ class CredentialsError(ExportError):
 
 
 class IncompleteExport(ExportError):
-    """The server cut the export short; the whole window must be fetched again."""
+    """The export did not arrive whole (cut, reset, short of its length, a broken gzip or zip,
+    or the vendor's own "cut short" marker): never data; the whole window is fetched again."""
 
 
 def backoff(attempt: int, retry_after: str | None) -> float:
@@ -79,3 +88,163 @@ def send(
         resp.close()
         sleep(wait)
     raise ExportError("unreachable")
+
+
+# ---------------------------------------------------------------------------------------------
+# Downloads: a body is data only once it is known to be whole.
+
+
+class BodyCheck(Protocol):
+    """Watches a body as it streams in and says, at its end, whether it arrived whole."""
+
+    def feed(self, chunk: bytes) -> None: ...
+
+    def finish(self, path: Path) -> None:
+        """Raise IncompleteExport if the body saved at `path` is not whole."""
+
+
+@dataclass
+class Download:
+    """What a download ended with. `text` is the start of a non-200 body (for messages);
+    `faults` says why each earlier attempt was thrown away."""
+
+    status: int
+    headers: Mapping[str, str]
+    text: str = ""
+    size: int = 0
+    attempts: int = 1
+    faults: list[str] = field(default_factory=list)
+
+    def record(self, window: str) -> dict:
+        """The manifest's account of this fetch."""
+        return {"window": window, "attempts": self.attempts, "faults": self.faults}
+
+
+# What a body cut after its headers raises out of the stream, whatever the framing.
+_CUT = (urllib3.exceptions.HTTPError, requests.RequestException, OSError)
+
+
+def download(
+    session: requests.Session,
+    url: str,
+    dest: Path,
+    *,
+    window: str,
+    attempts: int,
+    check: Callable[[Mapping[str, str]], BodyCheck] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    retry_on: Callable[[int], bool] = transient,
+    budget: Budget | None = None,
+    **kwargs,
+) -> Download:
+    """GET `url` and stream a 200 body into `dest` exactly as received (no decoding).
+
+    Connection errors, `retry_on` statuses and bodies that did not arrive whole are all tried
+    again with backoff, up to `attempts` in all. A body is whole when its stream ended cleanly,
+    it is as long as its Content-Length says, and `check` (built from the response headers:
+    gzip complete, zip readable, ...) finds nothing missing. After the last attempt a cut body
+    raises IncompleteExport naming `window`; `dest` then does not exist. Any other final status
+    is returned (body not saved) for the caller to interpret. Every attempt, the retries
+    included, first takes a slot of `budget` (a vendor's queries per hour).
+    """
+    shown = shown_url(url)
+    faults: list[str] = []
+    for attempt in range(1, attempts + 1):
+        last = attempt == attempts
+        if budget and (waited := budget.acquire()):
+            log.info("waited %.0fs for the export query budget", waited)
+        try:
+            resp = session.request("GET", url, stream=True, **kwargs)
+        except requests.ConnectionError as e:
+            if last:
+                raise ExportError(f"cannot reach {shown} for {window}: {e}") from e
+            faults.append(f"cannot reach the server: {_short(e)}")
+            sleep(backoff(attempt, None))
+            continue
+        with resp:
+            status = resp.status_code
+            if status != 200:
+                if retry_on(status) and not last:
+                    wait = backoff(attempt, resp.headers.get("Retry-After"))
+                    log.warning("%s answered %s; retrying in %.0fs", shown, status, wait)
+                    faults.append(f"answered {status}")
+                    sleep(wait)
+                    continue
+                return Download(status, resp.headers, resp.text[:500], 0, attempt, faults)
+            try:
+                size = _save(resp, dest, check(resp.headers) if check else None)
+            except IncompleteExport as e:
+                dest.unlink(missing_ok=True)
+                faults.append(str(e))
+                if last:
+                    raise IncompleteExport(
+                        f"{window}: the download from {shown} did not arrive whole in "
+                        f"{attempts} attempts ({'; '.join(faults)}). Nothing was written for "
+                        "this window; run it again once the network or proxy is healthy."
+                    ) from e
+                wait = backoff(attempt, None)
+                log.warning("%s: %s; fetching it again in %.0fs", window, e, wait)
+                sleep(wait)
+                continue
+        if faults:
+            log.info("%s arrived whole on attempt %s of %s", window, attempt, attempts)
+        return Download(200, resp.headers, "", size, attempt, faults)
+    raise AssertionError("unreachable")
+
+
+def _save(resp: requests.Response, dest: Path, check: BodyCheck | None) -> int:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    try:
+        with open(dest, "wb") as f:
+            for chunk in resp.raw.stream(1 << 20, decode_content=False):
+                f.write(chunk)
+                written += len(chunk)
+                if check:
+                    check.feed(chunk)
+    except _CUT as e:
+        raise IncompleteExport(f"the body was cut after {written:,} bytes ({_short(e)})") from e
+    expected = resp.headers.get("Content-Length", "")
+    if expected.isdigit() and written != int(expected):
+        raise IncompleteExport(f"{written:,} of the {int(expected):,} bytes announced arrived")
+    if check:
+        check.finish(dest)
+    return written
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text if len(text) <= 200 else text[:200] + "…"
+
+
+class GzipCheck:
+    """Inflates a gzip stream as it arrives: whole when every member ends with its checksum.
+
+    `tail` keeps the last bytes of the inflated text (a vendor's trailing marker lives there).
+    """
+
+    TAIL = 256
+
+    def __init__(self) -> None:
+        self._d = isal_zlib.decompressobj(wbits=31)
+        self.started = False
+        self.tail = b""
+
+    def feed(self, chunk: bytes) -> None:
+        while chunk:
+            if self._d.eof:  # another member follows (zero padding after the last is allowed)
+                if not chunk.strip(b"\x00"):
+                    return
+                self._d = isal_zlib.decompressobj(wbits=31)
+            self.started = True
+            try:
+                out = self._d.decompress(chunk)
+            except isal_zlib.error as e:
+                raise IncompleteExport(f"the gzip stream is corrupt ({e})") from e
+            if out:
+                self.tail = (self.tail + out[-self.TAIL :])[-self.TAIL :]
+            chunk = self._d.unused_data if self._d.eof else b""
+
+    def finish(self, path: Path) -> None:
+        if self.started and not self._d.eof:
+            raise IncompleteExport("the gzip stream ends before its last member does")
