@@ -54,6 +54,7 @@ def extract(
             src.name,
             profiles.engage_url(src.residency, host),
             src.project_id,
+            conn_id=src.connection_id,
         )
     return result
 

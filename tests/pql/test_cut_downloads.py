@@ -24,10 +24,11 @@ from pql import cli
 from pql.config import AmplitudeSource, MixpanelSource
 from pql.events import amplitude as amp
 from pql.events import mixpanel as mp
+from pql.events import profiles
 from pql.events.transport import CredentialsError, ExportError, IncompleteExport
 from pql.lake import Lake, sweep
 from sandbox import amplitude as sbx_amp
-from sandbox.mixpanel import DayWriter
+from sandbox.mixpanel import DayWriter, upsert_profiles
 from sandbox.state import connection_env
 from sandbox.wire import FaultyProxy
 
@@ -335,3 +336,24 @@ def test_cli_backfill_recovers_and_stats_show_the_retries(clean_mixpanel, tmp_pa
     assert f"fetched again: mixpanel {DAY}..{DAY}: 2 attempts (the body was cut" in stats.output
     with gzip.open(next(Lake(tmp_path / "lake").raw("mixpanel", DAY).glob("*.gz"))) as f:
         assert sum(1 for _ in f) == clean["raw"]  # the raw file kept is the whole export
+
+
+@pytest.mark.parametrize("mode", ["close-cut", "chunked-cut", "reset"])
+def test_a_cut_profile_page_is_asked_again(sandbox, mode):
+    """Engage answers JSON pages; a page cut in transit is asked for again, never half read."""
+    upsert_profiles(sandbox, [(f"u{i}", {"$email": f"U{i}@acme.io"}) for i in range(300)])
+    with FaultyProxy(sandbox.base_url) as proxy:
+        proxy.queue(mode)
+        found = profiles.fetch_emails(
+            _mp_session(sandbox),
+            profiles.engage_url("us", proxy.url),
+            sandbox.credentials["mixpanel"]["project_id"],
+            [f"u{i}" for i in range(300)],
+            sleep=lambda s: None,
+        )
+        assert proxy.served == [mode, "close"]
+    assert len(found) == 300 and found["u7"] == "u7@acme.io"
+    with pytest.raises(CredentialsError, match="connection 'mixpanel_eu'"):
+        url = profiles.engage_url("us", sandbox.base_url)
+        profiles.fetch_emails(_mp_session(sandbox, "wrong"), url, 1, ["u1"], conn_id="mixpanel_eu",
+                              sleep=lambda s: None)  # fmt: skip

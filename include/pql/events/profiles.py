@@ -30,8 +30,8 @@ def engage_url(residency: str, host: str | None = None) -> str:
 
 
 def fetch_emails(session: requests.Session, url: str, project_id: int, ids: list[str], *,
-                 attempts: int = 5, sleep: Callable[[float], None] = time.sleep
-                 ) -> dict[str, str]:  # fmt: skip
+                 attempts: int = 5, sleep: Callable[[float], None] = time.sleep,
+                 conn_id: str = "mixpanel_default") -> dict[str, str]:  # fmt: skip
     """distinct_id → $email for the given ids (those without an email are left out)."""
     found: dict[str, str] = {}
     for start in range(0, len(ids), IDS_PER_QUERY):
@@ -39,7 +39,7 @@ def fetch_emails(session: requests.Session, url: str, project_id: int, ids: list
         form = {"distinct_ids": json.dumps(chunk), "output_properties": '["$email"]'}
         page = 0
         while True:
-            body = _post(session, url, project_id, form, attempts, sleep)
+            body = _post(session, url, project_id, form, attempts, sleep, conn_id)
             for r in body.get("results", []):
                 email = (r.get("$properties") or {}).get("$email")
                 if isinstance(email, str) and "@" in email:
@@ -51,13 +51,14 @@ def fetch_emails(session: requests.Session, url: str, project_id: int, ids: list
     return found
 
 
-def _post(session, url, project_id, form, attempts, sleep) -> dict:
+def _post(session, url, project_id, form, attempts, sleep, conn_id) -> dict:
     resp = send(
         session,
         "POST",
         url,
         attempts=attempts,
         sleep=sleep,
+        expect_json=True,
         params={"project_id": project_id},
         data=form,
         timeout=120,
@@ -66,7 +67,8 @@ def _post(session, url, project_id, form, attempts, sleep) -> dict:
         return resp.json()
     if resp.status_code in (401, 403):
         raise CredentialsError(
-            f"Mixpanel Engage refused the credentials ({resp.status_code}): {resp.text[:200]}"
+            f"Mixpanel Engage refused the credentials of connection {conn_id!r} "
+            f"({resp.status_code}): {resp.text[:200]}. Check its service-account username/secret."
         )
     raise ExportError(f"Mixpanel Engage answered {resp.status_code}: {resp.text[:300]}")
 

@@ -1,5 +1,5 @@
 """What every export client shares: its errors, how long to wait before trying again, and a
-download that is data only when the whole body arrived."""
+download that is data only when the whole body arrived (the rules: docs/exports.md)."""
 
 from __future__ import annotations
 
@@ -60,12 +60,15 @@ def send(
     sleep: Callable[[float], None] = time.sleep,
     retry_on: Callable[[int], bool] = transient,
     secret_url: bool = False,
+    expect_json: bool = False,
     **kwargs,
 ) -> requests.Response:
     """One HTTP call, repeated with backoff on connection errors and on `retry_on` statuses.
 
     Returns the first answer not worth retrying, or the last one once attempts run out; the
-    caller decides what every status means (and closes a streamed response). Messages show
+    caller decides what every status means (and closes a streamed response). A body cut in
+    transit is a connection error; with `expect_json`, so is a 2xx body that is not whole JSON
+    (a body without a length ends with the connection, wherever that was cut). Messages show
     the URL without its query, and with `secret_url` (a Slack webhook: its path is the
     secret) only its scheme and host.
     """
@@ -73,7 +76,12 @@ def send(
     for attempt in range(1, attempts + 1):
         try:
             resp = session.request(method, url, **kwargs)
-        except requests.ConnectionError as e:
+            if expect_json and resp.ok:
+                try:
+                    resp.json()
+                except ValueError:
+                    raise requests.ConnectionError("the answer is not whole JSON") from None
+        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as e:
             if attempt == attempts:
                 # requests repeats the path in its message (and the chained traceback).
                 reason = str(e).replace(urlsplit(url).path, "/…") if secret_url else str(e)
