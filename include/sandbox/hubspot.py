@@ -4,6 +4,10 @@ Every request passes a gate before its endpoint: queued fault injection, Bearer 
 rate limits (rolling 10 s window and daily budget; search has its own per-second limit and sends
 no X-HubSpot-RateLimit headers). Storage and the CRM rules live in sandbox.hubspot_store.
 
+`POST /crm/v3/objects/{type}/merge` merges two contacts, companies or deals as HubSpot now does:
+into a NEW record with a new id, which both old ids keep pointing to (sandbox.hubspot_store has
+the rules, and what an upsert or read by a merged-away email does).
+
 Faults (`state.queue_fault(target, status, count)`): target "hubspot" answers the next requests
 with that status; "hubspot_lost_write" answers one batch upsert/update as written and undoes it;
 "hubspot_record_error" refuses one input of the next upsert/update batch with a per-record 207
@@ -561,6 +565,15 @@ def _object_routes(api: APIRouter, store: HubSpotStore) -> None:
             answer["paging"] = {"next": {"after": str(next_offset)}}
         return answer
 
+    @api.post("/crm/v3/objects/{object_type}/merge")
+    def merge(object_type: str, body: JsonBody) -> dict:
+        """objectIdToMerge into primaryObjectId: the answer is a NEW record with a new id."""
+        object_type = canonical_type(object_type)
+        primary, secondary = body.get("primaryObjectId"), body.get("objectIdToMerge")
+        with store.transaction() as tx:
+            record = tx.merge(object_type, primary, secondary)
+            return record.to_api(tx.view(record, None))
+
     @api.get("/crm/v3/objects/{object_type}")
     def get_page(object_type: str, request: Request, limit: int = 10, after: str = "0") -> dict:
         object_type = canonical_type(object_type)
@@ -578,6 +591,23 @@ def _object_routes(api: APIRouter, store: HubSpotStore) -> None:
             link = str(request.url.include_query_params(after=cursor))
             answer["paging"] = {"next": {"after": cursor, "link": link}}
         return answer
+
+    @api.patch("/crm/v3/objects/{object_type}/{object_id}")
+    def update_one(object_type: str, object_id: str, body: JsonBody, request: Request) -> dict:
+        """Update one record by id (or idProperty), as a rep's edit in the UI does."""
+        object_type = canonical_type(object_type)
+        item = {"id": object_id, "properties": (body or {}).get("properties") or {}}
+        id_property = request.query_params.get("idProperty")
+        if id_property:
+            item["idProperty"] = id_property
+        with store.transaction() as tx:
+            results, errors = _update(tx, object_type, [item])
+        if errors:
+            error = errors[0]
+            status = 404 if error.get("category") == "OBJECT_NOT_FOUND" else 400
+            raise HubSpotError(status, error.get("message", "update failed"),
+                               error.get("category", "VALIDATION_ERROR"))  # fmt: skip
+        return results[0]
 
     @api.get("/crm/v3/objects/{object_type}/{object_id}")
     def get_by_id(object_type: str, object_id: str, request: Request) -> dict:

@@ -4,6 +4,22 @@ The HTTP emulator (sandbox.hubspot) and the seeding/inspection API (HubSpotStore
 HTTP by the world generator and the CLI) share this module, so both apply the same rules. All data
 lives in the sandbox SQLite file, in tables prefixed `hubspot_`. Behaviour follows
 shared/reference/hubspot-crm.md; section numbers below (§n) refer to it.
+
+Merges (StoreTx.merge, behind both the HTTP route and HubSpotStore.merge) follow HubSpot's current
+behaviour for contacts and companies (deals too): a NEW record with a new id, above every id so
+far, takes the primary record's values and the secondary's where the primary has none (but the
+lifecycle stage furthest down the funnel, a documented exception); the older create date; the
+secondary's email or domain in hs_additional_emails / hs_additional_domains; the old ids in
+hs_merged_object_ids; the associations of both (the primary's "Primary" company label wins).
+The old records are gone from list, search and lookups by value, but their ids still answer with
+the merged record (GET by id, batch read/update/upsert by id), as HubSpot's do.
+
+A merged-away (secondary) email: lookups by email (batch read/upsert, GET with idProperty=email)
+match the `email` property only, never hs_additional_emails. HubSpot's "Merge records" article
+says a new record can be created with the merged email addresses, so the address is free: a
+read by it finds nothing (207 OBJECT_NOT_FOUND) and an upsert by it creates a new contact, while
+the merged record keeps it among its additional emails. Whether HubSpot's own upsert ever
+matches a secondary email is not documented; check against the real API before relying on it.
 """
 
 from __future__ import annotations
@@ -100,6 +116,31 @@ DEFAULT_ASSOCIATION_TYPE = {
     (src, dst): type_id
     for type_id, (src, dst, _) in ASSOCIATION_TYPES.items()
     if type_id not in PRIMARY_BASE_TYPE
+}
+
+# A contact or deal has one "Primary" company; a company may be the primary one of many records.
+_SINGLE_PRIMARY = {t for t in PRIMARY_BASE_TYPE if ASSOCIATION_TYPES[t][1] == "companies"}
+
+# Merges: HubSpot merges these (not activities such as meetings and tasks).
+MERGEABLE = ("contacts", "companies", "deals")
+_MERGED = "hs_merged_object_ids"
+# The value a merge keeps from the primary record, and where the secondary's value goes.
+_MERGE_KEYS = {
+    "contacts": ("email", "hs_additional_emails"),
+    "companies": ("domain", "hs_additional_domains"),
+}
+# An exception HubSpot keeps to "the primary's values": the stage furthest down the funnel
+# wins. "other" is no stage of the funnel, so a record holding it follows the general rule.
+_FUNNELS = {
+    ("contacts", "lifecyclestage"): (
+        "subscriber",
+        "lead",
+        "marketingqualifiedlead",
+        "salesqualifiedlead",
+        "opportunity",
+        "customer",
+        "evangelist",
+    ),
 }
 
 PROPERTY_TYPES = {
@@ -276,7 +317,15 @@ def _p(name: str, label: str, type_: str, field_type: str, **extra: Any) -> dict
     return {"name": name, "label": label, "type": type_, "field_type": field_type, **extra}
 
 
-def _builtins(group: str, created: str, modified: str, props: list[dict]) -> list[PropertyDef]:
+def _merge_record(label: str, name: str = "hs_merged_object_ids") -> dict:
+    """A value a merge writes: read-only, several values ';'-separated (HubSpot's multi-value
+    format, so search filters match any one of them)."""
+    return _p(name, label, "enumeration", "checkbox", external_options=True, read_only=True)
+
+
+def _builtins(
+    group: str, created: str, modified: str, props: list[dict], merged: tuple[dict, ...] = ()
+) -> list[PropertyDef]:
     common = [
         _p(created, "Create Date", "datetime", "date"),
         _p(modified, "Last Modified Date", "datetime", "date", read_only=True),
@@ -285,7 +334,7 @@ def _builtins(group: str, created: str, modified: str, props: list[dict]) -> lis
     ]
     return [
         PropertyDef(group_name=group, hubspot_defined=True, display_order=i, **p)
-        for i, p in enumerate(props + common)
+        for i, p in enumerate(props + common + list(merged))
     ]
 
 
@@ -317,6 +366,10 @@ BUILTIN_PROPERTIES = {
                 ),
             ),
         ],
+        merged=(
+            _merge_record("Additional email addresses", "hs_additional_emails"),
+            _merge_record("Merged Contact IDs"),
+        ),
     ),
     "companies": _builtins(
         "companyinformation",
@@ -330,6 +383,10 @@ BUILTIN_PROPERTIES = {
             _p("country", "Country/Region", "string", "text"),
             _p("annualrevenue", "Annual Revenue", "number", "number"),
         ],
+        merged=(
+            _merge_record("Additional Domains", "hs_additional_domains"),
+            _merge_record("Merged Company IDs"),
+        ),
     ),
     "deals": _builtins(
         "dealinformation",
@@ -345,6 +402,7 @@ BUILTIN_PROPERTIES = {
             _p("hs_is_closed_won", "Is Closed Won", "bool", "booleancheckbox"),
             _p("hs_is_closed", "Is Deal Closed?", "bool", "booleancheckbox"),
         ],
+        merged=(_merge_record("Merged Deal IDs"),),
     ),
     "meetings": _builtins(
         "meeting",
@@ -544,24 +602,38 @@ CREATE TABLE IF NOT EXISTS hubspot_associations (
     from_type TEXT NOT NULL, from_id INTEGER NOT NULL, to_type TEXT NOT NULL,
     to_id INTEGER NOT NULL, type_id INTEGER NOT NULL,
     PRIMARY KEY (from_type, to_type, from_id, to_id, type_id));
+CREATE TABLE IF NOT EXISTS hubspot_merged_ids (
+    object_type TEXT NOT NULL, old_id INTEGER NOT NULL, new_id INTEGER NOT NULL,
+    PRIMARY KEY (object_type, old_id));
 """
 _PROPERTY_COLUMNS = [f.name for f in dataclasses.fields(PropertyDef)]
 _PROPERTY_FLAGS = [f.name for f in dataclasses.fields(PropertyDef) if f.type == "bool"]
 
 
 def _ensure_schema(conn) -> None:
-    """Create the tables and built-in definitions once per database file."""
+    """Create the tables and built-in definitions once per database file. A file made before
+    merges existed gets what is missing (the table created last is the marker)."""
     if conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='hubspot_associations'"
+        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='hubspot_merged_ids'"
     ).fetchone():
         return
     for statement in filter(str.strip, _SCHEMA.split(";")):  # executescript would COMMIT
         conn.execute(statement)
     created = now_iso()
     for object_type, defs in BUILTIN_PROPERTIES.items():
-        _insert_group(conn, object_type, *BUILTIN_GROUPS[object_type], -1)
+        group, label = BUILTIN_GROUPS[object_type]
+        if not conn.execute(
+            "SELECT 1 FROM hubspot_property_groups WHERE object_type = ? AND name = ?",
+            (object_type, group),
+        ).fetchone():
+            _insert_group(conn, object_type, group, label, -1)
+        rows = conn.execute(
+            "SELECT name FROM hubspot_properties WHERE object_type = ?", (object_type,)
+        )
+        known = {row[0] for row in rows}
         for defn in defs:
-            _insert_property(conn, object_type, defn, created)
+            if defn.name not in known:
+                _insert_property(conn, object_type, defn, created)
 
 
 def _insert_group(conn, object_type: str, name: str, label: str, order: int) -> None:
@@ -736,7 +808,10 @@ class StoreTx:
         values = list(dict.fromkeys(values))
         if prop == "hs_object_id":
             wanted = {int(v): v for v in values if v.isdigit()}
-            return {wanted[i]: i for i in self.fetch(object_type, wanted)}
+            live = self.fetch(object_type, wanted)
+            # An id merged away answers with the record it was merged into, as at HubSpot.
+            moved = self.merged_into(object_type, [i for i in wanted if i not in live])
+            return {wanted[i]: i for i in live} | {wanted[old]: new for old, new in moved.items()}
         defn, found = self.defs(object_type)[prop], {}
         for chunk in _chunks(values):
             marks = ",".join("?" * len(chunk))
@@ -892,6 +967,101 @@ class StoreTx:
             for r in rows:
                 result.setdefault(r["from_id"], {}).setdefault(r["to_id"], []).append(r["type_id"])
         return result
+
+    # ---- merges
+
+    def merged_into(self, object_type: str, ids: Iterable[int]) -> dict[int, int]:
+        """{old id: the record it now points to} for the given ids that were merged away."""
+        found: dict[int, int] = {}
+        for chunk in _chunks(list(dict.fromkeys(ids))):
+            rows = self.conn.execute(
+                "SELECT old_id, new_id FROM hubspot_merged_ids WHERE object_type = ?"
+                f" AND old_id IN ({','.join('?' * len(chunk))})",
+                (object_type, *chunk),
+            )
+            found.update((r["old_id"], r["new_id"]) for r in rows)
+        return found
+
+    def merge(self, object_type: str, primary_id: Any, secondary_id: Any) -> Record:
+        """Merge two records into a NEW record with a new id, as HubSpot now does; returns it.
+
+        Values are the primary's, the secondary's where the primary has none (exceptions in
+        _merged_values). Both old records stop existing and their ids point to the new one;
+        the associations of both move to it. 400 for a record merged with itself or an id
+        already merged away, 404 for an id that never existed.
+        """
+        if object_type not in MERGEABLE:
+            raise HubSpotError(400, f"{object_type} records can't be merged.")
+        ids = [_merge_id(primary_id, "primaryObjectId"), _merge_id(secondary_id, "objectIdToMerge")]
+        noun = singular(object_type)
+        if ids[0] == ids[1]:
+            raise HubSpotError(400, f"A {noun} can't be merged with itself ({ids[0]}).")
+        gone = self.merged_into(object_type, ids)
+        old = next((i for i in ids if i in gone), None)
+        if old is not None:
+            raise HubSpotError(
+                400,
+                f"{noun.capitalize()} {old} was already merged into {gone[old]}: merge that "
+                "record instead.",
+                context={"ids": [str(old)]},
+            )
+        found = self.fetch(object_type, ids)
+        missing = [str(i) for i in ids if i not in found]
+        if missing:
+            message = f"No {noun} with id {', '.join(missing)}; it may be deleted or not exist."
+            raise HubSpotError(404, message, "OBJECT_NOT_FOUND", context={"ids": missing})
+        values = _merged_values(found[ids[0]], found[ids[1]])
+        # Unique values are freed first (the new record takes some of them), but the old rows
+        # go only after the insert: ids come from MAX(id), so the new id lands above both old
+        # ones and no id is ever handed out twice.
+        where = "object_type = ? AND id IN (?, ?)"
+        self.conn.execute(f"DELETE FROM hubspot_unique_values WHERE {where}", (object_type, *ids))
+        merged = self.insert(object_type, values)
+        self.conn.execute(f"DELETE FROM hubspot_objects WHERE {where}", (object_type, *ids))
+        self._move_associations(object_type, ids, merged.id)
+        # Ids merged into the old records earlier point to the new one too (one hop, always).
+        self.conn.execute(
+            "UPDATE hubspot_merged_ids SET new_id = ? WHERE object_type = ? AND new_id IN (?, ?)",
+            (merged.id, object_type, *ids),
+        )
+        self.conn.executemany(
+            "INSERT INTO hubspot_merged_ids (object_type, old_id, new_id) VALUES (?, ?, ?)",
+            [(object_type, i, merged.id) for i in ids],
+        )
+        return merged
+
+    def _move_associations(self, object_type: str, old_ids: list[int], new_id: int) -> None:
+        """Both records' associations (both directions) now link the new record. Where both had
+        a "Primary" company, the primary record's keeps the label; the secondary's association
+        stays, unlabeled, as HubSpot drops only the excess "Primary" labels."""
+        primary_id, marks = old_ids[0], ",".join("?" * len(old_ids))
+        where = f"(from_type = ? AND from_id IN ({marks})) OR (to_type = ? AND to_id IN ({marks}))"
+        params = (object_type, *old_ids, object_type, *old_ids)
+        rows = list(self.conn.execute(f"SELECT * FROM hubspot_associations WHERE {where}", params))
+        held = {
+            r["type_id"]
+            for r in rows
+            if (r["from_type"], r["from_id"]) == (object_type, primary_id)
+            and r["type_id"] in _SINGLE_PRIMARY
+        }
+        moved = []
+        for r in rows:
+            from_id, to_id, type_id = r["from_id"], r["to_id"], r["type_id"]
+            if r["from_type"] == object_type and from_id in old_ids:
+                if from_id != primary_id and type_id in held:
+                    continue
+                from_id = new_id
+            if r["to_type"] == object_type and to_id in old_ids:
+                if to_id != primary_id and ASSOCIATION_TYPES[type_id][2] in held:
+                    continue
+                to_id = new_id
+            moved.append((r["from_type"], from_id, r["to_type"], to_id, type_id))
+        self.conn.execute(f"DELETE FROM hubspot_associations WHERE {where}", params)
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO hubspot_associations"
+            " (from_type, from_id, to_type, to_id, type_id) VALUES (?, ?, ?, ?, ?)",
+            moved,
+        )
 
     # ---- search
 
@@ -1049,6 +1219,44 @@ def _association_types(from_type: str, to_type: str, type_id: int | None) -> lis
         )
     base = PRIMARY_BASE_TYPE.get(type_id)
     return [type_id] if base is None else [type_id, base]
+
+
+def _merge_id(raw: Any, name: str) -> int:
+    text = "" if raw is None or isinstance(raw, bool) else str(raw).strip()
+    if not (text.isascii() and text.isdigit()):
+        raise HubSpotError(400, f"Invalid input JSON: {name} must be a record id, got {raw!r}.")
+    return int(text)
+
+
+def _split(multi: str | None) -> list[str]:
+    return [part for part in (multi or "").split(";") if part]
+
+
+def _merged_values(primary: Record, secondary: Record) -> dict[str, str]:
+    """The new record's values: the primary's where it has one, else the secondary's; the older
+    create date; the secondary's email/domain added to the additional ones; the old ids."""
+    object_type = primary.object_type
+    values = {**secondary.properties, **primary.properties}
+    for name in ("hs_object_id", MODIFIED_PROPERTY[object_type]):
+        values.pop(name, None)  # the new record gets its own id, and is modified now
+    # Stored datetimes are normalized ISO strings, so text order is time order.
+    values[CREATED_PROPERTY[object_type]] = min(primary.created_at, secondary.created_at)
+    for (kind, name), funnel in _FUNNELS.items():
+        stages = [r.properties.get(name) for r in (primary, secondary)]
+        if kind == object_type and all(stage in funnel for stage in stages):
+            values[name] = max(stages, key=funnel.index)
+    if object_type in _MERGE_KEYS:
+        key, extra = _MERGE_KEYS[object_type]
+        others = [*_split(primary.properties.get(extra))]
+        others += [v for v in (primary.properties.get(key), secondary.properties.get(key)) if v]
+        others += _split(secondary.properties.get(extra))
+        kept = [v for v in dict.fromkeys(others) if v != values.get(key)]
+        values.pop(extra, None)
+        values |= {extra: ";".join(kept)} if kept else {}
+    merged_ids = {str(r.id) for r in (primary, secondary)}
+    merged_ids.update(v for r in (primary, secondary) for v in _split(r.properties.get(_MERGED)))
+    values[_MERGED] = ";".join(sorted(merged_ids, key=int))
+    return values
 
 
 def association_label(type_id: int) -> str | None:
@@ -1386,6 +1594,12 @@ class HubSpotStore:
         with self.transaction() as tx:
             linked = tx.associations(from_type, to_type, [int(from_id)]).get(int(from_id), {})
         return [{"to_id": str(t), "type_ids": ids} for t, ids in linked.items()]
+
+    def merge(self, object_type: str, primary_id: str | int, secondary_id: str | int) -> dict:
+        """Merge two records as the HTTP API does (StoreTx.merge) -> the NEW record, with all
+        its stored properties: {"id", "properties"}."""
+        with self.transaction() as tx:
+            return _plain(tx.merge(canonical_type(object_type), primary_id, secondary_id), None)
 
     def define_property(self, object_type: str, spec: dict) -> dict:
         """Create a property from a PropertyCreate-shaped dict (camelCase) -> ModelProperty."""

@@ -1,6 +1,7 @@
 """Soak: 30 simulated days of scores synced to HubSpot and to Salesforce while the sandbox
 misbehaves (429s, 5xx at random moments, latency, per-record errors, lock errors, writes it
-answers as saved and then loses) and reps edit PQL fields by hand between runs.
+answers as saved and then loses), reps edit PQL fields by hand and convert Leads into Contacts
+between runs.
 
 After the last day and one clean run, each CRM holds exactly the computed values for every
 user (read from the emulator's own store), no user has two records, records the CRM refuses
@@ -25,7 +26,7 @@ from pql.crm import salesforce as crm_salesforce
 from pql.crm.ledger import SyncError, load_ledger
 from pql.lake import Lake
 from sandbox.hubspot import HubSpotStore
-from sandbox.salesforce import SalesforceStore
+from sandbox.salesforce import SalesforceStore, convert_lead
 from tests.conftest import salesforce_login
 from tests.resilience.helpers import (
     HUBSPOT,
@@ -191,22 +192,44 @@ def test_thirty_days_of_salesforce_under_faults(sandbox, tmp_path):
     store = SalesforceStore(sandbox)
 
     def edit(email, values):
-        [rec] = store.query(f"SELECT Id FROM Lead WHERE Email = '{email}'")
+        # The record sales sees: the Contact once the Lead was converted.
+        found = (
+            (o, r) for o in ("Contact", "Lead")
+            for r in store.query(f"SELECT Id FROM {o} WHERE Email = '{email}'")
+        )  # fmt: skip
+        obj, rec = next(found)
         store.update(
-            "Lead",
+            obj,
             rec["Id"],
             {"FirstName": "Edited", **{SALESFORCE[k]: v for k, v in values.items()}},
         )
+
+    def convert(emails: list[str]) -> int:
+        """Sales converts a few open Leads (Account, Contact, Opportunity), as reps do."""
+        open_leads = store.query("SELECT Id, Email FROM Lead WHERE IsConverted = false")
+        picks = [r for r in open_leads if r["Email"] in set(emails)]
+        picks = rng.sample(picks, min(len(picks), rng.randint(0, 3)))
+        sf = login()
+        for r in picks:
+            for _ in range(5):  # a rep converts again when Salesforce says the row is locked
+                done = convert_lead(sf, r["Id"], create_opportunity=rng.random() < 0.5)
+                codes = {e.get("statusCode") for e in done["errors"]}
+                if done["success"] or codes != {"UNABLE_TO_LOCK_ROW"}:
+                    break
+            assert done["success"], done
+        return len(picks)
 
     def run(scores):
         sf = login()
         return crm_salesforce.sync(sf, lake, target, scores, login=login)
 
-    edits = failed_days = 0
+    edits = failed_days = conversions = 0
     for day in range(DAYS):
         scores = world.next_day()
         ledger = load_ledger(lake, crm="salesforce")
-        edits += _edit_by_hand(rng, sorted(ledger["email"]) if ledger is not None else [], edit)
+        written = sorted(ledger["email"]) if ledger is not None else []
+        edits += _edit_by_hand(rng, written, edit)
+        conversions += convert(written)
         if rng.random() < 0.3:
             sandbox.queue_fault("salesforce_lost_write", 200)
         if rng.random() < 0.4:
@@ -229,7 +252,9 @@ def test_thirty_days_of_salesforce_under_faults(sandbox, tmp_path):
     runs = _runs(lake, "salesforce")
     failed = [set(r.loc[r["status"] == "failed", "email"]) for r in runs]
     _check_end_state(held, counts, want, load_ledger(lake, crm="salesforce"), runs, failed)
-    assert edits >= 5 and failed_days < 5
+    assert edits >= 5 and failed_days < 5 and conversions >= 10
+    converted = store.query("SELECT Email FROM Lead WHERE IsConverted = true")
+    assert len(converted) == conversions and {r["Email"] for r in converted} <= set(want)
     again = run(scores)
     assert (again["written"], again["unchanged"]) == (0, len(want))
 

@@ -21,6 +21,7 @@ from urllib3.util.retry import Retry
 
 from pql.config import HubSpotTarget
 from pql.crm.ledger import (
+    MERGED,
     SyncError,
     apply_manual_edits,
     changed,
@@ -31,6 +32,8 @@ from pql.crm.ledger import (
     load_ledger,
     merged_ledger,
     plan,
+    records,
+    relocated,
     save_ledger,
     to_verify,
     unverified,
@@ -313,7 +316,8 @@ def sync(
     fields = contact_fields(target)
     # With overwrite, edits to records whose computed values did not change must be undone
     # too: look at every contact HubSpot changed since the last run began (pages of 200).
-    since = edits_since(lake) if target.on_manual_edit == "overwrite" and not dry_run else None
+    # The search also finds merged contacts (a merge makes a new record), whichever the rule.
+    since = edits_since(lake) if not dry_run else None
     with ThreadPoolExecutor(max_workers=1) as pool:
         # The provisioning check, then the edit search, run while the diff is computed: the
         # first write goes out as soon as the diff is done.
@@ -323,13 +327,16 @@ def sync(
         if dry_run:
             return {**counts, "would_write": len(todo), "sample": diff_sample(todo, ledger)}
         provisioned.result()
-        current = modified.result() if modified else {}
+        current, holders = modified.result() if modified else ({}, {})
+    where: dict[str, str] = {}
     if ledger is not None:
+        todo, moved, where = _merges(todo, desired, ledger, holders, counts)
+        current = {e: v for e, v in current.items() if e not in moved}
         if target.on_manual_edit == "keep":
             # An edit made any time since we wrote a record must survive: read the records
-            # about to be written (one read per 100).
+            # about to be written (one read per 100); a new record holds nobody's edit.
             known = todo["email"][among(todo["email"], ledger["email"])]
-            current = read_contacts(hs, list(known), fields)
+            current = read_contacts(hs, [e for e in known if e not in moved], fields)
         todo, found = apply_manual_edits(todo, desired, ledger, current, target.on_manual_edit)
         counts.update(found)
     if not target.create_missing:
@@ -351,14 +358,18 @@ def sync(
     with ThreadPoolExecutor(max_workers=1) as pool:
         # The read-back waits for the rate window: the new ledger is built meanwhile.
         held = pool.submit(read_contacts, hs, checked, fields) if checked else None
-        merged = merged_ledger(ledger, todo[among(todo["email"], ok)])
+        ids = results[results["status"] == "written"].set_index("email")["hubspot_id"]
+        where.update(("contacts/" + ids.astype(str)).to_dict())
+        merged = merged_ledger(ledger, todo[among(todo["email"], ok)], where=where)
         if held is not None:
             results = unverified(results, todo, held.result(), checked)
             if rest := verify_rest(results, checked, target.verify):
                 results = unverified(results, todo, read_contacts(hs, rest, fields), rest)
     written = results[results["status"] == "written"]
     if len(written) < len(ok):  # the CRM did not keep some writes: they stay out
-        merged = merged_ledger(ledger, todo[among(todo["email"], written["email"])])
+        lost = set(ok) - set(written["email"])
+        where = {e: r for e, r in where.items() if e not in lost}
+        merged = merged_ledger(ledger, todo[among(todo["email"], written["email"])], where=where)
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     with atomic_dir(lake.sync("hubspot") / f"run={run_id}") as tmp:
         results.to_parquet(tmp / "results.parquet", index=False)
@@ -378,6 +389,33 @@ def sync(
             f"All results: {lake.sync('hubspot') / f'run={run_id}'}"
         )
     return counts
+
+
+def _merges(
+    todo: pd.DataFrame,
+    desired: pd.DataFrame,
+    ledger: pd.DataFrame,
+    holders: dict[str, str],
+    counts: dict,
+) -> tuple[pd.DataFrame, set[str], dict[str, str]]:
+    """Contacts merged since the last run: the email that is the merged record's own gets its
+    full values written there; an email the merge made secondary is never written again (an
+    upsert by it would create the person anew, undoing the merge). Returns the new todo, the
+    moved emails and the records to note in the ledger."""
+    away = {e: r for e, r in holders.items() if r.startswith(MERGED)}
+    was = records(ledger)
+    known = set(ledger["email"]) if away else set()
+    away = {e: r for e, r in away.items() if e in known and was.get(e) != r}
+    primary = {e: r for e, r in holders.items() if e not in away and not r.startswith(MERGED)}
+    todo, moved = relocated(todo, desired, ledger, primary)
+    if away:
+        log.warning("%s contacts were merged into other people's records: no longer written",
+                    len(away))  # fmt: skip
+        todo = todo[~among(todo["email"], away)]
+        counts["merged_away"] = counts.get("merged_away", 0) + len(away)
+    if moved:
+        counts["moved"] = len(moved)
+    return todo, moved, away
 
 
 def _within_daily_limit(
@@ -400,19 +438,30 @@ def _within_daily_limit(
     return todo.head(fits), len(todo) - fits
 
 
-def modified_contacts(hs: HubSpot, since: datetime, fields: list[str]) -> dict[str, dict]:
-    """email → current `fields` of every contact carrying a PQL value modified since `since`.
+def modified_contacts(
+    hs: HubSpot, since: datetime, fields: list[str]
+) -> tuple[dict[str, dict], dict[str, str]]:
+    """Every contact carrying a PQL value modified since `since`: email → its current
+    `fields`, and email → the record holding it ("contacts/<id>"; for an email a merge made
+    secondary, "merged:contacts/<id>" of the record it was merged into).
 
     A contact counts when it holds any of the fields (one OR'ed filter group each, up to
-    HubSpot's 5), so a rep clearing the score by hand is found through the others."""
+    HubSpot's 5), so a rep clearing the score by hand is found through the others; a merge
+    makes a new record carrying the primary's values, so it is found too."""
     filters = [Filter(property_name="lastmodifieddate", operator="GTE", value=_iso(since))]
     any_of = [[Filter(property_name=f, operator="HAS_PROPERTY")] for f in fields[:5]]
-    out = {}
-    for r in search_all(hs, "contacts", filters, ["email", *fields], any_of=any_of):
+    values, holders = {}, {}
+    wanted = ["email", "hs_additional_emails", *fields]
+    for r in search_all(hs, "contacts", filters, wanted, any_of=any_of):
         props = r.properties or {}
+        for other in (props.get("hs_additional_emails") or "").split(";"):
+            if other.strip():
+                holders.setdefault(other.strip().lower(), f"{MERGED}contacts/{r.id}")
         if props.get("email"):
-            out[props["email"].lower()] = {k: props.get(k) for k in fields}
-    return out
+            email = props["email"].lower()
+            values[email] = {k: props.get(k) for k in fields}
+            holders[email] = f"contacts/{r.id}"
+    return values, holders
 
 
 def _iso(t: datetime) -> str:
@@ -520,22 +569,42 @@ def sync_accounts(hs: HubSpot, lake: Lake, target: HubSpotTarget, accounts: pd.D
     from hubspot.crm.companies import BatchInputSimplePublicObjectBatchInput
     from hubspot.crm.companies import SimplePublicObjectBatchInput as CompanyInput
 
+    started = datetime.now(UTC)
     desired = desired_accounts(accounts, target)
     ledger = load_ledger(lake, "companies_ledger")
     todo = changed(desired, ledger, key="domain")
     counts = {"accounts": len(desired), "unchanged": len(desired) - len(todo)}
-    if todo.empty:
+    # A company whose domain changed (or that was merged: a new record) since the last run
+    # may now hold a domain: those domains are written whole to the company holding them now.
+    since = edits_since(lake, "companies_ledger")
+    suspects: set[str] = set()
+    if ledger is not None and since:
+        flt = Filter(property_name="hs_lastmodifieddate", operator="GTE", value=_iso(since))
+        changed_ids = {str(r.id): ((r.properties or {}).get("domain") or "").lower()
+                       for r in search_all(hs, "companies", [flt], ["domain"])}  # fmt: skip
+        suspects = {d for d in changed_ids.values() if d} & set(ledger["domain"])
+        suspects |= {d for d, r in records(ledger, "domain").items()
+                     if r.split("/", 1)[-1] in changed_ids}  # fmt: skip
+        suspects &= set(desired["domain"])
+    if todo.empty and not suspects:
+        if ledger is not None:  # the next run looks for changes from this run on
+            save_ledger(lake, ledger, name="companies_ledger", run_started=started)
         return {**counts, "written": 0, "failed": 0, "not_in_crm": 0}
     ensure_properties(hs, target, "companies", company_property_specs(target))
-    by_domain = companies_by_domain(hs, sorted(todo["domain"]))
+    by_domain = companies_by_domain(hs, sorted(set(todo["domain"]) | suspects))
+    todo, moved = relocated(todo, desired, ledger,
+                            {d: f"companies/{by_domain[d]}" for d in suspects if d in by_domain},
+                            key="domain")  # fmt: skip
+    if moved:
+        counts["moved"] = len(moved)
     todo = todo.assign(hubspot_id=todo["domain"].map(by_domain))
     missing = todo[todo["hubspot_id"].isna()]
     todo = todo[todo["hubspot_id"].notna()]
     fields = [c for c in desired.columns if c != "domain"]
     written, failed = [], []
-    records = todo.to_dict("records")
-    for start in range(0, len(records), BATCH):
-        batch = records[start : start + BATCH]
+    rows = todo.to_dict("records")
+    for start in range(0, len(rows), BATCH):
+        batch = rows[start : start + BATCH]
         body = BatchInputSimplePublicObjectBatchInput(
             inputs=[CompanyInput(id=r["hubspot_id"], properties={k: r[k] for k in fields})
                     for r in batch]
@@ -556,7 +625,8 @@ def sync_accounts(hs: HubSpot, lake: Lake, target: HubSpotTarget, accounts: pd.D
             (failed.append((r["domain"], "rejected")) if r["hubspot_id"] in bad
              else written.append(r["domain"]))  # fmt: skip
     done = todo[among(todo["domain"], written)].drop(columns=["hubspot_id"])
-    update_ledger(lake, ledger, done, key="domain", name="companies_ledger")
+    update_ledger(lake, ledger, done, key="domain", name="companies_ledger", run_started=started,
+                  where={d: f"companies/{by_domain[d]}" for d in written})  # fmt: skip
     counts.update(written=len(written), failed=len(failed), not_in_crm=len(missing))
     if failed:
         log.warning("HubSpot companies: %s failed, e.g. %s", len(failed), failed[:3])

@@ -3,8 +3,14 @@
 Values travel as strings (as HubSpot takes them: "70", "true", "2026-10-01T00:00:00.000Z",
 "" for empty); each CRM client converts them to its own types. A ledger per CRM and level
 (contacts, companies/accounts) holds, per key, each field's value last written successfully
-(one column per field, so 100,000 keys load and save in tens of milliseconds) and a digest of
-them, and the moment from which the next run looks for records edited by hand.
+(one column per field, so 100,000 keys load and save in tens of milliseconds), a digest of
+them, the record that holds them (`record`: "Contact/003…", "contacts/123"; "merged:contacts/…"
+for a HubSpot contact merged into another person's record), and the moment from which the next
+run looks for records edited by hand, converted or merged.
+
+A person's values belong to a record, not to an email: when the record an email resolves to
+changes (a Lead converted to a Contact, a Contact created for the email, two contacts merged),
+the full current values are written to the new record in that run, whatever the score did.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from pql.lake import Lake, atomic_dir
 # Look a little further back than the last run started: the CRM stamps modification times
 # with its own clock, and HubSpot's search index lags writes by "a few moments".
 CLOCK_SKEW = timedelta(minutes=5)
-META = ("digest", "synced_at")  # the ledger's columns besides the key and the fields
+META = ("digest", "synced_at", "record")  # the ledger's columns besides the key and the fields
+MERGED = "merged:"  # record prefix of an email whose contact was merged into another's record
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +99,8 @@ def desired_accounts(
 
 
 def digests(frame: pd.DataFrame, key: str) -> pd.Series:
-    """A 64-bit digest (as text) of each row's values except the key: the fast diff."""
-    fields = sorted(c for c in frame.columns if c != key)
+    """A 64-bit digest (as text) of each row's field values (not the key, not META)."""
+    fields = sorted(c for c in frame.columns if c != key and c not in META)
     return pd.util.hash_pandas_object(frame[fields].astype(str), index=False).astype(str)
 
 
@@ -113,13 +120,55 @@ def plan(
     ledger = load_ledger(lake, crm=crm)
     if not target.unflag:
         desired = keep_flags(desired, ledger, target.fields.flag)
+    away = merged_away(ledger)
+    if away:  # their record is another person's now: writing by email would re-create them
+        desired = desired[~among(desired["email"], away)]
     todo = changed(desired, ledger)
     counts = {
         "candidates": len(desired),
         "unchanged": len(desired) - len(todo),
         "skipped_no_email": no_email(scores),
     }
+    if away:
+        counts["merged_away"] = len(away)
     return desired, ledger, todo, counts
+
+
+def records(ledger: pd.DataFrame | None, key: str = "email") -> dict[str, str]:
+    """key → the record that holds its values ("Object/id"), where the ledger knows it."""
+    if ledger is None or "record" not in ledger.columns:
+        return {}
+    known = ledger[ledger["record"].notna()]
+    return dict(zip(known[key], known["record"], strict=True))
+
+
+def merged_away(ledger: pd.DataFrame | None, key: str = "email") -> set[str]:
+    """Keys whose record was merged into another person's: never written again."""
+    return {k for k, r in records(ledger, key).items() if r.startswith(MERGED)}
+
+
+def relocated(
+    todo: pd.DataFrame,
+    desired: pd.DataFrame,
+    ledger: pd.DataFrame | None,
+    now: dict[str, str],
+    key: str = "email",
+) -> tuple[pd.DataFrame, set[str]]:
+    """Add to `todo` the full desired values of keys whose record is not the one the ledger
+    says holds their values (`now`: key → the record it resolves to today). Keys the ledger has
+    no record for (ledgers from before records were kept) count as moved only when the CRM
+    says their record changed since the last run, which is what `now` holds for them."""
+    if not now or ledger is None:
+        return todo, set()
+    was = records(ledger, key)
+    written = set(ledger[key])
+    moved = {k for k, r in now.items() if k in written and was.get(k) != r}
+    if not moved:
+        return todo, moved
+    back = desired[among(desired[key], moved) & ~among(desired[key], todo[key])]
+    log.info("%s records now live elsewhere (converted, created or merged): their values are "
+             "written there", len(moved))  # fmt: skip
+    return pd.concat([todo, back]), moved
 
 
 def keep_flags(desired: pd.DataFrame, ledger: pd.DataFrame | None, flag: str) -> pd.DataFrame:
@@ -226,20 +275,35 @@ def update_ledger(
     name: str = "ledger",
     crm: str = "hubspot",
     run_started: datetime | None = None,
+    where: dict[str, str] | None = None,
 ) -> None:
-    """Record `written` rows (key and field values) as the CRM's values; with `run_started`,
-    the next edit check starts there (everything the CRM changed since)."""
-    save_ledger(lake, merged_ledger(ledger, written, key), name=name, crm=crm,
+    """Record `written` rows (key and field values) as the CRM's values, held by the records
+    in `where`; with `run_started`, the next check for edits, conversions and merges starts
+    there (everything the CRM changed since)."""
+    save_ledger(lake, merged_ledger(ledger, written, key, where), name=name, crm=crm,
                 run_started=run_started)  # fmt: skip
 
 
 def merged_ledger(
-    ledger: pd.DataFrame | None, written: pd.DataFrame, key: str = "email"
+    ledger: pd.DataFrame | None,
+    written: pd.DataFrame,
+    key: str = "email",
+    where: dict[str, str] | None = None,
 ) -> pd.DataFrame:
-    """The ledger with `written` rows (key and field values) as the CRM's values."""
+    """The ledger with `written` rows (key and field values) as the CRM's values; `where`
+    gives the record (key → "Object/id") each was written to, or a merged-away marker."""
     fresh = written.assign(digest=digests(written, key), synced_at=datetime.now(UTC))
+    if where:
+        fresh = fresh.assign(record=fresh[key].map(where))
     merged = pd.concat([ledger, fresh]) if ledger is not None else fresh
-    return merged.drop_duplicates(key, keep="last")  # this run's entry wins
+    merged = merged.drop_duplicates(key, keep="last")  # this run's entry wins
+    if where and ledger is not None:  # records of keys not written this run (merged away)
+        done = set(written[key])
+        rest = {k: r for k, r in where.items() if k not in done}
+        if rest:
+            hit = among(merged[key], rest)
+            merged.loc[hit, "record"] = merged.loc[hit, key].map(rest)
+    return merged
 
 
 def save_ledger(

@@ -28,10 +28,14 @@ from pql.crm.ledger import (
     changed,
     desired_accounts,
     diff_sample,
+    differing,
     edits_since,
     load_ledger,
     normal_emails,
     plan,
+    records,
+    relocated,
+    save_ledger,
     to_verify,
     unverified,
     update_ledger,
@@ -233,6 +237,25 @@ def modified_records(call: _Session, since: datetime, target: SalesforceTarget) 
     return out
 
 
+def new_holders(call: _Session, since: datetime, target: SalesforceTarget) -> dict[str, str]:
+    """match key (lower-cased) → "Contact/<id>" for people whose values may have moved to a
+    Contact since `since`: Leads converted then (to their Contact) and Contacts created then
+    (by hand, or by a conversion). Only candidates: `find_records` decides where they live."""
+    key = target.match_on
+    stamp = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    out: dict[str, str] = {}
+    for soql, id_field in (
+        (f"SELECT {key}, ConvertedContactId FROM Lead WHERE IsConverted = true "
+         f"AND SystemModstamp >= {stamp}", "ConvertedContactId"),
+        (f"SELECT Id, {key} FROM Contact WHERE CreatedDate >= {stamp} ORDER BY Id", "Id"),
+    ):  # fmt: skip
+        for r in call(lambda sf, q=soql: sf.query_all(q))["records"]:
+            k = _values(r, [key])[key]
+            if k and r.get(id_field):
+                out[str(k).lower()] = f"Contact/{r[id_field]}"
+    return out
+
+
 def read_back(call: _Session, written: dict[str, tuple[str, str]], target: SalesforceTarget):
     """email → mapped values held now, for written records given as email → (object, id)."""
     fields = _mapped(target)
@@ -425,11 +448,35 @@ def sync(
                    if k in email_of}  # fmt: skip
         todo, found_edits = apply_manual_edits(todo, desired, ledger, current, "overwrite")
         counts.update(found_edits)
-    keys = sorted({key_of[e] for e in todo["email"] if key_of.get(e)})
+    # People whose record may have changed since the last run (converted, a Contact created):
+    # looked up with the changed ones, and written whole where their record did change.
+    held = records(ledger)
+    suspects = set()
+    if ledger is not None and "record" not in ledger.columns:
+        # A ledger from before records were kept: find every person's record once.
+        suspects = set(desired["email"][among(desired["email"], ledger["email"])])
+    elif ledger is not None and since:
+        suspects = {email_of[k] for k, r in new_holders(call, since, target).items()
+                    if k in email_of and held.get(email_of[k]) != r}  # fmt: skip
+    keys = sorted({key_of[e] for e in (*todo["email"], *suspects) if key_of.get(e)})
     found = {email_of[k]: f for k, f in find_records(call, keys, target).items() if k in email_of}
+    where = {e: f"{found[e].object}/{found[e].id}" for e in suspects if e in found}
+    if ledger is not None and "record" not in ledger.columns:
+        want = desired.set_index("email")
+        differ = differing({e: found[e].values for e in where},
+                           {e: want.loc[e].to_dict() for e in where})  # fmt: skip
+        where = {e: r for e, r in where.items() if e in differ}
+        # The others hold what was written: only their record is noted (below).
+        adopted = {e: f"{found[e].object}/{found[e].id}" for e in suspects if e in found}
+    else:
+        adopted = {}
+    todo, moved = relocated(todo, desired, ledger, where)
+    if moved:
+        counts["moved"] = len(moved)
     if ledger is not None and target.on_manual_edit == "keep":
-        # An edit made any time since we wrote a record survives (the lookup read it anyway).
-        known = set(ledger["email"])
+        # An edit made any time since we wrote a record survives (the lookup read it anyway);
+        # a record new to a person holds nobody's edit of our values.
+        known = set(ledger["email"]) - moved
         current = {e: f.values for e, f in found.items() if e in known}
         todo, found_edits = apply_manual_edits(todo, desired, ledger, current, "keep")
         counts.update(found_edits)
@@ -470,8 +517,10 @@ def sync(
     with atomic_dir(run_dir) as tmp:
         results.to_parquet(tmp / "results.parquet", index=False)
     written = results[results["status"] == "written"]
+    where = {**adopted, **dict(zip(written["email"], written["object"] + "/"
+                                   + written["record_id"].astype(str), strict=True))}  # fmt: skip
     update_ledger(lake, ledger, todo[among(todo["email"], written["email"])], crm=CRM,
-                  run_started=started)  # fmt: skip
+                  run_started=started, where=where)  # fmt: skip
     failed = results[results["status"] == "failed"]
     counts.update(
         written=len(written),
@@ -525,18 +574,41 @@ def sync_accounts(
     Writes go through Collections (lock errors retried alone), successes into their own ledger.
     """
     f = target.fields
+    started = datetime.now(UTC)
     desired = desired_accounts(accounts, target)  # the same wire strings as HubSpot's
     ledger = load_ledger(lake, "accounts_ledger", crm=CRM)
     todo = changed(desired, ledger, key="domain")
     counts = {"accounts": len(desired), "unchanged": len(desired) - len(todo)}
-    if todo.empty:
-        return {**counts, "written": 0, "failed": 0, "not_in_crm": 0}
     call = _Session(sf, login)
+    # An Account whose Website changed since the last run may now hold a domain (or no
+    # longer hold one): those domains are written whole to the Account that holds them now.
+    since = edits_since(lake, "accounts_ledger", crm=CRM)
+    suspects: set[str] = set()
+    if ledger is not None and since:
+        stamp = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        changed_ids = {
+            r["Id"]: domain_of(r.get("Website"))
+            for r in call(lambda s: s.query_all(
+                f"SELECT Id, Website FROM Account WHERE SystemModstamp >= {stamp}"))["records"]
+        }  # fmt: skip
+        held = records(ledger, "domain")
+        suspects = {d for d in changed_ids.values() if d} & set(ledger["domain"])
+        suspects |= {d for d, r in held.items() if r.split("/", 1)[-1] in changed_ids}
+        suspects &= set(desired["domain"])
+    if todo.empty and not suspects:
+        if ledger is not None:  # the next run looks for changes from this run on
+            save_ledger(lake, ledger, name="accounts_ledger", crm=CRM, run_started=started)
+        return {**counts, "written": 0, "failed": 0, "not_in_crm": 0}
     call(lambda s: check_fields(s, target, ("Account",)))
     rows = call(lambda s: s.query_all("SELECT Id, Website FROM Account WHERE Website != null"))
     ids: dict[str, str] = {}
     for r in rows["records"]:
         ids.setdefault(domain_of(r.get("Website")) or "", r["Id"])
+    todo, moved = relocated(todo, desired, ledger,
+                            {d: f"Account/{ids[d]}" for d in suspects if d in ids},
+                            key="domain")  # fmt: skip
+    if moved:
+        counts["moved"] = len(moved)
     writes, missing = [], 0
     for row in todo.to_dict("records"):
         rid = ids.get(row["domain"])
@@ -555,7 +627,8 @@ def sync_accounts(
     results = pd.DataFrame(_collections(call, writes) if writes else [], columns=RESULT_COLUMNS)
     written = results.loc[results["status"] == "written", "email"]
     update_ledger(lake, ledger, todo[among(todo["domain"], written)], key="domain",
-                  name="accounts_ledger", crm=CRM)  # fmt: skip
+                  name="accounts_ledger", crm=CRM, run_started=started,
+                  where={d: f"Account/{ids[d]}" for d in written})  # fmt: skip
     counts.update(written=len(written), failed=int((results["status"] == "failed").sum()),
                   not_in_crm=missing)  # fmt: skip
     log.info("Salesforce Accounts: %(written)s written, %(unchanged)s unchanged, "
