@@ -1,7 +1,7 @@
 """Soak: 30 simulated days of scores synced to HubSpot and to Salesforce while the sandbox
 misbehaves (429s, 5xx at random moments, latency, per-record errors, lock errors, writes it
-answers as saved and then loses), reps edit PQL fields by hand and convert Leads into Contacts
-between runs.
+answers as saved and then loses), reps edit PQL fields by hand, convert Leads into Contacts
+(Salesforce) and merge contacts (HubSpot) between runs.
 
 After the last day and one clean run, each CRM holds exactly the computed values for every
 user (read from the emulator's own store), no user has two records, records the CRM refuses
@@ -23,7 +23,7 @@ from simple_salesforce.exceptions import SalesforceError
 from pql.config import HubSpotTarget, SalesforceTarget
 from pql.crm import hubspot as crm_hubspot
 from pql.crm import salesforce as crm_salesforce
-from pql.crm.ledger import SyncError, load_ledger
+from pql.crm.ledger import SyncError, load_ledger, merged_away
 from pql.lake import Lake
 from sandbox.hubspot import HubSpotStore
 from sandbox.salesforce import SalesforceStore, convert_lead
@@ -140,12 +140,25 @@ def test_thirty_days_of_hubspot_under_faults(sandbox, tmp_path):
         props = {HUBSPOT[k]: text.get(type(v), str)(v) for k, v in values.items()}
         store.upsert("contacts", [{"email": email, "firstname": "Edited", **props}])
 
+    away: set[str] = set()
+
+    def merge(written: list[str]) -> None:
+        """Sales merges two people's contacts now and then; either may be the primary."""
+        ids = {r["properties"]["email"]: r["id"] for r in store.list("contacts")}
+        pair = [e for e in written if e in ids]
+        if rng.random() < 0.3 and len(pair) >= 2:
+            primary, other = rng.sample(pair, 2)
+            store.merge("contacts", ids[primary], ids[other])
+            away.add(other)
+
     clear = (SyncError, *_hubspot_errors())
     edits = faults = failed_days = 0
     for _ in range(DAYS):
         scores = world.next_day()
-        written = sorted(load_ledger(lake)["email"]) if load_ledger(lake) is not None else []
+        ledger = load_ledger(lake)
+        written = sorted(set(ledger["email"]) - away) if ledger is not None else []
         edits += _edit_by_hand(rng, written, edit)
+        merge(written)
         if rng.random() < 0.3:
             sandbox.queue_fault("hubspot_lost_write", 200)
         if rng.random() < 0.4:
@@ -165,11 +178,14 @@ def test_thirty_days_of_hubspot_under_faults(sandbox, tmp_path):
     last = crm_hubspot.sync(hs, lake, target, scores)
     assert last["failed"] == len(BAD_EMAILS)
 
-    want = expected(scores, _valid)
+    # A merged-away person's email lives on in another person's record: not theirs to write.
+    want = expected(scores, lambda e: _valid(e) and e not in away)
     held, counts = hubspot_contacts(sandbox)
     runs = _runs(lake, "hubspot")
     failed = [set(r.loc[r["status"] == "failed", "email"]) for r in runs]
-    _check_end_state(held, counts, want, load_ledger(lake), runs, failed)
+    ledger = load_ledger(lake)
+    assert set(merged_away(ledger)) == away and len(away) >= 3
+    _check_end_state(held, counts, want, ledger[~ledger["email"].isin(away)], runs, failed)
     assert edits >= 5 and faults >= 10 and failed_days < 3
     again = crm_hubspot.sync(hs, lake, target, scores)
     assert (again["written"], again["unchanged"]) == (0, len(want))
