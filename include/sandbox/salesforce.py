@@ -1,4 +1,5 @@
-"""Salesforce emulator: OAuth, REST (describe, SOQL, sObjects, Collections), Bulk API 2.0, limits.
+"""Salesforce emulator: OAuth, REST (describe, SOQL, sObjects, Collections), Bulk API 2.0, limits,
+and the SOAP partner API's login and convertLead.
 
 Follows shared/reference/salesforce.md (cited as §n). simple-salesforce always builds https://
 URLs (§9, STACK.md), so the sandbox server also listens with TLS on a second port
@@ -14,6 +15,13 @@ A "salesforce_lost_write" fault answers one Collections update as saved and then
 random 0..N ms. Requests are counted in state.counters as
 "salesforce", "salesforce.<endpoint>" and "salesforce.<status>". Storage and the org's rules
 live in sandbox.salesforce_store.
+
+SOAP (`POST /services/Soap/u/{version}`, also under the login's serverUrl) dispatches on the
+Body's element: login, or convertLead, which passes the same gate with the session id of its
+SessionHeader and answers refusals as SOAP Faults (HTTP 500). `salesforce_lead_field_mapping`
+({Lead field: Contact field}, default {}: nothing mapped) is the org's Lead field mapping that
+conversion copies onto a new Contact, or into the blank fields of the Contact merged into.
+convert_lead / convert_leads are the client side (a simple-salesforce client's session).
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlsplit
+from xml.etree import ElementTree as ET
+from xml.sax.saxutils import escape as xml_escape
 
 from fastapi import APIRouter, Body, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -49,6 +59,7 @@ from sandbox.salesforce_store import (
     API_VERSION,
     BULK_QUERY_PAGE,
     COLLECTION_LIMIT,
+    CONVERT_LIMIT,
     DELIMITERS,
     INTEGRATION_USER_ID,
     JOB_PREFIX,
@@ -62,6 +73,8 @@ from sandbox.salesforce_store import (
     RETRIEVE_LIMIT,
     ROLLED_BACK,
     TERMINAL_STATES,
+    ConvertResult,
+    LeadConvert,
     SalesforceError,
     SalesforceStore,
     SaveError,
@@ -90,6 +103,8 @@ __all__ = [
     "SalesforceError",
     "SalesforceStore",
     "connection_env",
+    "convert_lead",
+    "convert_leads",
     "credentials",
     "instance_url",
     "router",
@@ -272,13 +287,23 @@ def _limit_error(which: str = "TotalRequests") -> SalesforceError:
 
 def _fault_response(status: int) -> Response:
     """An injected failure in Salesforce's own shape for that status (§6, §7: no 429 exists)."""
+    error = _injected(status)
+    return _gateway_page(status) if error is None else _error(error)
+
+
+def _gateway_page(status: int) -> Response:
+    page = f"<html><body><h1>{status} Gateway error</h1></body></html>"
+    return Response(page, status_code=status, media_type="text/html")
+
+
+def _injected(status: int) -> SalesforceError | None:
+    """The error an injected fault stands for; None for a gateway's (an HTML page)."""
     if status in (403, 429):
-        return _error(_limit_error())
+        return _limit_error()
     if status == 401:
-        return _error(_session_error())
+        return _session_error()
     if status in (502, 504):
-        page = f"<html><body><h1>{status} Gateway error</h1></body></html>"
-        return Response(page, status_code=status, media_type="text/html")
+        return None
     known = {
         400: ("UNABLE_TO_LOCK_ROW", "unable to obtain exclusive access to this record"),
         404: ("NOT_FOUND", "The requested resource does not exist"),
@@ -290,7 +315,7 @@ def _fault_response(status: int) -> Response:
         503: ("SERVER_UNAVAILABLE", "Server temporarily unavailable, please try again later."),
     }
     code, message = known.get(status, ("UNKNOWN_EXCEPTION", f"injected fault {status}"))
-    return _error(SalesforceError(status, code, message))
+    return SalesforceError(status, code, message)
 
 
 def _version(raw: str) -> str:
@@ -357,14 +382,48 @@ class _Gate:
         limit = int(self.state.settings["salesforce_daily_api_requests"])
         return self.state.limiter("salesforce_daily", limit, 86_400.0), limit
 
+    async def soap(
+        self, kind: str, token: str | None, call: Callable[[], Awaitable[Response]]
+    ) -> Response:
+        """A SOAP API call through the same gate (session from its SessionHeader); whatever
+        refuses it answers as a SOAP fault."""
+        self.state.count("salesforce")
+        self.state.count(f"salesforce.{kind}")
+        await self.state.latency("salesforce")
+        fault = self.state.take_fault("salesforce")
+        if fault is not None:
+            response = _soap_fault_response(fault)
+        else:
+            try:
+                response = await self._limited(token, call)
+            except SalesforceError as error:
+                response = _soap_error(error)
+        self.state.count(f"salesforce.{response.status_code}")
+        return response
+
     async def _admitted(self, request: Request, handler) -> Response:
         if "version" in request.path_params:
             _version(request.path_params["version"])
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() not in ("bearer", "oauth") or not token.strip():
+        if scheme.lower() not in ("bearer", "oauth"):
             raise _session_error()
+
+        async def call() -> Response:
+            try:
+                return await handler(request)
+            except SalesforceError as error:
+                return _error(error)
+            except RequestValidationError:
+                return _error(
+                    SalesforceError(400, "JSON_PARSER_ERROR", "The request body is not valid JSON")
+                )
+
+        return await self._limited(token.strip(), call)
+
+    async def _limited(self, token: str | None, call: Callable[[], Awaitable[Response]]):
+        """Session, daily budget and concurrency, then `call`; adds Sforce-Limit-Info."""
         timeout = float(self.state.settings["salesforce_session_seconds"])
-        if not await run_in_threadpool(self._touch, token.strip(), timeout):
+        if not token or not await run_in_threadpool(self._touch, token, timeout):
             raise _session_error()
         limiter, limit = self._daily()
         if not limiter.hit(time.monotonic()):
@@ -374,14 +433,7 @@ class _Gate:
                 raise _limit_error("ConcurrentPerOrgLongTxn")
             self.in_flight += 1
         try:
-            try:
-                response = await handler(request)
-            except SalesforceError as error:
-                response = _error(error)
-            except RequestValidationError:
-                response = _error(
-                    SalesforceError(400, "JSON_PARSER_ERROR", "The request body is not valid JSON")
-                )
+            response = await call()
         finally:
             with self._lock:
                 self.in_flight -= 1
@@ -406,6 +458,177 @@ def _gated_route(gate: _Gate) -> type[APIRoute]:
             return gated
 
     return GatedRoute
+
+
+# ---------------------------------------------------------------- SOAP partner API
+
+SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
+PARTNER = "urn:partner.soap.sforce.com"
+_XSI = "http://www.w3.org/2001/XMLSchema-instance"
+_XSI_NIL = f"{{{_XSI}}}nil"
+_CLIENT = "soapenv:Client"  # the fault code of a request that is not a well-formed call
+
+
+def _soap_fault(
+    code: str, message: str, status: int = 500, detail: str = "UnexpectedErrorFault"
+) -> Response:
+    """A SOAP Fault as Salesforce sends it: `sf:<CODE>` with the code and message again in its
+    detail, or soapenv:Client (no detail) for a request that is not a call at all."""
+    if code == _CLIENT:
+        inner = f"<faultcode>{code}</faultcode><faultstring>{xml_escape(message)}</faultstring>"
+    else:
+        inner = (
+            f"<faultcode>sf:{code}</faultcode><faultstring>{xml_escape(f'{code}: {message}')}"
+            f'</faultstring><detail><sf:{detail} xsi:type="sf:{detail}"><sf:exceptionCode>'
+            f"{code}</sf:exceptionCode><sf:exceptionMessage>{xml_escape(message)}"
+            f"</sf:exceptionMessage></sf:{detail}></detail>"
+        )
+    body = (
+        f'<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="{SOAP_ENV}" '
+        f'xmlns:sf="urn:fault.partner.soap.sforce.com" xmlns:xsi="{_XSI}"><soapenv:Body>'
+        f"<soapenv:Fault>{inner}</soapenv:Fault></soapenv:Body></soapenv:Envelope>"
+    )
+    return Response(body, status_code=status, media_type="text/xml")
+
+
+def _soap_error(error: SalesforceError) -> Response:
+    message = error.message
+    if error.code == "INVALID_SESSION_ID":  # the SOAP API's wording of the REST 401
+        message = "Invalid Session ID found in SessionHeader: Illegal Session"
+    return _soap_fault(error.code, message, 503 if error.status == 503 else 500)
+
+
+def _soap_fault_response(status: int) -> Response:
+    """An injected failure as the SOAP API answers it (a gateway's stays an HTML page)."""
+    error = _injected(status)
+    return _gateway_page(status) if error is None else _soap_error(error)
+
+
+def _soap_request(raw: bytes) -> tuple[ET.Element | None, ET.Element]:
+    """(Header, the operation in the Body) of a SOAP 1.1 request; a soapenv:Client error if it
+    is not one. DTDs are refused (no entity expansion), as Salesforce does."""
+    if re.search(rb"<!DOCTYPE", raw, re.IGNORECASE):
+        raise SalesforceError(500, _CLIENT, "DOCTYPE is disallowed")
+    try:
+        root = ET.fromstring(raw)
+    except ET.ParseError as error:
+        raise SalesforceError(500, _CLIENT, f"Malformed SOAP request: {error}") from None
+    body = root.find(f"{{{SOAP_ENV}}}Body") if root.tag == f"{{{SOAP_ENV}}}Envelope" else None
+    operation = next(iter(body), None) if body is not None else None
+    if operation is None:
+        raise SalesforceError(500, _CLIENT, "Expected a SOAP 1.1 Envelope with a call in its Body")
+    return root.find(f"{{{SOAP_ENV}}}Header"), operation
+
+
+def _local(tag: str) -> str:
+    return tag.rpartition("}")[2]
+
+
+def _soap_child(parent: ET.Element | None, *path: str) -> ET.Element | None:
+    """The element at `path` of local names below `parent` (any namespace)."""
+    for name in path:
+        if parent is None:
+            return None
+        parent = next((e for e in parent if _local(e.tag) == name), None)
+    return parent
+
+
+def _soap_value(parent: ET.Element | None, *path: str) -> str | None:
+    element = _soap_child(parent, *path)
+    if element is None or element.get(_XSI_NIL) in ("true", "1"):
+        return None
+    return (element.text or "").strip()
+
+
+def _soap_flag(parent: ET.Element, name: str) -> bool:
+    value = _soap_value(parent, name)
+    if value in (None, ""):
+        return False
+    if value.lower() not in ("true", "false", "1", "0"):
+        raise SalesforceError(500, _CLIENT, f"'{value}' is not valid for the type xsd:boolean")
+    return value.lower() in ("true", "1")
+
+
+def _soap_version(raw: str) -> None:
+    m = re.fullmatch(r"(\d+)\.0", raw)
+    if not m or not MIN_VERSION <= int(m.group(1)) <= MAX_VERSION:
+        message = "Invalid Api version specified on URL"
+        raise SalesforceError(500, "UNSUPPORTED_API_VERSION", message)
+
+
+def _lead_converts(operation: ET.Element) -> list[LeadConvert]:
+    """convertLead's leadConverts elements (at most CONVERT_LIMIT)."""
+    items = [e for e in operation if _local(e.tag) == "leadConverts"]
+    if len(items) > CONVERT_LIMIT:
+        message = (
+            f"record limit reached. cannot submit more than {CONVERT_LIMIT} records into this call"
+        )
+        raise SalesforceError(500, "EXCEEDED_ID_LIMIT", message)
+    converts = []
+    for item in items:
+        _soap_flag(item, "sendNotificationEmail")  # accepted (and checked), never sent
+        converts.append(
+            LeadConvert(
+                _soap_value(item, "leadId"),
+                converted_status=_soap_value(item, "convertedStatus"),
+                account_id=_soap_value(item, "accountId"),
+                contact_id=_soap_value(item, "contactId"),
+                opportunity_id=_soap_value(item, "opportunityId"),
+                create_opportunity=not _soap_flag(item, "doNotCreateOpportunity"),
+                opportunity_name=_soap_value(item, "opportunityName") or None,
+                owner_id=_soap_value(item, "ownerId"),
+                overwrite_lead_source=_soap_flag(item, "overwriteLeadSource"),
+            )
+        )
+    return converts
+
+
+def _soap_id(name: str, value: str | None) -> str:
+    return f"<{name}>{value}</{name}>" if value else f'<{name} xsi:nil="true"/>'
+
+
+def _convert_answer(results: list[ConvertResult]) -> str:
+    """convertLeadResponse: a LeadConvertResult per lead, in request order."""
+    out = []
+    for r in results:
+        errors = "".join(
+            "<errors>"
+            + "".join(f"<fields>{xml_escape(f)}</fields>" for f in e.fields)
+            + f"<message>{xml_escape(e.message)}</message><statusCode>{e.code}</statusCode>"
+            "</errors>"
+            for e in r.errors
+        )
+        out.append(
+            f"<result>{_soap_id('accountId', r.account_id)}{_soap_id('contactId', r.contact_id)}"
+            f"{errors}{_soap_id('leadId', r.lead_id)}"
+            f"{_soap_id('opportunityId', r.opportunity_id)}"
+            f"<success>{str(r.success).lower()}</success></result>"
+        )
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="{SOAP_ENV}" '
+        f'xmlns="{PARTNER}" xmlns:xsi="{_XSI}"><soapenv:Body><convertLeadResponse>'
+        + "".join(out)
+        + "</convertLeadResponse></soapenv:Body></soapenv:Envelope>"
+    )
+
+
+class _Soap:
+    """SOAP calls past login, through the gate like REST requests."""
+
+    def __init__(self, gate: _Gate, org: _Org):
+        self.gate, self.org = gate, org
+
+    async def convert_lead(
+        self, version: str, header: ET.Element | None, operation: ET.Element
+    ) -> Response:
+        async def call() -> Response:
+            _soap_version(version)
+            converts = _lead_converts(operation)
+            results = await run_in_threadpool(self.org.convert_leads, converts)
+            return Response(_convert_answer(results), media_type="text/xml")
+
+        token = _soap_value(header, "SessionHeader", "sessionId")
+        return await self.gate.soap("convertLead", token, call)
 
 
 # ---------------------------------------------------------------- query cursors
@@ -469,13 +692,14 @@ def _batch_size(request: Request, settings) -> int:
 
 
 def router(state: SandboxState) -> APIRouter:
-    """The Salesforce routes: OAuth and SOAP login, then the gated REST and Bulk 2.0 API."""
+    """The Salesforce routes: OAuth and the SOAP API (login, convertLead), then the gated REST
+    and Bulk 2.0 API."""
     store = SalesforceStore(state)
     credentials(state)  # create the credentials at startup, before any client asks for them
+    gate, org = _Gate(state, store), _Org(state, store)
     open_api = APIRouter()
-    _login_routes(open_api, state, store)
-    api = APIRouter(route_class=_gated_route(_Gate(state, store)))
-    org = _Org(state, store)
+    _login_routes(open_api, state, store, _Soap(gate, org))
+    api = APIRouter(route_class=_gated_route(gate))
     org.routes(api)
     open_api.include_router(api)
     return open_api
@@ -498,7 +722,7 @@ def _check_user(state: SandboxState, username: str | None, password: str | None)
     )
 
 
-def _login_routes(api: APIRouter, state: SandboxState, store: SalesforceStore) -> None:
+def _login_routes(api: APIRouter, state: SandboxState, store: SalesforceStore, soap: _Soap) -> None:
     def oauth_error(error: str, description: str, status: int = 400) -> JSONResponse:
         return JSONResponse({"error": error, "error_description": description}, status_code=status)
 
@@ -546,33 +770,38 @@ def _login_routes(api: APIRouter, state: SandboxState, store: SalesforceStore) -
             }
         )
 
+    # serverUrl (the login answer) adds the org id to the path; both take every call.
     @api.post("/services/Soap/u/{version}")
-    async def soap_login(version: str, request: Request) -> Response:
+    @api.post("/services/Soap/u/{version}/{org_id}")
+    async def soap_api(version: str, request: Request) -> Response:
+        """The SOAP partner API: the Body's element names the call (login, convertLead)."""
+        raw = await request.body()
+        try:
+            header, operation = _soap_request(raw)
+        except SalesforceError as error:
+            state.count("salesforce")
+            state.count("salesforce.soap_fault")
+            return _soap_error(error)
+        if operation.tag == f"{{{PARTNER}}}login":
+            return soap_login(version, raw.decode(errors="replace"), request)
+        if operation.tag == f"{{{PARTNER}}}convertLead":
+            return await soap.convert_lead(version, header, operation)
+        state.count("salesforce")
+        state.count("salesforce.soap_fault")
+        return _soap_fault(_CLIENT, f"No operation available for request {operation.tag}")
+
+    def soap_login(version: str, text: str, request: Request) -> Response:
         """SOAP login (username + password + security token, no consumer key; §1)."""
         state.count("salesforce")
         state.count("salesforce.soap_login")
-        text = (await request.body()).decode(errors="replace")
 
         def element(name: str) -> str | None:
             m = re.search(rf"<(?:\w+:)?{name}>(.*?)</(?:\w+:)?{name}>", text, re.DOTALL)
             return html.unescape(m.group(1)) if m else None
 
         if not _check_user(state, element("username"), element("password")):
-            message = (
-                "INVALID_LOGIN: Invalid username, password, security token; or user locked out."
-            )
-            fault = (
-                '<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope '
-                'xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
-                'xmlns:sf="urn:fault.partner.soap.sforce.com" '
-                'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body>'
-                f"<soapenv:Fault><faultcode>sf:INVALID_LOGIN</faultcode><faultstring>{message}"
-                '</faultstring><detail><sf:LoginFault xsi:type="sf:LoginFault">'
-                "<sf:exceptionCode>INVALID_LOGIN</sf:exceptionCode><sf:exceptionMessage>"
-                f"{message.split(': ', 1)[1]}</sf:exceptionMessage></sf:LoginFault></detail>"
-                "</soapenv:Fault></soapenv:Body></soapenv:Envelope>"
-            )
-            return Response(fault, status_code=500, media_type="text/xml")
+            message = "Invalid username, password, security token; or user locked out."
+            return _soap_fault("INVALID_LOGIN", message, detail="LoginFault")
         with store.transaction() as tx:
             session = tx.new_session("soap")
         base = str(request.base_url).rstrip("/")
@@ -636,6 +865,15 @@ class _Org:
 
     def tx(self):
         return self.store.transaction(lock=self.locked)
+
+    def convert_leads(self, converts: list[LeadConvert]) -> list[ConvertResult]:
+        """SOAP convertLead: each Lead in a transaction of its own (a failed one changes nothing,
+        the others still convert)."""
+        results = []
+        for spec in converts:
+            with self.tx() as tx:
+                results.append(tx.convert_lead(spec))
+        return results
 
     def add(self, api: APIRouter, path: str, methods: list[str], name: str, endpoint) -> None:
         api.add_api_route(DATA + path, endpoint, methods=methods, name=name)
@@ -1288,6 +1526,138 @@ def _stamp() -> str:
     return fmt_datetime(datetime.now(UTC))
 
 
+# ---------------------------------------------------------------- convertLead, client side
+
+# LeadConvert's elements in the WSDL's order (strict SOAP stacks want that order).
+_LEAD_CONVERT_FIELDS = (
+    "accountId",
+    "contactId",
+    "convertedStatus",
+    "doNotCreateOpportunity",
+    "leadId",
+    "opportunityId",
+    "opportunityName",
+    "overwriteLeadSource",
+    "ownerId",
+    "sendNotificationEmail",
+)
+
+
+def convert_lead(
+    sf,
+    lead_id: str,
+    *,
+    converted_status: str = "Closed - Converted",
+    account_id: str | None = None,
+    contact_id: str | None = None,
+    create_opportunity: bool = True,
+    opportunity_name: str | None = None,
+    owner_id: str | None = None,
+    overwrite_lead_source: bool = False,
+    send_notification_email: bool = False,
+) -> dict:
+    """Convert one Lead with a simple_salesforce.Salesforce client (see convert_leads)
+    -> {success, leadId, accountId, contactId, opportunityId, errors}."""
+    conversion = {
+        "leadId": lead_id,
+        "convertedStatus": converted_status,
+        "accountId": account_id,
+        "contactId": contact_id,
+        "doNotCreateOpportunity": not create_opportunity,
+        "opportunityName": opportunity_name,
+        "ownerId": owner_id,
+        "overwriteLeadSource": overwrite_lead_source,
+        "sendNotificationEmail": send_notification_email,
+    }
+    return convert_leads(sf, [conversion])[0]
+
+
+def convert_leads(sf, conversions: list[dict]) -> list[dict]:
+    """The SOAP partner API's convertLead, as an integration calls it (simple-salesforce has no
+    such method): POST to /services/Soap/u/<version> with the client's session id.
+
+    Each conversion is a dict of LeadConvert fields (leadId, convertedStatus, accountId, ...;
+    None leaves one out) -> one result dict per lead, in order. A SOAP Fault raises
+    simple-salesforce's exception for it (content: [{"errorCode", "message"}], as REST's).
+    """
+    items = []
+    for conversion in conversions:
+        unknown = set(conversion) - set(_LEAD_CONVERT_FIELDS)
+        if unknown:
+            raise ValueError(f"not LeadConvert fields: {sorted(unknown)}")
+        items.append(
+            "<leadConverts>"
+            + "".join(
+                f"<{name}>{_soap_literal(conversion[name])}</{name}>"
+                for name in _LEAD_CONVERT_FIELDS
+                if conversion.get(name) is not None
+            )
+            + "</leadConverts>"
+        )
+    envelope = (
+        f'<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="{SOAP_ENV}" '
+        f'xmlns:urn="{PARTNER}"><soapenv:Header><urn:SessionHeader><urn:sessionId>'
+        f"{xml_escape(sf.session_id)}</urn:sessionId></urn:SessionHeader></soapenv:Header>"
+        f'<soapenv:Body><convertLead xmlns="{PARTNER}">{"".join(items)}</convertLead>'
+        "</soapenv:Body></soapenv:Envelope>"
+    )
+    url = f"https://{sf.sf_instance}/services/Soap/u/{sf.sf_version}"
+    headers = {"Content-Type": "text/xml; charset=UTF-8", "SOAPAction": "convertLead"}
+    response = sf.session.post(url, data=envelope.encode(), headers=headers)
+    try:
+        root = ET.fromstring(response.content)
+    except ET.ParseError:
+        root = None
+    answer = _soap_child(root, "Body", "convertLeadResponse") if root is not None else None
+    if response.status_code != 200 or answer is None:
+        raise _soap_exception(url, response, root)
+    return [_convert_result(r) for r in answer if _local(r.tag) == "result"]
+
+
+def _soap_literal(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else xml_escape(str(value))
+
+
+def _convert_result(result: ET.Element) -> dict:
+    errors = [
+        {
+            "statusCode": _soap_value(e, "statusCode"),
+            "message": _soap_value(e, "message"),
+            "fields": [f.text or "" for f in e if _local(f.tag) == "fields"],
+        }
+        for e in result
+        if _local(e.tag) == "errors"
+    ]
+    out = {"success": _soap_value(result, "success") == "true"}
+    for name in ("leadId", "accountId", "contactId", "opportunityId"):
+        out[name] = _soap_value(result, name) or None
+    return out | {"errors": errors}
+
+
+def _soap_exception(url: str, response, root: ET.Element | None) -> Exception:
+    """simple-salesforce's exception for a SOAP Fault (or any other unexpected answer)."""
+    from simple_salesforce.exceptions import (
+        SalesforceExpiredSession,
+        SalesforceGeneralError,
+        SalesforceMalformedRequest,
+        SalesforceRefusedRequest,
+    )
+
+    fault = _soap_child(root, "Body", "Fault") if root is not None else None
+    if fault is None:
+        return SalesforceGeneralError(url, response.status_code, "convertLead", response.text)
+    faultcode = _soap_value(fault, "faultcode") or ""
+    code = faultcode.partition(":")[2] or faultcode
+    message = _soap_value(fault, "faultstring") or ""
+    content = [{"errorCode": code, "message": message}]
+    kind = {
+        "INVALID_SESSION_ID": SalesforceExpiredSession,
+        "REQUEST_LIMIT_EXCEEDED": SalesforceRefusedRequest,
+        "Client": SalesforceMalformedRequest,
+    }.get(code, SalesforceGeneralError)
+    return kind(url, response.status_code, "convertLead", content)
+
+
 # ---------------------------------------------------------------- seeding
 
 
@@ -1429,21 +1799,12 @@ def _convert(tx: Tx, make, t: dict, lead_id: str, account_id: str, end: datetime
             "CreatedDate": _iso(created),
         },
     )
-    result = tx.save(
-        "Lead",
-        "update",
-        {
-            "IsConverted": True,
-            "Status": "Closed - Converted",
-            "ConvertedDate": created.date().isoformat(),
-            "ConvertedAccountId": account_id,
-            "ConvertedContactId": contact_id,
-            "ConvertedOpportunityId": opportunity_id,
-            "LastModifiedDate": _iso(created),
-        },
-        record_id=lead_id,
-        mode="system",
-    )
+    # The one conversion the API and SalesforceStore.convert_lead run, on a clock set back to
+    # the deal's creation so the Lead and Contact are stamped then.
+    then = tx.at(created.astimezone(UTC).replace(microsecond=0))
+    spec = LeadConvert(lead_id, account_id=account_id, contact_id=contact_id,
+                       opportunity_id=opportunity_id)  # fmt: skip
+    result = then.convert_lead(spec)
     if result.errors:
         raise result.errors[0].to_error()
     return contact_id

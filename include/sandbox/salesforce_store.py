@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -30,6 +30,7 @@ QUERY_BATCH = 2000  # records per query page (§2)
 MIN_QUERY_BATCH = 200
 COLLECTION_LIMIT = 200  # sObject Collections create/update/upsert/delete (§4)
 RETRIEVE_LIMIT = 2000  # sObject Collections retrieve
+CONVERT_LIMIT = 100  # leads per SOAP convertLead call
 SOQL_MAX_LENGTH = 100_000
 BULK_QUERY_PAGE = 50_000
 
@@ -350,6 +351,7 @@ LEAD_STATUSES = (
     "Closed - Converted",
     "Closed - Not Converted",
 )
+CONVERTED_STATUSES = ("Closed - Converted",)  # the LeadStatus values whose IsConverted is true
 LEAD_SOURCES = (
     "Web",
     "Phone Inquiry",
@@ -371,6 +373,7 @@ STAGES = {
     "Closed Won": (True, True, 100),
     "Closed Lost": (True, False, 0),
 }
+OPEN_STAGE = next(s for s, (closed, _, _) in STAGES.items() if not closed)  # converted deals
 TASK_STATUSES = ("Not Started", "In Progress", "Completed", "Waiting on someone else", "Deferred")
 CLOSED_TASK_STATUSES = {"Completed"}
 _WHO, _WHAT = ("Lead", "Contact"), ("Account", "Opportunity")
@@ -911,6 +914,37 @@ class SaveResult:
         return out
 
 
+@dataclass
+class LeadConvert:
+    """One Lead to convert: the SOAP API's LeadConvert (ids of 15 or 18 characters)."""
+
+    lead_id: Any
+    converted_status: str | None = CONVERTED_STATUSES[0]
+    account_id: Any = None  # attach to this Account, else one is made from Company
+    contact_id: Any = None  # merge into this Contact, else one is made from the Lead
+    opportunity_id: Any = None  # attach to this Opportunity (seeds) instead of making one
+    create_opportunity: bool = True
+    opportunity_name: str | None = None
+    owner_id: Any = None  # owner of the records made (default: the Lead's owner)
+    overwrite_lead_source: bool = False
+    converted_on: date | None = None  # ConvertedDate; default today
+
+
+@dataclass
+class ConvertResult:
+    """A LeadConvertResult: the ids converted into, or why nothing was."""
+
+    lead_id: str | None
+    account_id: str | None = None
+    contact_id: str | None = None
+    opportunity_id: str | None = None
+    errors: list[SaveError] = field(default_factory=list)
+
+    @property
+    def success(self) -> bool:
+        return not self.errors
+
+
 def _stored(data: dict) -> str:
     return json.dumps({k: v for k, v in data.items() if not k.startswith("_")})
 
@@ -1269,6 +1303,205 @@ class Tx:
                 errors.append(SaveError("DUPLICATE_VALUE", message))
         return errors
 
+    # ---- lead conversion (SOAP convertLead, seeds)
+
+    def at(self, moment: datetime) -> Tx:
+        """This transaction with its clock at `moment`: seeds writing history stamp it then."""
+        return replace(self, now=moment)
+
+    def convert_lead(self, c: LeadConvert) -> ConvertResult:
+        """Convert one Lead as Salesforce does, all of it or (on any error) nothing.
+
+        Makes or merges the Account and Contact (and makes an Opportunity with a primary contact
+        role), marks the Lead converted (read-only from then on) and moves its Events and Tasks
+        to the Contact. Records merged into only get their blank fields filled.
+        """
+        self.conn.execute("SAVEPOINT convert_lead")
+        try:
+            result = self._convert(c)
+        except BaseException:
+            self._undo("convert_lead")
+            raise
+        if result.errors:
+            self._undo("convert_lead")
+            result = ConvertResult(result.lead_id, errors=result.errors)
+        self.conn.execute("RELEASE convert_lead")
+        return result
+
+    def _undo(self, savepoint: str) -> None:
+        self.conn.execute(f"ROLLBACK TO {savepoint}")
+        self._cache.clear()
+
+    def _convert(self, c: LeadConvert) -> ConvertResult:
+        rid = normalize_id(c.lead_id)
+        result = ConvertResult(rid if rid and rid[:3] == KEY_PREFIXES["Lead"] else None)
+
+        def finish(*errors: SaveError) -> ConvertResult:
+            result.errors.extend(errors)
+            return result
+
+        lead, error = self._convert_ref("Lead", c.lead_id, "leadId")
+        if error:
+            return finish(error)
+        if self.lock and self.lock():
+            return finish(_lock_error(lead["Id"]))
+        if lead.get("IsConverted"):
+            return finish(
+                SaveError("CANNOT_UPDATE_CONVERTED_LEAD", "cannot reference converted lead")
+            )
+        if c.converted_status not in CONVERTED_STATUSES:
+            message = f"invalid convertedStatus: {c.converted_status or ''}"
+            return finish(SaveError("INVALID_STATUS", message))
+        owner = lead.get("OwnerId")
+        if c.owner_id not in (None, ""):
+            user, error = self._convert_ref("User", c.owner_id, "ownerId")
+            if error:
+                return finish(error)
+            if not user.get("IsActive"):
+                message = f"operation performed with inactive user [{user['Id']}] as owner"
+                return finish(SaveError("INACTIVE_OWNER_OR_USER", message))
+            owner = user["Id"]
+        account = contact = opportunity = None
+        if c.account_id not in (None, ""):
+            account, error = self._convert_ref("Account", c.account_id, "accountId")
+            if error:
+                return finish(error)
+        if c.contact_id not in (None, ""):
+            contact, error = self._convert_ref("Contact", c.contact_id, "contactId")
+            if error:
+                return finish(error)
+            if account is not None and contact.get("AccountId") != account["Id"]:
+                message = f"contactId {contact['Id']} is not a contact of account {account['Id']}"
+                return finish(SaveError("INVALID_CROSS_REFERENCE_KEY", message))
+            if account is None and contact.get("AccountId"):
+                account = self.live(contact["AccountId"])
+        if c.opportunity_id not in (None, ""):
+            opportunity, error = self._convert_ref("Opportunity", c.opportunity_id, "opportunityId")
+            if error:
+                return finish(error)
+            if account is not None and opportunity.get("AccountId") not in (None, account["Id"]):
+                message = f"opportunityId {opportunity['Id']} is not on account {account['Id']}"
+                return finish(SaveError("INVALID_CROSS_REFERENCE_KEY", message))
+        mapped, errors = self._lead_mapping()
+        if errors:
+            return finish(*errors)
+
+        values = _from_lead(lead, _TO_ACCOUNT)
+        result.account_id, errors = self._merge("Account", account, values, owner)
+        if errors:
+            return finish(*errors)
+        person = _from_lead(lead, _TO_CONTACT) | {"AccountId": result.account_id}
+        person |= {target: lead.get(source) for source, target in mapped}
+        # A Contact merged into is written even with no blank to fill: conversion updates it.
+        source = {"LeadSource": lead.get("LeadSource")} if c.overwrite_lead_source else {}
+        result.contact_id, errors = self._merge("Contact", contact, person, owner, always=source)
+        if errors:
+            return finish(*errors)
+        if opportunity is not None:
+            deal = _from_lead(lead, _TO_OPPORTUNITY) | {"AccountId": result.account_id}
+            result.opportunity_id, errors = self._merge("Opportunity", opportunity, deal, owner)
+        elif c.create_opportunity:
+            result.opportunity_id, errors = self._convert_opportunity(lead, c, result, owner)
+        if errors:
+            return finish(*errors)
+        converted = {
+            "IsConverted": True,
+            "Status": c.converted_status,
+            "ConvertedDate": (c.converted_on or self.now.date()).isoformat(),
+            "ConvertedAccountId": result.account_id,
+            "ConvertedContactId": result.contact_id,
+            "ConvertedOpportunityId": result.opportunity_id,
+        }
+        saved = self.save("Lead", "update", converted, record_id=lead["Id"], mode="system")
+        errors = saved.errors or self._move_activities(lead["Id"], result)
+        return finish(*errors)
+
+    def _merge(
+        self, type_name: str, rec: dict | None, values: dict, owner: str, always: dict | None = None
+    ) -> tuple[str | None, list[SaveError]]:
+        """Make a record from `values` (owned by `owner`), or fill the blanks of `rec` with them
+        and write `always` over it (given, `rec` is written even with no blank to fill)."""
+        if rec is None:
+            made = self.save(type_name, "create", {**values, "OwnerId": owner}, mode="system")
+            return made.id, made.errors
+        blanks = {k: v for k, v in values.items() if v is not None and _blank(rec.get(k))}
+        if not blanks and always is None:
+            return rec["Id"], []
+        changes = blanks | (always or {})
+        saved = self.save(type_name, "update", changes, record_id=rec["Id"], mode="system")
+        return rec["Id"], saved.errors
+
+    def _convert_ref(
+        self, type_name: str, raw: Any, arg: str
+    ) -> tuple[dict | None, SaveError | None]:
+        """A record a LeadConvert names: a live one of that type, else MALFORMED_ID (not an id),
+        ENTITY_IS_DELETED (a deleted Lead) or INVALID_CROSS_REFERENCE_KEY."""
+        if raw in (None, ""):
+            return None, SaveError(
+                "REQUIRED_FIELD_MISSING", f"Required fields are missing: [{arg}]"
+            )
+        rid = normalize_id(raw)
+        if rid is None:
+            return None, SaveError("MALFORMED_ID", f"{arg}: id value of incorrect type: {raw}")
+        rec = self.get(rid)
+        if rec is not None and rec["_type"] == type_name == "Lead" and rec.get("IsDeleted"):
+            return None, SaveError("ENTITY_IS_DELETED", "entity is deleted")
+        if rec is None or rec["_type"] != type_name or rec.get("IsDeleted"):
+            return None, SaveError(
+                "INVALID_CROSS_REFERENCE_KEY", f"invalid cross reference id: {raw}"
+            )
+        return rec, None
+
+    def _lead_mapping(self) -> tuple[list[tuple[str, str]], list[SaveError]]:
+        """The org's Lead -> Contact field mapping (`salesforce_lead_field_mapping`), checked."""
+        lead, contact = self.schema.require("Lead"), self.schema.require("Contact")
+        pairs, errors = [], []
+        for source, target in (self.settings.get("salesforce_lead_field_mapping") or {}).items():
+            fs, ft = lead.field(source), contact.field(target)
+            if fs is None or ft is None:
+                name, obj = (source, "Lead") if fs is None else (target, "Contact")
+                message = f"No such column '{name}' on sobject of type {obj} (lead field mapping)"
+                errors.append(SaveError("INVALID_FIELD", message))
+            elif not ft.createable:
+                message = f"Unable to map lead field {fs.name} to {ft.name}: not writable"
+                errors.append(SaveError("INVALID_FIELD_FOR_INSERT_UPDATE", message, (ft.name,)))
+            else:
+                pairs.append((fs.name, ft.name))
+        return pairs, errors
+
+    def _convert_opportunity(
+        self, lead: dict, c: LeadConvert, result: ConvertResult, owner: str
+    ) -> tuple[str | None, list[SaveError]]:
+        """A new Opportunity (first open stage, closing at the quarter's end) and its primary
+        contact role."""
+        deal = _from_lead(lead, _TO_OPPORTUNITY) | {
+            "Name": (c.opportunity_name or f"{lead.get('Company') or ''}-")[:120],
+            "AccountId": result.account_id,
+            "StageName": OPEN_STAGE,
+            "CloseDate": _quarter_end(self.now.date()).isoformat(),
+            "OwnerId": owner,
+        }
+        made = self.save("Opportunity", "create", deal, mode="system")
+        if made.errors:
+            return None, made.errors
+        role = {"OpportunityId": made.id, "ContactId": result.contact_id, "IsPrimary": True}
+        return made.id, self.save("OpportunityContactRole", "create", role, mode="system").errors
+
+    def _move_activities(self, lead_id: str, result: ConvertResult) -> list[SaveError]:
+        """The Lead's Events and Tasks go to the Contact (and to the Opportunity, if any)."""
+        for kind in ("Event", "Task"):
+            for activity_id in self.lookup(kind, "WhoId", [lead_id]):
+                rec = self.live(activity_id)
+                if rec is None or rec.get("WhoId") != lead_id:
+                    continue
+                values = {"WhoId": result.contact_id}
+                if result.opportunity_id and not rec.get("WhatId"):
+                    values["WhatId"] = result.opportunity_id
+                saved = self.save(kind, "update", values, record_id=activity_id, mode="system")
+                if saved.errors:
+                    return saved.errors
+        return []
+
     # ---- sessions
 
     def new_session(self, grant_type: str) -> str:
@@ -1294,6 +1527,42 @@ class Tx:
                 "UPDATE salesforce_sessions SET last_used = ? WHERE token = ?", (t, token)
             )
         return True
+
+
+# Standard Lead fields Salesforce maps on conversion (Lead field -> target field).
+_TO_ACCOUNT = {
+    "Company": "Name",
+    "Website": "Website",
+    "Industry": "Industry",
+    "NumberOfEmployees": "NumberOfEmployees",
+    "Country": "BillingCountry",
+}
+_TO_CONTACT = {
+    "FirstName": "FirstName",
+    "LastName": "LastName",
+    "Email": "Email",
+    "Phone": "Phone",
+    "Title": "Title",
+    "LeadSource": "LeadSource",
+    "Description": "Description",
+    "Country": "MailingCountry",
+}
+_TO_OPPORTUNITY = {"LeadSource": "LeadSource"}
+
+
+def _from_lead(lead: dict, mapping: Mapping[str, str]) -> dict:
+    return {target: lead.get(source) for source, target in mapping.items()}
+
+
+def _blank(value: Any) -> bool:
+    """Whether conversion may fill a field: empty text or null (a checkbox is never blank)."""
+    return value is None or value == ""
+
+
+def _quarter_end(day: date) -> date:
+    """The last day of `day`'s calendar quarter (a converted Opportunity's CloseDate)."""
+    month = (day.month - 1) // 3 * 3 + 3
+    return date(day.year + month // 12, month % 12 + 1, 1) - timedelta(days=1)
 
 
 def _loaded(row) -> dict:
@@ -2233,28 +2502,32 @@ class SalesforceStore:
     def convert_lead(
         self,
         lead_id: str,
-        account_id: str,
-        contact_id: str,
+        account_id: str | None = None,
+        contact_id: str | None = None,
         opportunity_id: str | None = None,
         converted_on: date | None = None,
-    ) -> None:
-        """Mark a Lead converted into this Account/Contact(/Opportunity), as conversion does:
-        the Lead's open and past activities (Events, Tasks) move to the Contact."""
+        **options: Any,
+    ) -> dict:
+        """Convert a Lead as Salesforce's convertLead does (Tx.convert_lead) -> the ids it got.
+
+        Seeds pass the Account and Contact (and Opportunity) to convert into; unlike the API call
+        no Opportunity is made unless create_opportunity=True. `options` are LeadConvert's
+        (converted_status, owner_id, ...). Raises SalesforceError, changing nothing, on an error.
+        """
+        options.setdefault("create_opportunity", False)
+        spec = LeadConvert(lead_id, account_id=account_id, contact_id=contact_id,
+                           opportunity_id=opportunity_id, converted_on=converted_on,
+                           **options)  # fmt: skip
         with self.transaction() as tx:
-            _ok(tx.save("Lead", "update", {
-                "IsConverted": True,
-                "Status": "Closed - Converted",
-                "ConvertedDate": (converted_on or now_utc().date()).isoformat(),
-                "ConvertedAccountId": account_id,
-                "ConvertedContactId": contact_id,
-                "ConvertedOpportunityId": opportunity_id,
-            }, record_id=lead_id, mode="system"))  # fmt: skip
-            lead = normalize_id(lead_id)
-            for kind in ("Event", "Task"):
-                for rec in tx.scan(kind, include_deleted=False):
-                    if rec.get("WhoId") == lead:
-                        _ok(tx.save(kind, "update", {"WhoId": contact_id},
-                                    record_id=rec["Id"], mode="system"))  # fmt: skip
+            result = tx.convert_lead(spec)
+        if result.errors:
+            raise result.errors[0].to_error()
+        return {
+            "leadId": result.lead_id,
+            "accountId": result.account_id,
+            "contactId": result.contact_id,
+            "opportunityId": result.opportunity_id,
+        }
 
     def get(self, record_id: str) -> dict | None:
         """A record's fields (plus `_type`), deleted or not; None if unknown."""
