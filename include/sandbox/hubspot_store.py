@@ -129,19 +129,19 @@ _MERGE_KEYS = {
     "contacts": ("email", "hs_additional_emails"),
     "companies": ("domain", "hs_additional_domains"),
 }
+# The lifecycle stages of the funnel, in order ("other" is outside it).
+LIFECYCLE_STAGES = (
+    "subscriber",
+    "lead",
+    "marketingqualifiedlead",
+    "salesqualifiedlead",
+    "opportunity",
+    "customer",
+    "evangelist",
+)
 # An exception HubSpot keeps to "the primary's values": the stage furthest down the funnel
 # wins. "other" is no stage of the funnel, so a record holding it follows the general rule.
-_FUNNELS = {
-    ("contacts", "lifecyclestage"): (
-        "subscriber",
-        "lead",
-        "marketingqualifiedlead",
-        "salesqualifiedlead",
-        "opportunity",
-        "customer",
-        "evangelist",
-    ),
-}
+_FUNNELS = {("contacts", "lifecyclestage"): LIFECYCLE_STAGES}
 
 PROPERTY_TYPES = {
     "string": {"text", "textarea", "file"},
@@ -354,16 +354,7 @@ BUILTIN_PROPERTIES = {
                 "Lifecycle Stage",
                 "enumeration",
                 "radio",
-                options=_options(
-                    "subscriber",
-                    "lead",
-                    "marketingqualifiedlead",
-                    "salesqualifiedlead",
-                    "opportunity",
-                    "customer",
-                    "evangelist",
-                    "other",
-                ),
+                options=_options(*LIFECYCLE_STAGES, "other"),
             ),
         ],
         merged=(

@@ -20,6 +20,7 @@ from hubspot.crm.contacts import exceptions as contact_errors
 
 from sandbox.hubspot import HubSpotStore
 from sandbox.hubspot_store import HubSpotError
+from tests.sandbox.test_hubspot_conformance import read_contacts, upsert_contacts
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 MERGE_PROPS = ["email", "hs_additional_emails", "hs_merged_object_ids"]
@@ -46,29 +47,6 @@ def define_pql_score(hs: HubSpot) -> None:
         name="pql_score", label="PQL score", type="number", field_type="number", group_name="pql"
     )
     hs.crm.properties.core_api.create(object_type="contacts", property_create=create)
-
-
-def upsert_contacts(hs: HubSpot, rows: dict[str, dict]):
-    inputs = [
-        contacts.SimplePublicObjectBatchInputUpsert(id_property="email", id=email, properties=p)
-        for email, p in rows.items()
-    ]
-    batch = contacts.BatchInputSimplePublicObjectBatchInputUpsert(inputs=inputs)
-    return hs.crm.contacts.batch_api.upsert(
-        batch_input_simple_public_object_batch_input_upsert=batch
-    )
-
-
-def read_contacts(hs: HubSpot, ids: list[str], props: list[str], id_property="email"):
-    request = contacts.BatchReadInputSimplePublicObjectId(
-        id_property=id_property,
-        inputs=[contacts.SimplePublicObjectId(id=i) for i in ids],
-        properties=props,
-        properties_with_history=[],
-    )
-    return hs.crm.contacts.batch_api.read(
-        batch_read_input_simple_public_object_id=request, archived=False
-    )
 
 
 def search_contacts(hs: HubSpot, *filters: contacts.Filter, props=("email",)):
