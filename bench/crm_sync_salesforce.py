@@ -113,7 +113,8 @@ class TimedSession(requests.Session):
             soql = (params or {}).get("q") if isinstance(params, dict) else None
             if soql:  # a first page (next pages keep the purpose of their query)
                 self._purpose = (
-                    "edit check" if "SystemModstamp" in soql
+                    "moves" if "IsConverted = true" in soql or "CreatedDate >=" in soql
+                    else "edit check" if "SystemModstamp" in soql
                     else "read-back" if "WHERE Id IN" in soql
                     else "lookup" if " IN (" in soql
                     else "other"
@@ -199,8 +200,10 @@ def seed(
     ids = []
     for start in range(0, len(contacts), 10_000):
         ids += store.create("Contact", contacts[start : start + 10_000])
-    # run_started: where the next run's hand-edit check starts
-    update_ledger(lake, None, desired, crm=crm.CRM, run_started=last_run)
+    # run_started: where the next run's check for hand edits, conversions and new Contacts
+    # starts; where: the record holding each person's values, as the last run noted them.
+    where = {e: f"Contact/{i}" for e, i in zip(desired["email"], ids, strict=True)}
+    update_ledger(lake, None, desired, crm=crm.CRM, run_started=last_run, where=where)
     return ids
 
 
