@@ -521,6 +521,13 @@ class Outcomes(Strict):
     # first time or when asked), which is when records deleted in HubSpot leave the store.
     pull_margin_minutes: int = Field(60, ge=0, le=7 * 24 * 60)
     full_pull_days: int = Field(28, ge=0)
+    # A meeting counts when its outcome is not one of these (HubSpot's hs_meeting_outcome
+    # values; on Salesforce, the values of `salesforce_meeting_outcome_field` when set).
+    excluded_meeting_outcomes: list[str] = ["CANCELED", "NO_SHOW"]
+    salesforce_meeting_outcome_field: SalesforceField | None = None  # e.g. Meeting_Outcome__c
+    # A health check or backtest verdict needs at least this many conversions (and mature
+    # users) behind it; below, it says "not enough data", never pass or fail.
+    min_conversions: int = Field(10, ge=1)
 
 
 class Alerts(Strict):

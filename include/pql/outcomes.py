@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 # kind -> (store file, id column, time column, columns)
 KINDS = {
     "meetings": ("meetings.parquet", "meeting_id", "meeting_at",
-                 ["meeting_id", "email", "meeting_at"]),
+                 ["meeting_id", "email", "meeting_at", "outcome"]),
     "won": ("won_deals.parquet", "deal_id", "won_at", ["deal_id", "email", "won_at", "amount"]),
     "tasks": ("tasks.parquet", "task_id", "task_at", ["task_id", "email", "task_at"]),
 }  # fmt: skip
@@ -52,6 +52,8 @@ def _typed(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
     out[at_col] = pd.to_datetime(out[at_col], utc=True).astype("datetime64[us, UTC]")
     if "amount" in out:
         out["amount"] = out["amount"].astype(float)
+    if "outcome" in out:  # a meeting's outcome as the CRM says it (SCHEDULED, CANCELED, ...)
+        out["outcome"] = out["outcome"].astype("string").str.upper()
     return out
 
 
