@@ -1,5 +1,6 @@
-"""A small weekly report written by the real report.write, for the report view, delivery and
-browser tests: 120 sign-ups over 4 weeks, 12 PQLs of whom 4 meet and 3 win, 1 non-PQL wins."""
+"""A small weekly report written by the real report.compute and report.write, for the report
+view, delivery and browser tests: 120 sign-ups over 4 weeks, 12 PQLs of whom 4 meet and 3 win,
+1 non-PQL wins; a 14-day window, so the older cohorts are mature and the newer ones too early."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 WEEK = date(2026, 11, 16)
+WINDOW = 14  # days: the first two weekly cohorts are mature by the week's end
 
 
 def write(lake_root: Path, week: date = WEEK) -> Path:
     """Write reports/week=W/ (page, CSV files, charts, health checks); returns its folder."""
     import pandas as pd
 
-    from pql import charts, health, outcomes, report
+    from pql import report
     from pql.lake import Lake
 
     t0 = pd.Timestamp(week, tz="UTC") - pd.Timedelta(days=28)
@@ -39,20 +41,12 @@ def write(lake_root: Path, week: date = WEEK) -> Path:
         {
             "deal_id": range(4),
             "email": ["u0@acme.io", "u1@acme.io", "u2@acme.io", "u40@acme.io"],
-            "won_at": [t0 + pd.Timedelta(days=20)] * 4,
+            "won_at": [t0 + pd.Timedelta(days=6, hours=i) for i in range(3)]
+            + [t0 + pd.Timedelta(days=30)],  # u40 signed up on day 12: a win after its window
             "amount": [1200.0] * 4,
         }
     )
-    per_user = outcomes.attribute(users, meetings, won, 90)
-    now = datetime(2026, 11, 23, 6, tzinfo=UTC)
-    page = report.write(
-        Lake(lake_root),
-        week,
-        outcomes.cohort_rates(per_user, now, 90),
-        outcomes.totals(per_user),
-        generated_at=now,
-        window_days=90,
-        health=health.checks(per_user, users),
-        charts=charts.build(per_user, users),
-    )
+    weekly = report.compute(users, meetings, won, week=week, window_days=WINDOW,
+                            min_conversions=2)  # fmt: skip
+    page = report.write(Lake(lake_root), weekly, generated_at=datetime(2026, 11, 23, 6, tzinfo=UTC))
     return page.parent

@@ -3,6 +3,11 @@
 Rules of thumb (OpenView / Pocus PLG benchmarks): a good definition catches 70-80% of the
 conversions while flagging under 30% of users; PQLs converting under 15% means the definition is
 too loose, above 40% too tight.
+
+The weekly report's definitions hold here too: a user starts at qualifying (PQL) or first seen,
+counts in a rate only once their attribution window has closed by the time outcomes are known
+(the newest outcome pull), and every rate is k of n with a 95% interval. A check is judged only
+with `outcomes.min_conversions` conversions behind it; the verdict only when every check is.
 """
 
 from __future__ import annotations
@@ -17,10 +22,11 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from pql import labels, scores, scoring
+from pql import labels, rates, scores, scoring
 from pql.charts import BAND_LABELS, BANDS
 from pql.config import Config
 from pql.lake import Lake, atomic_dir
+from pql.rates import Rate, lift
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +73,13 @@ def run(
     h = pd.concat(history, ignore_index=True)
     users = _per_user(h, labels.first_outcomes(lake), target)
     window = pd.Timedelta(days=cfg.outcomes.attribution_window_days)
-    start = users["qualified_at"].fillna(users["first_seen"])
-    users["converted_after"] = (users["converted_at"] >= start) & (
-        users["converted_at"] <= start + window
+    known = labels.known_until(lake) or pd.Timestamp(last + timedelta(days=1), tz="UTC")
+    users["start"] = users["qualified_at"].fillna(users["first_seen"])
+    users["mature"] = users["start"] + window <= known
+    users["converted_after"] = (users["converted_at"] >= users["start"]) & (
+        users["converted_at"] <= users["start"] + window
     )
-    summary = _summary(users, cfg, first, last, target)
+    summary = _summary(users, cfg, first, last, target, known)
     return Backtest(summary, _bands(users), _signals(lake, users, last), users)
 
 
@@ -100,72 +108,102 @@ def _per_user(h: pd.DataFrame, outcomes: pd.DataFrame, target: str) -> pd.DataFr
     return users
 
 
-def _rate(mask: pd.Series) -> float | None:
-    return round(float(mask.mean()), 4) if len(mask) else None
-
-
-def _summary(users: pd.DataFrame, cfg: Config, first: date, last: date, target: str) -> dict:
-    pql, rest = users[users["pql"]], users[~users["pql"]]
-    converters = users[
-        users["converted_at"].notna() & (users["converted_at"] >= pd.Timestamp(first, tz="UTC"))
-    ]
-    flagged_share = _rate(users["pql"])
-    caught_share = _rate(converters["caught"])
-    pql_rate = _rate(pql["converted_after"])
-    rest_rate = _rate(rest["converted_after"])
-    lift = round(pql_rate / rest_rate, 2) if pql_rate is not None and rest_rate else None
+def _summary(users, cfg: Config, first: date, last: date, target: str, known) -> dict:
+    enough = cfg.outcomes.min_conversions
+    mature = users[users["mature"]]
+    pql, rest = mature[mature["pql"]], mature[~mature["pql"]]
+    converters = users[users["converted_at"].notna()
+                       & (users["converted_at"] >= pd.Timestamp(first, tz="UTC"))]  # fmt: skip
+    flagged = Rate(int(users["pql"].sum()), len(users))
+    caught = Rate(int(converters["caught"].sum()), len(converters))
+    pql_rate = Rate(int(pql["converted_after"].sum()), len(pql))
+    rest_rate = Rate(int(rest["converted_after"].sum()), len(rest))
     early = converters.loc[converters["caught"], "days_early"]
+    first_mature = users.loc[users["pql"], "start"].min()
+    too_early = (
+        f"too early: no PQL window has closed by {known:%Y-%m-%d}"
+        + (f"; the first closes on {first_mature + _window(cfg):%Y-%m-%d}"
+           if pd.notna(first_mature) else "")
+    )  # fmt: skip
     checks = [
-        _check("share of users flagged", flagged_share, "under 30%", lambda v: v < 0.30,
-               lambda v: v < 0.40),
-        _check("share of conversions caught", caught_share, "70-80% or more", lambda v: v >= 0.70,
-               lambda v: v >= 0.50),
-        _check(f"PQL→{target} rate", pql_rate, "15-40%", lambda v: 0.15 <= v <= 0.40,
-               lambda v: 0.10 <= v <= 0.50),
+        _check("share of users flagged", flagged, flagged.k, enough, "PQLs", "under 30%",
+               lambda v: v < 0.30, lambda v: v < 0.40, "no users replayed"),
+        _check("share of conversions caught", caught, caught.n, enough, "conversions",
+               "70-80% or more", lambda v: v >= 0.70, lambda v: v >= 0.50, "no conversions"),
+        _check(f"PQL→{target} rate", pql_rate, pql_rate.k, enough, "conversions", "15-40%",
+               lambda v: 0.15 <= v <= 0.40, lambda v: 0.10 <= v <= 0.50, too_early),
     ]  # fmt: skip
-    verdicts = [c["status"] for c in checks]
-    if pql_rate is not None and pql_rate < 0.15:
+    judged = all(c["status"] in ("pass", "warn", "fail") for c in checks)
+    if not judged:
+        advice = next(c["detail"] for c in checks if c["status"] not in ("pass", "warn", "fail"))
+    elif pql_rate.value < 0.15:
         advice = "too loose: raise the threshold or require stronger signals"
-    elif pql_rate is not None and pql_rate > 0.40:
+    elif pql_rate.value > 0.40:
         advice = "too tight: it misses buyers; lower the threshold or add signals"
-    elif caught_share is not None and caught_share < 0.70:
+    elif caught.value < 0.70:
         advice = "catches too few conversions: add the signals converters show (see signals)"
     else:
-        advice = "ship it" if verdicts.count("pass") == len(checks) else "close: review warnings"
+        passed = all(c["status"] == "pass" for c in checks)
+        advice = "ship it" if passed else "close: review warnings"
     return {
         "model": cfg.model.kind,
         "model_version": cfg.model.version,
         "from": first.isoformat(),
         "to": last.isoformat(),
+        "outcomes_known_until": f"{known:%Y-%m-%d}",
         "target": target,
+        "window_days": cfg.outcomes.attribution_window_days,
         "users": len(users),
-        "pqls": len(pql),
-        "flagged_share": flagged_share,
+        "mature_users": len(mature),
+        "pqls": int(users["pql"].sum()),
+        "mature_pqls": len(pql),
+        "flagged": flagged.text(),
         "conversions": len(converters),
         "caught": int(converters["caught"].sum()),
-        "caught_share": caught_share,
-        "median_days_early": round(float(early.median()), 1) if len(early) else None,
-        "pql_conversion_rate": pql_rate,
-        "non_pql_conversion_rate": rest_rate,
-        "lift": lift,
+        "caught_share": caught.text("no conversions"),
+        "days_early": (
+            f"{early.median():.1f} days (median of {len(early):,} caught)"
+            if len(early)
+            else "no conversion was caught"
+        ),  # fmt: skip
+        "pql_conversion": pql_rate.text(too_early),
+        "non_pql_conversion": rest_rate.text("no mature non-PQLs yet"),
+        "lift": lift(pql_rate, rest_rate),
         "checks": checks,
         "verdict": advice,
     }
 
 
-def _check(name: str, value, target: str, good, near) -> dict:
-    if value is None:
-        status = "n/a"
+def _window(cfg: Config) -> pd.Timedelta:
+    return pd.Timedelta(days=cfg.outcomes.attribution_window_days)
+
+
+def _check(name, r: Rate, have: int, enough: int, counted: str, target: str, good, near,
+           empty: str) -> dict:  # fmt: skip
+    """A check judged only when `have` (its conversions, or PQLs) reaches `enough`."""
+    if not r.n:
+        status, detail = ("too early" if empty.startswith("too early") else "not enough data",
+                          empty)  # fmt: skip
+    elif have < enough:
+        status = "not enough data"
+        detail = f"not enough data to judge: {have} {counted} of {enough} needed"
     else:
-        status = "pass" if good(value) else ("warn" if near(value) else "fail")
-    return {"check": name, "value": value, "target": target, "status": status}
+        status = "pass" if good(r.value) else ("warn" if near(r.value) else "fail")
+        detail = ""
+    figures = {"value": r.value, "low": r.interval[0], "high": r.interval[1]} if r.n else {}
+    return {"check": name, "text": r.text(empty), "k": r.k, "n": r.n, **figures,
+            "target": target, "status": status, "detail": detail}  # fmt: skip
 
 
 def _bands(users: pd.DataFrame) -> pd.DataFrame:
-    band = pd.cut(users["max_score"], BANDS, right=False, labels=BAND_LABELS)
-    g = users.groupby(band, observed=False)["converted_after"]
+    """Mature users by their best score band: converted within the window, k of n and CI."""
+    m = users[users["mature"]]
+    band = pd.cut(m["max_score"], BANDS, right=False, labels=BAND_LABELS)
+    g = m.groupby(band, observed=False)["converted_after"]
     out = pd.DataFrame({"users": g.size(), "converted": g.sum()}).reset_index(names="band")
-    out["conversion_rate"] = (out["converted"] / out["users"].where(out["users"] > 0)).round(4)
+    out = out.join(rates.columns("conversion", out["converted"], out["users"]))
+    out["text"] = [Rate(int(k), int(n)).short("no mature users")
+                   for k, n in zip(out["converted"], out["users"], strict=True)]  # fmt: skip
     return out
 
 

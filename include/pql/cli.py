@@ -21,6 +21,11 @@ ROOT = Path(__file__).resolve().parents[2]
 console = Console()
 
 
+def _print(renderable) -> None:
+    """Print a table; piped or redirected, its rows stay whole instead of wrapping at 80."""
+    (console if console.is_terminal else Console(width=100_000)).print(renderable)
+
+
 @click.group()
 def main() -> None:
     """Product-qualified leads: product events → scores in the CRM → conversion reports."""
@@ -177,38 +182,33 @@ def backtest(config_path, first, last, every_days, target, out_dir) -> None:
     bt.write(result, out_dir)
     s = result.summary
 
-    def pct(v):
-        return "n/a" if v is None else f"{100 * v:.1f}%"
-
     table = Table(title=f"backtest {s['model']} {s['model_version']} {first}..{last} ({target})")
-    for col in ("check", "value", "target", "status"):
+    for col in ("check", "figure", "target", "status"):
         table.add_column(col)
     for c in s["checks"]:
-        table.add_row(c["check"], pct(c["value"]), c["target"], c["status"])
-    console.print(table)
+        table.add_row(c["check"], c["text"], c["target"], c["detail"] or c["status"])
+    _print(table)
     click.echo(
-        f"users {s['users']:,}, PQLs {s['pqls']:,}, conversions {s['conversions']:,} "
-        f"({s['caught']:,} caught, median {s['median_days_early']} days early), "
-        f"PQL {pct(s['pql_conversion_rate'])} vs non-PQL {pct(s['non_pql_conversion_rate'])}, "
-        f"lift {s['lift']}"
+        f"users {s['users']:,} ({s['mature_users']:,} mature: window closed by "
+        f"{s['outcomes_known_until']}), PQLs {s['pqls']:,}; conversions {s['conversions']:,}, "
+        f"caught {s['caught_share']}, {s['days_early']} early"
     )
-    bands = Table(title="conversion by best score band")
-    for col in ("band", "users", "converted", "rate"):
+    click.echo(f"PQL→{target} {s['pql_conversion']} vs non-PQL {s['non_pql_conversion']}; "
+               f"lift {s['lift']}")  # fmt: skip
+    bands = Table(title="conversion of mature users by best score band (95% CI)")
+    for col in ("band", "converted", "95% CI"):
         bands.add_column(col)
     for b in result.bands.itertuples():
-        bands.add_row(
-            str(b.band),
-            str(b.users),
-            str(b.converted),
-            pct(None if b.users == 0 else b.conversion_rate),
-        )
-    console.print(bands)
+        ci = f"{b.conversion_low:.1%}-{b.conversion_high:.1%}" if b.users else ""
+        bands.add_row(str(b.band), b.text, ci)
+    _print(bands)
     sig = Table(title="signal discovery: done by converters before converting")
     for col in ("event", "converters", "non-converters", "ratio"):
         sig.add_column(col)
     for r in result.signals.head(8).itertuples():
-        sig.add_row(r.event, pct(r.converters_share), pct(r.non_converters_share), str(r.ratio))
-    console.print(sig)
+        sig.add_row(r.event, f"{r.converters_share:.1%}", f"{r.non_converters_share:.1%}",
+                    f"{r.ratio:.1f}x")  # fmt: skip
+    _print(sig)
     click.echo(f"verdict: {s['verdict']}")
     click.echo(f"written: {out_dir}/report.html (and CSV files)")
 
@@ -314,14 +314,11 @@ def report(config_path, week, full_pull) -> None:
     except (LookupError, FileNotFoundError, SyncError) as e:
         raise click.ClickException(str(e)) from None
 
-    def pct(v):
-        return "n/a" if v is None else f"{100 * v:.1f}%"
-
-    click.echo(f"week of {start}: {result['meetings']:,} meetings, {result['won_deals']:,} won "
-               f"deals; PQL→meeting {pct(result['pql_meeting_rate'])}, "
-               f"PQL→won {pct(result['pql_won_rate'])}")  # fmt: skip
+    for line in result["summary"]:
+        click.echo(line)
     click.echo(f"CRM pull ({result['pull']}): {result['pulled']:,} records read; "
-               f"{result['sales_tasks']:,} completed sales tasks")  # fmt: skip
+               f"{result['meetings']:,} meetings, {result['won_deals']:,} won deals, "
+               f"{result['sales_tasks']:,} completed sales tasks up to the week's end")  # fmt: skip
     click.echo(f"written: {result['report']}")
 
 
@@ -353,8 +350,7 @@ def events_stats(config_path, source_name, by) -> None:
         table.add_column(col, justify="left" if frame[col].dtype == object else "right")
     for row in frame.itertuples(index=False):
         table.add_row(*[f"{v:,}" if isinstance(v, int) else str(v) for v in row])
-    # Piped or redirected, the table keeps its rows whole instead of wrapping at 80 columns.
-    (console if console.is_terminal else Console(width=100_000)).print(table)
+    _print(table)
     if by == "day":
         for line in stats.retried(cfg.lake.root, names):
             click.echo(f"fetched again: {line}")
@@ -503,7 +499,7 @@ def sandbox_crm(root, object_type, pql_only, limit) -> None:
 @main.command()
 @click.option("--seed", default=42, show_default=True)
 @click.option("--users", default=1500, show_default=True)
-@click.option("--days", default=49, show_default=True, help="Simulated days to run.")
+@click.option("--days", default=56, show_default=True, help="Simulated days to run.")
 @click.option("--keep-running", is_flag=True, help="Leave the sandbox up afterwards.")
 @click.option("--crm", type=click.Choice(["hubspot", "salesforce"]), default="hubspot",
               show_default=True, help="Which sandbox CRM the pipeline writes to.")  # fmt: skip
@@ -565,17 +561,25 @@ def demo(seed, users, days, keep_running, crm) -> None:
             server.stop(root)
 
 
+DEMO_WINDOW_DAYS = 28  # a short attribution window, so a few weeks hold mature cohorts
+
+
 def _demo_config(base: Path, crm: str) -> Path:
-    """The shipped config, or (Salesforce) the same with the default Salesforce target."""
+    """The shipped config with a 28-day attribution window (the demo's weeks then have mature
+    cohorts to report); for Salesforce, with the default Salesforce target."""
     from pql import config
 
-    if crm == "hubspot":
-        return config.DEFAULT_CONFIG
     text = config.DEFAULT_CONFIG.read_text()
-    head, _, rest = text.partition("\ncrm:\n")
-    tail = rest[rest.index("\nrouting:") :]
+    window = "  attribution_window_days: 90\n"
+    if window not in text:
+        raise click.ClickException(f"{config.DEFAULT_CONFIG}: no '{window.strip()}' to shorten")
+    text = text.replace(window, f"  attribution_window_days: {DEMO_WINDOW_DAYS}  # the demo's\n")
+    if crm != "hubspot":
+        head, _, rest = text.partition("\ncrm:\n")
+        tail = rest[rest.index("\nrouting:") :]
+        text = f"{head}\ncrm:\n  kind: {crm}\n{tail}"
     path = base / "pql.yaml"  # its only relative path, lake.root, is overridden by PQL_LAKE
-    path.write_text(f"{head}\ncrm:\n  kind: {crm}\n{tail}")
+    path.write_text(text)
     return path
 
 
@@ -593,7 +597,7 @@ def _print_summary(run: dict, lake: Path, root: Path, crm: str = "hubspot") -> N
     scores = pd.read_parquet(lk.partitions("scores")[-1][1] / "scores.parquet")
     ledger = pd.read_parquet(lk.sync(crm) / "ledger" / "ledger.parquet")
     report_dir = lk.reports(date.fromisoformat(run["week"]))
-    totals = pd.read_csv(report_dir / "totals.csv").set_index("group")
+    summary = json.loads((report_dir / "summary.json").read_text())
     table = Table(title="PQL demo summary", show_header=False)
     table.add_row("canonical events processed", f"{events:,}")
     table.add_row("users scored", f"{len(scores):,}")
@@ -602,21 +606,18 @@ def _print_summary(run: dict, lake: Path, root: Path, crm: str = "hubspot") -> N
         f"{int(scores['flag'].sum()):,} / {int(scores['qualified_at'].notna().sum()):,}",
     )
     table.add_row(f"{crm} records written", f"{len(ledger):,}")
-    for g in ("PQL", "non-PQL"):
-        if g in totals.index:
-            r = totals.loc[g]
-            table.add_row(
-                f"{g} → meeting / → won",
-                f"{r['meeting_rate']:.1%} / {r['won_rate']:.1%} of {int(r['users']):,}",
-            )
-    cohorts = pd.read_csv(report_dir / "cohorts.csv")
+    cohorts = pd.read_csv(report_dir / "cohorts.csv").groupby("value")
+    full = int(((cohorts["still_open"].sum() == 0) & (cohorts["mature_users"].sum() > 0)).sum())
+    part = int(((cohorts["still_open"].sum() > 0) & (cohorts["mature_users"].sum() > 0)).sum())
     table.add_row(
-        "mature cohorts",
-        f"{int(cohorts['mature'].sum())} of {len(cohorts)} "
-        "(younger ones are still inside the attribution window: rates will rise)",
+        "weekly cohorts mature",
+        f"{full} of {cohorts.ngroups}, {part} partly (a {DEMO_WINDOW_DAYS}-day attribution "
+        "window; the younger ones are still inside it: too early to judge)",
     )
     table.add_row("DAG run time", f"{run['seconds']:.0f} s")
     console.print(table)
+    for line in summary["lines"]:
+        console.print(f"- {line}", soft_wrap=True)
     console.print(f"Report for leadership: {report_dir / 'index.html'}")
     if crm == "hubspot":
         console.print(f"Look at the sandbox CRM: pql sandbox crm contacts --pql-only --root {root}")

@@ -1,7 +1,7 @@
 """Delivering the weekly report: an email with the page attached, a Slack summary with a link.
 
-The headline numbers come from the CSV files the report kept (totals.csv, health.csv), so every
-channel says what the page says. Each channel sends once per week: a ledger in the lake
+The summary comes from the report's own summary.json (written with the page), so every channel
+says what the page says. Each channel sends once per week: a ledger in the lake
 (sync/delivery/ledger.parquet) records (week, channel) once done, so a retried task or a re-run
 of the DAG never mails the same week twice (force=True sends again).
 """
@@ -9,6 +9,7 @@ of the DAG never mails the same week twice (force=True sends again).
 from __future__ import annotations
 
 import html
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,17 +29,14 @@ LEDGER_COLUMNS = ["week", "channel", "done_at", "detail"]
 
 @dataclass(frozen=True)
 class Headline:
-    """The numbers a reader sees first, from the report's own CSV files."""
+    """What a reader sees first: the report's own summary (reports/week=W/summary.json)."""
 
     week: date
-    signups: int
+    title: str
+    lines: tuple[str, ...]
     pqls: int
-    pql_meetings: int
-    pql_won: int
-    pql_meeting_rate: float | None
-    pql_won_rate: float | None
-    other_meeting_rate: float | None
-    other_won_rate: float | None
+    users: int
+    rates: dict  # pql_meeting, pql_won, non_pql_meeting, non_pql_won: k, n, rate, low, high, text
     failing: tuple[str, ...] = ()  # health checks that failed
     warning: tuple[str, ...] = ()  # health checks that warned
 
@@ -52,40 +50,21 @@ class Email:
 
 
 def headline(report_dir: Path, week: date) -> Headline:
-    """Read a written report's headline numbers (reports/week=W/totals.csv and health.csv)."""
-    if not (report_dir / "totals.csv").exists():
+    """Read a written report's summary (reports/week=W/summary.json)."""
+    path = report_dir / "summary.json"
+    if not path.exists():
         raise FileNotFoundError(f"no report for the week of {week} in {report_dir}: write it first")
-    totals = pd.read_csv(report_dir / "totals.csv").set_index("group")
-
-    def get(group: str, col: str):
-        if group not in totals.index or pd.isna(totals.loc[group, col]):
-            return None
-        v = totals.loc[group, col]
-        return float(v) if col.endswith("_rate") else int(v)
-
-    checks = (
-        pd.read_csv(report_dir / "health.csv")
-        if (report_dir / "health.csv").exists()
-        else pd.DataFrame(columns=["check", "status"])
-    )
+    s = json.loads(path.read_text())
     return Headline(
         week=week,
-        signups=int(totals["users"].sum()),
-        pqls=get("PQL", "users") or 0,
-        pql_meetings=get("PQL", "meetings") or 0,
-        pql_won=get("PQL", "won") or 0,
-        pql_meeting_rate=get("PQL", "meeting_rate"),
-        pql_won_rate=get("PQL", "won_rate"),
-        other_meeting_rate=get("non-PQL", "meeting_rate"),
-        other_won_rate=get("non-PQL", "won_rate"),
-        failing=tuple(checks.loc[checks["status"] == "fail", "check"]),
-        warning=tuple(checks.loc[checks["status"] == "warn", "check"]),
+        title=s["title"],
+        lines=tuple(s["lines"]),
+        pqls=int(s["pqls"]),
+        users=int(s["users"]),
+        rates=s["rates"],
+        failing=tuple(s.get("failing", [])),
+        warning=tuple(s.get("warning", [])),
     )
-
-
-def pct(v: float | None) -> str:
-    """A share as the report prints it: 12.3%, or n/a."""
-    return "n/a" if v is None else f"{100 * v:.1f}%"
 
 
 def link(report_url: str, week: date) -> str:
@@ -94,29 +73,12 @@ def link(report_url: str, week: date) -> str:
 
 
 def subject(h: Headline) -> str:
-    health = f" — {len(h.failing)} health check(s) failing" if h.failing else ""
-    return (
-        f"PQL weekly report, week of {h.week}: PQL→meeting {pct(h.pql_meeting_rate)}, "
-        f"PQL→won {pct(h.pql_won_rate)}{health}"
-    )
+    return h.title
 
 
 def lines(h: Headline) -> list[str]:
-    """The headline numbers as short sentences, shared by the email and the Slack message."""
-    out = [
-        f"{h.pqls:,} PQLs of {h.signups:,} sign-ups: {h.pql_meetings:,} meetings, "
-        f"{h.pql_won:,} won",
-        f"PQL→meeting {pct(h.pql_meeting_rate)} (non-PQL {pct(h.other_meeting_rate)})",
-        f"PQL→won {pct(h.pql_won_rate)} (non-PQL {pct(h.other_won_rate)})",
-    ]
-    if h.failing or h.warning:
-        out.append(
-            "Health checks: "
-            + "; ".join([f"FAIL {c}" for c in h.failing] + [f"warn {c}" for c in h.warning])
-        )
-    else:
-        out.append("Health checks: all pass")
-    return out
+    """The summary as short sentences, shared by the email and the Slack message."""
+    return list(h.lines)
 
 
 def email_html(h: Headline, url: str) -> str:

@@ -14,7 +14,7 @@ import pandas as pd
 import requests
 from hubspot import HubSpot
 
-from pql import charts, enrich, enrich_api, health, metrics, outcomes, report, scores
+from pql import enrich, enrich_api, metrics, outcomes, report, scores
 from pql.config import Config
 from pql.crm import hubspot as crm_hubspot
 from pql.events import amplitude, mixpanel, profiles
@@ -269,7 +269,9 @@ def pull_outcomes(cfg: Config, crm, *, login=None, full: bool = False) -> tuple[
         from pql.crm import salesforce_outcomes
 
         def pull(since):
-            return salesforce_outcomes.pull(crm, since, login=login)
+            return salesforce_outcomes.pull(
+                crm, since, login=login, outcome_field=cfg.outcomes.salesforce_meeting_outcome_field
+            )
     else:
         from pql.crm import hubspot_outcomes
 
@@ -307,29 +309,16 @@ def weekly_report(cfg: Config, week: date, crm, *, login=None, full_pull: bool =
     if not snapshots:
         raise LookupError(f"no scores snapshot before {until:%Y-%m-%d}: run the scoring first")
     users = pd.read_parquet(snapshots[-1] / "scores.parquet")
-    window = cfg.outcomes.attribution_window_days
-    per_user = outcomes.attribute(users, meetings, won, window, tasks=tasks)
-    cohorts = outcomes.cohort_rates(per_user, until, window)
-    overall = outcomes.totals(per_user)
-    versions = metrics.qualifying_versions(metrics.scores_glob(lake.root / "scores"))
-    pqa = metrics.qualifying_accounts(str(lake.root / "scores" / "date=*" / "accounts.parquet"))
-    breakdowns = metrics.all_breakdowns(
-        metrics.segmented(per_user, users, versions), cfg.outcomes.segments, until, window,
-        accounts=metrics.account_attribution(users, meetings, won, pqa, window),
-    )  # fmt: skip
-    html = report.write(
-        lake,
-        week,
-        cohorts,
-        overall,
-        generated_at=datetime.now(UTC),
-        window_days=window,
-        health=health.checks(per_user, users),
-        charts=charts.build(per_user, users),
+    rule = cfg.outcomes
+    weekly = report.compute(
+        users, meetings, won, week=week, window_days=rule.attribution_window_days, tasks=tasks,
+        segments=rule.segments, min_conversions=rule.min_conversions,
+        excluded_outcomes=rule.excluded_meeting_outcomes,
+        versions=metrics.qualifying_versions(metrics.scores_glob(lake.root / "scores")),
+        pqa=metrics.qualifying_accounts(str(lake.root / "scores" / "date=*" / "accounts.parquet")),
         models=predictive.versions(lake.models()),
-        metrics=breakdowns,
-    )
-    pql = overall.set_index("group").to_dict("index").get("PQL", {})
+    )  # fmt: skip
+    html = report.write(lake, weekly, generated_at=datetime.now(UTC))
     return {
         "week": week.isoformat(),
         "meetings": len(meetings),
@@ -337,7 +326,6 @@ def weekly_report(cfg: Config, week: date, crm, *, login=None, full_pull: bool =
         "sales_tasks": len(tasks),
         "pull": pulled["pull"],
         "pulled": sum(v for k, v in pulled.items() if k.endswith("_pulled")),
-        "pql_meeting_rate": pql.get("meeting_rate"),
-        "pql_won_rate": pql.get("won_rate"),
+        "summary": weekly.summary["lines"],
         "report": str(html),
     }

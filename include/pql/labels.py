@@ -28,6 +28,12 @@ def first_outcomes(lake: Lake) -> pd.DataFrame:
     return out.reset_index()[COLUMNS] if len(out) else pd.DataFrame(columns=COLUMNS)
 
 
+def known_until(lake: Lake) -> pd.Timestamp | None:
+    """Up to when outcomes are known: the end of the newest weekly pull (None if none)."""
+    weeks = lake.partitions("outcomes")
+    return pd.Timestamp(weeks[-1][0] + timedelta(days=7), tz="UTC") if weeks else None
+
+
 def label(
     users: pd.DataFrame, outcomes: pd.DataFrame, moment: datetime, target: str, horizon_days: int
 ) -> pd.DataFrame:

@@ -1,8 +1,10 @@
 """Conversion metrics by cohort, model version and segment: rates, medians, revenue, first touch.
 
 Input is attribution's per-user frame (outcomes.attribute) joined to the users' latest snapshot
-(segments) and to the model version that qualified each PQL. Only users whose attribution
-window has closed count in a rate: a group with none yet is immature, never a low rate.
+(segments) and to the model version that qualified each PQL. Every rate of the report (the
+headline, cohorts, segments, accounts) comes from `breakdown`: only users whose attribution
+window has closed count, with k of n and a 95% interval; a group with none yet says when it
+will have one, never a low rate.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+from pql import rates
+
 SIZE_BANDS = [(10, "1-10"), (50, "11-50"), (200, "51-200"), (1000, "201-1000")]
 UNKNOWN = "unknown"
 COLUMNS = [
@@ -22,16 +26,31 @@ COLUMNS = [
     "group",
     "users",
     "mature_users",
+    "still_open",
     "meetings",
     "meeting_rate",
+    "meeting_low",
+    "meeting_high",
     "won",
     "won_rate",
+    "won_low",
+    "won_high",
     "won_revenue",
     "median_days_to_meeting",
     "median_days_to_won",
     "median_hours_to_first_touch",
-    "immature",
+    "touched",
+    "note",
 ]
+# Values in their natural order (a band is not text): the rest sort alphabetically, unknown last.
+ORDER = {"size_band": [band for _, band in SIZE_BANDS] + ["1001+"]}
+
+
+def with_scores(per_user: pd.DataFrame, scores: pd.DataFrame) -> pd.DataFrame:
+    """per_user with each user's score from the week's snapshot (NaN where it has none)."""
+    score = scores["score"] if "score" in scores.columns else float("nan")
+    s = pd.DataFrame({"email": scores["email"].str.lower(), "score": score})
+    return per_user.merge(s.drop_duplicates("email"), on="email", how="left")
 
 
 def size_band(employees) -> str:
@@ -67,7 +86,8 @@ def segmented(
     u = users[users["email"].notna()].assign(email=lambda f: f["email"].str.lower())
     u = u.drop_duplicates("email", keep="last").set_index("email")
     out = per_user.assign(email=per_user["email"].str.lower())
-    out["size_band"] = out["email"].map(u["employees"]).map(size_band)
+    employees = out["email"].map(u["employees"]) if "employees" in u.columns else None
+    out["size_band"] = UNKNOWN if employees is None else employees.map(size_band)
     for col in ("industry", "source", "country", "plan", "revenue_band"):
         values = out["email"].map(u[col]) if col in u.columns else None
         out[col] = UNKNOWN if values is None else values.fillna(UNKNOWN).astype(str)
@@ -83,13 +103,15 @@ def segmented(
     return out
 
 
-def breakdown(
-    frame: pd.DataFrame, by: str, as_of: datetime, window_days: int, level: str = "PQL"
-) -> pd.DataFrame:
-    """One row per value of `by` and group (PQL / non-PQL, or PQA / non-PQA for accounts)
-    with every conversion metric."""
+def breakdown(frame: pd.DataFrame, by: str, level: str = "PQL") -> pd.DataFrame:
+    """One row per value of `by` and group (PQL / non-PQL, or PQA / non-PQA for accounts).
+
+    `frame` is outcomes.attribute's (its `mature` says whose window closed). Rates and their
+    95% intervals count mature users only; `still_open` users are counted beside; a group with
+    none mature yet has no rate and a note saying when its first user matures. Medians are over
+    the mature users with that outcome (`meetings`, `won`, `touched` say how many).
+    """
     f = frame.copy()
-    f["mature"] = f["start"] + pd.Timedelta(days=window_days) <= pd.Timestamp(as_of)
     f["group"] = f["is_pql"].map({True: level, False: f"non-{level}"})
     f["days_to_meeting"] = (f["meeting_at"] - f["start"]).dt.total_seconds() / 86400
     f["days_to_won"] = (f["won_at"] - f["start"]).dt.total_seconds() / 86400
@@ -100,50 +122,58 @@ def breakdown(
     rows = []
     for (value, group), g in f.groupby([f[by].fillna(UNKNOWN).astype(str), "group"]):
         m = g[g["mature"]]
-        n = len(m)
         rows.append(
             {
                 "dimension": by,
                 "value": value,
                 "group": group,
                 "users": len(g),
-                "mature_users": n,
+                "mature_users": len(m),
+                "still_open": len(g) - len(m),
                 "meetings": int(m["meeting"].sum()),
-                "meeting_rate": round(m["meeting"].mean(), 4) if n else None,
                 "won": int(m["won"].sum()),
-                "won_rate": round(m["won"].mean(), 4) if n else None,
                 "won_revenue": float(g["won_amount"].sum()),
-                "median_days_to_meeting": _median(g["days_to_meeting"]),
-                "median_days_to_won": _median(g["days_to_won"]),
-                "median_hours_to_first_touch": _median(g["hours_to_touch"]),
-                "immature": n == 0,
+                "median_days_to_meeting": _median(m["days_to_meeting"]),
+                "median_days_to_won": _median(m["days_to_won"]),
+                "median_hours_to_first_touch": _median(m["hours_to_touch"]),
+                "touched": int(m["hours_to_touch"].notna().sum()),
+                "note": "" if len(m) else f"too early: first mature on {_first_mature(g)}",
             }
         )
-    table = pd.DataFrame(rows, columns=COLUMNS)
-    table = table.sort_values(["value", "group"], ascending=[True, False])
-    return table.reset_index(drop=True)
+    table = pd.DataFrame(rows, columns=[c for c in COLUMNS if not c.endswith(("_rate", "_low",
+                                                                            "_high"))])  # fmt: skip
+    for kind, k in (("meeting", "meetings"), ("won", "won")):
+        table = table.join(rates.columns(kind, table[k], table["mature_users"]))
+    table = table[COLUMNS]
+    order = ORDER.get(by)
+    key = table["value"].map(
+        (lambda v: (order.index(v) if v in order else len(order), v)) if order
+        else (lambda v: (v == UNKNOWN, v))
+    )  # fmt: skip
+    table = table.assign(_key=key, _pql=table["group"] == level)
+    table = table.sort_values(["_key", "_pql"], ascending=[True, False])
+    return table.drop(columns=["_key", "_pql"]).reset_index(drop=True)
 
 
-def _median(values: pd.Series) -> float | None:
+def _median(values: pd.Series) -> float:
+    """The median, unrounded (the page rounds once); NaN (an empty cell) when there is none."""
     v = values.dropna()
-    return round(float(v.median()), 2) if len(v) else None
+    return float(v.median()) if len(v) else float("nan")
+
+
+def _first_mature(g: pd.DataFrame) -> str:
+    return f"{g['window_end'].min():%Y-%m-%d}"
 
 
 def all_breakdowns(
-    frame: pd.DataFrame,
-    dimensions: list[str],
-    as_of: datetime,
-    window_days: int,
-    accounts: pd.DataFrame | None = None,
+    frame: pd.DataFrame, dimensions: list[str], accounts: pd.DataFrame | None = None
 ) -> pd.DataFrame:
     """Overall, per weekly cohort, per qualifying model version and per segment, stacked;
     with `accounts` (account_attribution), PQA vs non-PQA accounts as dimension 'accounts'."""
-    f = frame.assign(all="all")
-    parts = [breakdown(f, d, as_of, window_days) for d in ["all", "cohort_week", *dimensions]]
+    f = frame.assign(all="all", cohort_week=frame["cohort_week"].astype(str))
+    parts = [breakdown(f, d) for d in ["all", "cohort_week", *dimensions]]
     if accounts is not None and len(accounts):
-        parts.append(
-            breakdown(accounts.assign(accounts="all"), "accounts", as_of, window_days, "PQA")
-        )
+        parts.append(breakdown(accounts.assign(accounts="all"), "accounts", "PQA"))
     return pd.concat(parts, ignore_index=True)
 
 
@@ -177,6 +207,9 @@ def account_attribution(
     won: pd.DataFrame,
     pqa: pd.DataFrame,
     window_days: int,
+    *,
+    until: datetime,
+    excluded_outcomes: tuple[str, ...] | list[str] = ("CANCELED", "NO_SHOW"),
 ) -> pd.DataFrame:
     """Attribution at account level: an account starts when it first qualified (PQA; the end
     of that day) or when its first user signed up, and converts when any of its users does."""
@@ -196,4 +229,5 @@ def account_attribution(
         mapped = frame.assign(email=frame["email"].str.lower().map(account_of))
         return mapped[mapped["email"].notna()]
 
-    return attribute(as_users, by_account(meetings), by_account(won), window_days)
+    return attribute(as_users, by_account(meetings), by_account(won), window_days, until=until,
+                     excluded_outcomes=excluded_outcomes)  # fmt: skip

@@ -177,91 +177,89 @@ def attribute(
     meetings: pd.DataFrame,
     won: pd.DataFrame,
     window_days: int,
+    *,
+    until: datetime,
     tasks: pd.DataFrame | None = None,
+    excluded_outcomes: tuple[str, ...] | list[str] = ("CANCELED", "NO_SHOW"),
 ) -> pd.DataFrame:
-    """Per user: PQL or not, its cohort week, and whether a meeting / win followed in the window.
+    """Per user of a report that ends at `until`: PQL or not, cohort, maturity, and the first
+    meeting and win that count. These are the report's definitions (README "How the numbers
+    are counted" says the same):
 
-    PQLs start at their first qualification, everyone else at sign-up (first seen); only
-    outcomes on or after the start and within `window_days` of it count. Given the sales
-    `tasks` (task_id, email, task_at: completed tasks), `first_touch_at` is the earliest
-    meeting or task in that span (NaT if none).
+    - start: a PQL's qualification moment (`qualified_at`), anyone else's sign-up (first seen);
+      a user who qualified at or after `until` is not a PQL in this report.
+    - cohort: the Monday-to-Sunday (UTC) week of the start; users starting at or after `until`
+      are not in the report at all.
+    - window: `window_days` after the start. A user is mature once the window closed by
+      `until` (`window_end` <= `until`); only mature users count in a rate.
+    - meeting: the first meeting at or after the start and within the window whose outcome is
+      not one of `excluded_outcomes` (cancelled, no-show); won: the first won deal likewise.
+    - revenue (`won_amount`): each won deal once, for the one of its people whose window holds
+      it and who started first (then by email), so a deal with two contacts counts once.
+    - `converted_at`: the user's first win at any time before `until`, inside a window or not
+      (for "conversions that were PQLs first").
+
+    Outcomes are the store as of `until` (outcomes.as_of): nothing after the report's end.
+    Given completed sales `tasks` (task_id, email, task_at), `first_touch_at` is the earliest
+    meeting or task in the window (NaT if none).
     """
+    end = pd.Timestamp(until)
     u = users[users["email"].notna()][["email", "first_seen", "qualified_at"]].copy()
+    u["email"] = u["email"].str.lower()
+    u = u.drop_duplicates("email", keep="last")
+    qualified = pd.to_datetime(u["qualified_at"], utc=True)
+    u["qualified_at"] = qualified.where(qualified < end)
     u["is_pql"] = u["qualified_at"].notna()
     u["start"] = pd.to_datetime(u["qualified_at"].where(u["is_pql"], u["first_seen"]), utc=True)
+    u = u[u["start"] < end]
     u["cohort_week"] = u["start"].dt.tz_convert(None).dt.to_period("W-SUN").dt.start_time.dt.date
     window = pd.Timedelta(days=window_days)
-    for label, frame, col in (("meeting", meetings, "meeting_at"), ("won", won, "won_at")):
+    u["window_end"] = u["start"] + window
+    u["mature"] = u["window_end"] <= end
+    held = meetings
+    if "outcome" in meetings.columns and len(meetings):
+        held = meetings[~meetings["outcome"].fillna("").str.upper().isin(list(excluded_outcomes))]
+    for label, frame, col in (("meeting", held, "meeting_at"), ("won", won, "won_at")):
         first = _first_after(u, frame, col, window)
         u[f"{label}_at"] = first
         u[label] = first.notna()
     if tasks is not None:
         touches = pd.concat(
             [
-                meetings[["email", "meeting_at"]].rename(columns={"meeting_at": "touch_at"}),
+                held[["email", "meeting_at"]].rename(columns={"meeting_at": "touch_at"}),
                 tasks[["email", "task_at"]].rename(columns={"task_at": "touch_at"}),
             ]
         )
         touches["touch_at"] = pd.to_datetime(touches["touch_at"], utc=True)
         u["first_touch_at"] = _first_after(u, touches, "touch_at", window)
-    amounts = won.groupby("email")["amount"].sum() if len(won) else pd.Series(dtype=float)
-    u["won_amount"] = u["email"].map(amounts).where(u["won"], 0.0).fillna(0.0)
+    u["won_amount"] = _deal_revenue(u, won, window)
+    wins = pd.to_datetime(won["won_at"], utc=True) if len(won) else pd.Series(dtype=object)
+    first_win = wins[wins < end].groupby(won["email"].str.lower()).min() if len(won) else wins
+    u["converted_at"] = u["email"].map(first_win).astype("datetime64[us, UTC]")
     return u.reset_index(drop=True)
 
 
+def _deal_revenue(u: pd.DataFrame, won: pd.DataFrame, window) -> pd.Series:
+    """Each won deal's amount once: for the person whose window holds it and who started
+    first (then by email); per user, the sum of the deals they were given."""
+    if won.empty:
+        return pd.Series(0.0, index=u.index)
+    j = won[["deal_id", "email", "won_at", "amount"]].assign(email=won["email"].str.lower())
+    j = j.merge(u[["email", "start"]].reset_index(), on="email")
+    t = pd.to_datetime(j["won_at"], utc=True)
+    j = j[(t >= j["start"]) & (t <= j["start"] + window)]
+    j = j.sort_values(["deal_id", "start", "email"]).drop_duplicates("deal_id", keep="first")
+    per_user = j.groupby("index")["amount"].sum()
+    return per_user.reindex(u.index).fillna(0.0).astype(float)
+
+
 def _first_after(u: pd.DataFrame, frame: pd.DataFrame, col: str, window) -> pd.Series:
+    """Each user's first `col` at or after their start and within the window (NaT if none)."""
     if frame.empty:
         return pd.Series(pd.NaT, index=u.index, dtype="datetime64[us, UTC]")
-    j = u[["email", "start"]].reset_index().merge(frame[["email", col]], on="email")
+    rows = frame[["email", col]].assign(email=frame["email"].str.lower())
+    j = u[["email", "start"]].reset_index().merge(rows, on="email")
     t = pd.to_datetime(j[col], utc=True)
     j = j[(t >= j["start"]) & (t <= j["start"] + window)].assign(t=t)
     first = j.groupby("index")["t"].min()  # (reindexed: mapping an empty Series fails)
     return first.reindex(u.index).rename(None).astype("datetime64[us, UTC]")
-
-
-def cohort_rates(per_user: pd.DataFrame, as_of: datetime, window_days: int) -> pd.DataFrame:
-    """PQL→meeting and PQL→won rates per weekly cohort, non-PQL sign-ups alongside.
-
-    A cohort is immature while its last member's window is still open at `as_of`.
-    """
-    g = per_user.groupby(["cohort_week", "is_pql"])
-    table = g.agg(
-        users=("email", "size"),
-        meetings=("meeting", "sum"),
-        won=("won", "sum"),
-        won_amount=("won_amount", "sum"),
-    ).reset_index()
-    table["group"] = table.pop("is_pql").map({True: "PQL", False: "non-PQL"})
-    table["meeting_rate"] = (table["meetings"] / table["users"]).round(4)
-    table["won_rate"] = (table["won"] / table["users"]).round(4)
-    closes = pd.to_datetime(table["cohort_week"]) + pd.Timedelta(days=7 + window_days)
-    table["mature"] = closes.dt.tz_localize("UTC") <= pd.Timestamp(as_of)
-    cols = [
-        "cohort_week",
-        "group",
-        "users",
-        "meetings",
-        "meeting_rate",
-        "won",
-        "won_rate",
-        "won_amount",
-        "mature",
-    ]
-    return (
-        table[cols]
-        .sort_values(["cohort_week", "group"], ascending=[True, False])
-        .reset_index(drop=True)
-    )
-
-
-def totals(per_user: pd.DataFrame) -> pd.DataFrame:
-    """All cohorts together, PQL vs non-PQL, with the lift of PQLs over non-PQLs."""
-    t = (
-        per_user.groupby("is_pql")
-        .agg(users=("email", "size"), meetings=("meeting", "sum"), won=("won", "sum"))
-        .reset_index()
-    )
-    t["group"] = t.pop("is_pql").map({True: "PQL", False: "non-PQL"})
-    t["meeting_rate"] = (t["meetings"] / t["users"]).round(4)
-    t["won_rate"] = (t["won"] / t["users"]).round(4)
-    return t[["group", "users", "meetings", "meeting_rate", "won", "won_rate"]]

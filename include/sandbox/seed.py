@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict
+from datetime import timedelta
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -191,6 +192,28 @@ def _seed_crm(state: SandboxState, spec: WorldSpec, accts, truth: list[dict]) ->
             for t in met
         ],
     )
+    # Meetings that did not happen: some real ones were rescheduled from an earlier, cancelled
+    # slot; a few people booked and never came. Their own random stream keeps the rest as is.
+    rng_unheld = world.rng_for(spec, "crm-unheld")
+    unheld = []
+    for t in in_crm:
+        if t["meeting_at"] is not None and t["meeting_at"] < end:
+            if rng_unheld.random() < 0.15:
+                at = t["meeting_at"] - timedelta(days=rng_unheld.uniform(1, 4))
+                if at > t["signup_at"]:
+                    unheld.append((t, at, "CANCELED"))
+        elif rng_unheld.random() < 0.03:
+            at = t["signup_at"] + timedelta(days=rng_unheld.uniform(1, spec.days))
+            if at < end:
+                unheld.append((t, at, "NO_SHOW"))
+    unheld_ids = store.create(
+        "meetings",
+        [{"hs_timestamp": _iso(at), "hs_meeting_title": "Intro call", "hs_meeting_outcome": o,
+          "hs_meeting_start_time": _iso(at)} for _, at, o in unheld],
+    )  # fmt: skip
+    store.associate_many("meetings", "contacts", [
+        (i, contact[t["email"]]) for i, (t, _, _) in zip(unheld_ids, unheld, strict=True)
+    ])  # fmt: skip
     dealt = [
         (t, t["won_at"] is not None and t["won_at"] < end)
         for t in met
@@ -229,6 +252,7 @@ def _seed_crm(state: SandboxState, spec: WorldSpec, accts, truth: list[dict]) ->
         "companies": len(accts),
         "contacts": len(contact),
         "meetings": len(met),
+        "cancelled_or_no_show_meetings": len(unheld),
         "deals": len(dealt),
         "won_deals": sum(won for _, won in dealt),
     }

@@ -97,18 +97,20 @@ def _summary(folder: Path, week: str) -> dict:
         h = delivery.headline(folder, date.fromisoformat(week))
     except (FileNotFoundError, KeyError, ValueError):
         return {}
+    def short(key: str) -> str:
+        r = h.rates.get(key, {})
+        return f"{100 * r['rate']:.1f}% ({r['k']:,}/{r['n']:,})" if r.get("n") else "too early"
+
     return {
         "pqls": h.pqls,
-        "signups": h.signups,
-        "pql_meeting_rate": h.pql_meeting_rate,
-        "pql_won_rate": h.pql_won_rate,
+        "users": h.users,
+        "pql_meeting": short("pql_meeting"),
+        "pql_won": short("pql_won"),
         "failing_checks": list(h.failing),
     }
 
 
 def _list_page(weeks: list[dict]) -> str:
-    from pql.delivery import pct
-
     rows = []
     for w in weeks:
         wk = html.escape(w["week"])
@@ -121,8 +123,8 @@ def _list_page(weeks: list[dict]) -> str:
         failing = len(s.get("failing_checks", []))
         rows.append(
             f'<tr><td><a class="week" href="{wk}/">week of {wk}</a></td>'
-            f"<td>{s.get('pqls', '')}</td><td>{pct(s.get('pql_meeting_rate'))}</td>"
-            f"<td>{pct(s.get('pql_won_rate'))}</td>"
+            f"<td>{s.get('pqls', '')}</td><td>{html.escape(s.get('pql_meeting', ''))}</td>"
+            f"<td>{html.escape(s.get('pql_won', ''))}</td>"
             f'<td class="{"fail" if failing else ""}">{failing or ""}</td><td>{csvs}</td></tr>'
         )
     body = (

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -21,6 +23,7 @@ pytestmark = pytest.mark.dag
 
 DAYS = 28
 START = date.today() - timedelta(days=DAYS + 1)
+WINDOW = 14  # days: the weekly report's attribution window in these tests
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +117,49 @@ def test_unchanged_rerun_writes_nothing(env):
     pd.testing.assert_series_equal(before, after)
 
 
-def test_weekly_dag_reports_rates_that_match_the_crm(env):
+def _short_window(tmp_path, monkeypatch, crm: str = "hubspot") -> Path:
+    """The shipped config with a 14-day attribution window (so this 4-week world has mature
+    users to rate), for the DAG's tasks and the CLI alike."""
+    from pql import config
+
+    text = config.DEFAULT_CONFIG.read_text()
+    text = text.replace("attribution_window_days: 90", f"attribution_window_days: {WINDOW}")
+    if crm != "hubspot":
+        head, _, rest = text.partition("\ncrm:\n")
+        text = f"{head}\ncrm:\n  kind: {crm}\n{rest[rest.index(chr(10) + 'routing:') :]}"
+    path = tmp_path / "pql.yaml"
+    path.write_text(text)
+    monkeypatch.setenv("PQL_CONFIG", str(path))
+    return path
+
+
+def _truth_rates(users: pd.DataFrame, met: dict, won: dict, until: pd.Timestamp) -> pd.DataFrame:
+    """The report's definitions, computed independently: PQL by the week's end, start, window,
+    maturity, and the first meeting / win inside the window."""
+    users = users.copy()
+    qualified = pd.to_datetime(users["qualified_at"], utc=True)
+    users["is_pql"] = qualified < until
+    users["start"] = qualified.where(users["is_pql"], pd.to_datetime(users["first_seen"], utc=True))
+    users = users[users["start"] < until]
+    window = pd.Timedelta(days=WINDOW)
+    users["mature"] = users["start"] + window <= until
+    for name, sink in (("meetings", met), ("won", won)):
+        t = pd.to_datetime(users["email"].map(sink), utc=True)
+        users[name] = t.notna() & (t >= users["start"]) & (t <= users["start"] + window)
+    return users
+
+
+def _assert_totals(totals: pd.DataFrame, users: pd.DataFrame) -> None:
+    for group, frame in (("PQL", users[users["is_pql"]]), ("non-PQL", users[~users["is_pql"]])):
+        row, mature = totals.loc[group], frame[frame["mature"]]
+        assert (row["users"], row["mature_users"]) == (len(frame), len(mature)), group
+        assert (row["meetings"], row["won"]) == (mature["meetings"].sum(), mature["won"].sum())
+        assert row["won_rate"] == mature["won"].mean() and len(mature) > 0
+
+
+def test_weekly_dag_reports_rates_that_match_the_crm(env, tmp_path, monkeypatch):
     state, lake, dags = env
+    _short_window(tmp_path, monkeypatch)
     end = START + timedelta(days=DAYS)
     monday = end - timedelta(days=end.weekday() + 7)
     run_at = datetime.combine(monday + timedelta(days=7), time(6), UTC)
@@ -124,20 +168,22 @@ def test_weekly_dag_reports_rates_that_match_the_crm(env):
     html = (report / "index.html").read_text()
     cohorts = pd.read_csv(report / "cohorts.csv")
     totals = pd.read_csv(report / "totals.csv").set_index("group")
-    assert "PQL conversion" in html and "<table" in html
-    assert 'id="health"' in html and 'id="chart-funnel"' in html
-    funnel = pd.read_csv(report / "chart_funnel.csv").set_index("label")["users"]
-    assert funnel["PQLs"] == totals.loc["PQL", "users"]
-    assert funnel["sign-ups"] == cohorts["users"].sum()
+    assert "PQL conversion" in html and 'id="summary"' in html
+    assert 'id="health"' in html and 'id="chart-won_by_cohort"' in html
+    assert (report / "chart_won_by_cohort.csv").exists()
 
-    # Recompute independently: the CRM's meetings/won deals, by contact email, vs the scores.
+    # Recompute independently: the CRM's held meetings (not cancelled, not no-shows) and won
+    # deals, by contact email, against the scores.
     store = HubSpotStore(state)
     emails = {r["id"]: r["properties"]["email"] for r in store.list("contacts")}
     until = pd.Timestamp(monday + timedelta(days=7), tz="UTC")
-    met, won = {}, {}
+    met, won, unheld = {}, {}, 0
     for kind, prop, sink in (("meetings", "hs_timestamp", met), ("deals", "closedate", won)):
         for r in store.list(kind):
             if kind == "deals" and r["properties"]["dealstage"] != "closedwon":
+                continue
+            if kind == "meetings" and r["properties"]["hs_meeting_outcome"] != "COMPLETED":
+                unheld += 1
                 continue
             t = pd.Timestamp(r["properties"][prop])
             if t >= until:
@@ -145,55 +191,40 @@ def test_weekly_dag_reports_rates_that_match_the_crm(env):
             for a in store.associations(kind, r["id"], "contacts"):
                 e = emails[a["to_id"]]
                 sink[e] = min(sink.get(e, t), t)
+    assert unheld > 0  # the world has cancelled and no-show meetings, and they do not count
     snap = [p for d, p in lake.partitions("scores") if d < monday + timedelta(days=7)][-1]
-    users = pd.read_parquet(snap / "scores.parquet").dropna(subset=["email"])
-    users["start"] = users["qualified_at"].fillna(users["first_seen"])
-    window = pd.Timedelta(days=90)
-
-    def hit(sink, row):
-        t = sink.get(row["email"])
-        return t is not None and row["start"] <= t <= row["start"] + window
-
-    users["met"] = users.apply(lambda r: hit(met, r), axis=1)
-    users["won"] = users.apply(lambda r: hit(won, r), axis=1)
-    pql = users[users["qualified_at"].notna()]
-    assert totals.loc["PQL", "users"] == len(pql)
-    assert totals.loc["PQL", "meetings"] == pql["met"].sum()
-    assert totals.loc["PQL", "won"] == pql["won"].sum()
-    assert totals.loc["non-PQL", "meetings"] == users[users["qualified_at"].isna()]["met"].sum()
-    assert pql["met"].sum() > 0
+    users = _truth_rates(pd.read_parquet(snap / "scores.parquet").dropna(subset=["email"]),
+                         met, won, until)  # fmt: skip
+    _assert_totals(totals, users)
+    assert users[users["is_pql"] & users["mature"]]["meetings"].sum() > 0
     assert cohorts["users"].sum() == len(users)
     assert set(cohorts["group"]) == {"PQL", "non-PQL"}
-    assert not cohorts["mature"].any()  # a 90-day window cannot have closed in a 4-week world
+    assert (cohorts["mature_users"] > 0).any() and (cohorts["mature_users"] == 0).any()
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["rates"]["pql_won"]["k"] == totals.loc["PQL", "won"]
 
 
-def test_report_cli_writes_the_same_report_as_the_dag(env, tmp_path):
+def test_report_cli_writes_the_same_report_as_the_dag(env, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from pql import cli
 
     state, lake, dags = env
+    _short_window(tmp_path, monkeypatch)
     end = START + timedelta(days=DAYS)
     monday = end - timedelta(days=end.weekday() + 7)
     dag_totals = pd.read_csv(lake.reports(monday) / "totals.csv")
     res = CliRunner().invoke(cli.main, ["report", "--week", str(monday + timedelta(days=3))])
     assert res.exit_code == 0, res.output
-    assert f"week of {monday}" in res.output and "index.html" in res.output
+    assert f"Week of {monday}" in res.output and "index.html" in res.output
     pd.testing.assert_frame_equal(pd.read_csv(lake.reports(monday) / "totals.csv"), dag_totals)
 
 
 def test_weekly_dag_on_salesforce_reports_the_worlds_truth(env, tmp_path, monkeypatch):
     """The same DAG with crm.kind salesforce: Events and won Opportunities through the
     provider's hook, rates as the world's truth gives them (wins on their CloseDate)."""
-    from pql import config
-
     state, lake, dags = env
-    text = config.DEFAULT_CONFIG.read_text()
-    head, _, rest = text.partition("\ncrm:\n")
-    cfg_path = tmp_path / "pql.yaml"
-    tail = rest[rest.index("\nrouting:") :]
-    cfg_path.write_text(f"{head}\ncrm:\n  kind: salesforce\n{tail}")
-    monkeypatch.setenv("PQL_CONFIG", str(cfg_path))
+    _short_window(tmp_path, monkeypatch, crm="salesforce")
     end = START + timedelta(days=DAYS)
     monday = end - timedelta(days=end.weekday() + 7)
     run_at = datetime.combine(monday + timedelta(days=7), time(7), UTC)
@@ -208,15 +239,9 @@ def test_weekly_dag_on_salesforce_reports_the_worlds_truth(env, tmp_path, monkey
     real = pd.Timestamp(datetime.combine(end, time(0), UTC))  # what happened by the world's end
     met_at = dict(zip(truth["email"], met.where((met < real) & (met < until)), strict=True))
     won_at = dict(zip(truth["email"], won.where((won < real) & (won < until)), strict=True))
+    met_at = {e: t for e, t in met_at.items() if pd.notna(t)}
+    won_at = {e: t for e, t in won_at.items() if pd.notna(t)}
     snap = [p for d, p in lake.partitions("scores") if d < monday + timedelta(days=7)][-1]
-    users = pd.read_parquet(snap / "scores.parquet").dropna(subset=["email"])
-    start = pd.to_datetime(users["qualified_at"].fillna(users["first_seen"]), utc=True)
-    for name, at in (("meetings", met_at), ("won", won_at)):
-        t = pd.to_datetime(users["email"].map(at), utc=True)
-        users[name] = t.notna() & (t >= start) & (t <= start + pd.Timedelta(days=90))
-    pql = users[users["qualified_at"].notna()]
-    assert totals.loc["PQL", "users"] == len(pql) and pql["meetings"].sum() > 0
-    assert totals.loc["PQL", "meeting_rate"] == round(pql["meetings"].mean(), 4)
-    assert totals.loc["PQL", "won_rate"] == round(pql["won"].mean(), 4)
-    others = users[users["qualified_at"].isna()]
-    assert totals.loc["non-PQL", "meetings"] == others["meetings"].sum()
+    users = _truth_rates(pd.read_parquet(snap / "scores.parquet").dropna(subset=["email"]),
+                         met_at, won_at, until)  # fmt: skip
+    _assert_totals(totals, users)

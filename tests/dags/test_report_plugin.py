@@ -64,7 +64,7 @@ def test_plugin_loads_and_serves_reports_behind_airflow_auth(lake, airflow_db):
         client.cookies.set("_token", token)  # the UI's session cookie, as inside its iframe
         page = client.get(f"/pql-reports/{WEEK}/")
         assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
-        assert f"week of {WEEK}" in page.text and 'id="chart-funnel"' in page.text
+        assert f"week of {WEEK}" in page.text and 'id="chart-won_by_cohort"' in page.text
         assert page.text == (lake / "reports" / f"week={WEEK}" / "index.html").read_text()
     finally:
         os.environ.pop("PQL_LAKE")
@@ -76,7 +76,7 @@ def test_list_pages_and_csv_files(client, lake):
     weeks = client.get("/pql-reports/api/weeks").json()
     assert [w["week"] for w in weeks] == [WEEK]
     assert "index.html" in weeks[0]["files"] and "totals.csv" in weeks[0]["files"]
-    assert weeks[0]["summary"]["pqls"] == 12 and weeks[0]["summary"]["pql_won_rate"] == 0.25
+    assert weeks[0]["summary"]["pqls"] == 12 and weeks[0]["summary"]["pql_won"] == "25.0% (3/12)"
     listing = client.get("/pql-reports/")
     assert "33.3%" in listing.text and "25.0%" in listing.text  # PQL→meeting, PQL→won
     assert f'href="{WEEK}/totals.csv"' in listing.text

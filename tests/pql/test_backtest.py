@@ -28,12 +28,14 @@ def lake(tmp_path_factory) -> Lake:
     return lake
 
 
-def _cfg(lake: Lake, path: Path = ROOT / "config" / "pql.yaml") -> config.Config:
-    return config.load(path).model_copy(update={"lake": config.Lake(root=lake.root)})
+def _cfg(lake: Lake, path: Path = ROOT / "config" / "pql.yaml", window: int = 90) -> config.Config:
+    cfg = config.load(path)
+    outcomes = cfg.outcomes.model_copy(update={"attribution_window_days": window})
+    return cfg.model_copy(update={"lake": config.Lake(root=lake.root), "outcomes": outcomes})
 
 
 def test_backtest_figures_follow_from_the_world(lake):
-    cfg = _cfg(lake)
+    cfg = _cfg(lake, window=21)  # the PQLs of the first replays are mature by the world's end
     result = backtest.run(cfg, FIRST, LAST, enrich.read(lake), every_days=7)
     s, users = result.summary, result.users
     truth = {u.email: world.outcome(SPEC, u).won_at for u in world.users(SPEC)}
@@ -46,13 +48,38 @@ def test_backtest_figures_follow_from_the_world(lake):
     assert s["conversions"] == len(converters) >= 15
     caught = converters["qualified_at"] <= converters["converted_at"]
     assert s["caught"] == int(caught.sum())
-    assert result.bands["users"].sum() == len(users)
+    mature = users[users["mature"]]
+    assert 0 < s["mature_users"] == len(mature) < len(users)
+    assert result.bands["users"].sum() == len(mature)  # bands: mature users only
+    pql = mature[mature["pql"]]
+    assert s["pql_conversion"].startswith(
+        f"{100 * pql['converted_after'].mean():.1f}% ({int(pql['converted_after'].sum())} of "
+        f"{len(pql)}; 95% CI"
+    )
     # A sensible weighted model on an unseen world: PQLs convert many times more often.
-    assert s["lift"] > 5 and 0.03 < s["flagged_share"] < 0.30 and s["caught_share"] > 0.5
+    checks = {c["check"]: c for c in s["checks"]}
+    rest = mature[~mature["pql"]]
+    if rest["converted_after"].any():
+        assert float(s["lift"].rstrip("x")) > 5
+    else:  # no non-PQL converted within 21 days: said in words, no ratio
+        assert s["lift"] == "no conversions on the other side to compare with"
+    assert 0.03 < checks["share of users flagged"]["value"] < 0.30
+    assert checks["share of conversions caught"]["value"] > 0.5
     top, bottom = result.bands.iloc[-1], result.bands.iloc[0]
     assert top["conversion_rate"] > 10 * bottom["conversion_rate"]
     assert result.signals.iloc[0]["ratio"] > 3  # a buying signal tops the discovery view
     assert {c["status"] for c in s["checks"]} <= {"pass", "warn", "fail"}
+
+
+def test_a_backtest_without_mature_users_says_too_early(lake):
+    """The 90-day window cannot have closed in this 70-day world: no verdict, no rate."""
+    result = backtest.run(_cfg(lake), FIRST, LAST, enrich.read(lake), every_days=14)
+    s = result.summary
+    assert s["mature_users"] == 0 and s["verdict"].startswith("too early")
+    pql_check = next(c for c in s["checks"] if c["check"].startswith("PQL→"))
+    assert pql_check["status"] == "too early" and "value" not in pql_check
+    assert s["pql_conversion"].startswith("too early")
+    assert "None" not in json.dumps(s) and "NaN" not in json.dumps(s)
 
 
 def test_backtest_cli_writes_table_csv_and_html(lake, tmp_path):
@@ -70,7 +97,7 @@ def test_backtest_cli_writes_table_csv_and_html(lake, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"] == "threshold" and summary["users"] > 500
     bands = pd.read_csv(out / "bands.csv")
-    assert bands["users"].sum() == summary["users"]
+    assert bands["users"].sum() == summary["mature_users"]
     html = (out / "report.html").read_text()
     assert summary["verdict"] in html and 'id="signals"' in html
 

@@ -222,13 +222,47 @@ def test_completed_tasks_set_the_first_touch_and_the_health_check_reads_it():
                     t0 + pd.Timedelta(days=2)],
     })  # fmt: skip
     won = pd.DataFrame(columns=["deal_id", "email", "won_at", "amount"])
-    per_user = outcomes.attribute(users, meetings, won, 90, tasks=tasks).set_index("email")
+    until = t0 + pd.Timedelta(days=7)
+    per_user = outcomes.attribute(users, meetings, won, 90, tasks=tasks, until=until)
+    per_user = per_user.set_index("email")
     assert per_user.loc["a@x.io", "first_touch_at"] == t0 + pd.Timedelta(minutes=30)
     assert per_user.loc["b@x.io", "first_touch_at"] == t0 + pd.Timedelta(hours=5)
     assert per_user.loc["c@x.io", "first_touch_at"] == t0 + pd.Timedelta(days=2)
-    assert "first_touch_at" not in outcomes.attribute(users, meetings, won, 90).columns
-    got = {c["check"]: c for c in health.checks(per_user.reset_index(), users)}
+    assert "first_touch_at" not in outcomes.attribute(users, meetings, won, 90, until=until)
+    got = {c["check"]: c for c in health.checks(per_user.reset_index(), users, until=until,
+                                                 window_days=90, min_conversions=3)}  # fmt: skip
     touch = got["median hours from qualifying to first sales touch (meeting or task)"]
-    assert touch["value"] == 5.0  # median of 0.5, 5 and 48 hours
-    none = outcomes.attribute(users, meetings.iloc[:0], won, 90, tasks=tasks.iloc[:0])
+    assert (touch["value"], touch["n"], touch["status"]) == (5.0, 3, "warn")  # of 0.5, 5, 48 h
+    none = outcomes.attribute(users, meetings.iloc[:0], won, 90, tasks=tasks.iloc[:0],
+                              until=until)  # fmt: skip
     assert none["first_touch_at"].isna().all()
+
+
+def test_a_salesforce_meeting_outcome_field_leaves_cancelled_events_out(sandbox, sf_login):
+    """Events carry no outcome in a standard org; a custom field named in config does."""
+    import json
+
+    from sandbox.salesforce_store import DEFAULT_CUSTOM_FIELDS
+
+    custom = json.loads(json.dumps(DEFAULT_CUSTOM_FIELDS))
+    custom["Event"] = {"Meeting_Outcome__c": {"type": "string", "length": 40,
+                                              "label": "Meeting outcome"}}  # fmt: skip
+    sandbox.settings["salesforce_custom_fields"] = custom
+    store = SalesforceStore(sandbox)
+    [lead] = store.create("Lead", [{"LastName": "Kim", "Company": "Acme", "Email": "kim@acme.io"}])
+    t0 = datetime(2026, 10, 5, 9, tzinfo=UTC)
+    held, cancelled = store.create("Event", [
+        {"Subject": "Intro", "WhoId": lead, "StartDateTime": (t0 + timedelta(days=2)).isoformat(),
+         "DurationInMinutes": 30, "Meeting_Outcome__c": "Completed"},
+        {"Subject": "Intro", "WhoId": lead, "StartDateTime": t0.isoformat(),
+         "DurationInMinutes": 30, "Meeting_Outcome__c": "Canceled"},
+    ])  # fmt: skip
+    got = salesforce_outcomes.pull(sf_login(), None, outcome_field="Meeting_Outcome__c")
+    rows = got["meetings"].rows.set_index("meeting_id")
+    assert (rows.loc[held, "outcome"], rows.loc[cancelled, "outcome"]) == ("Completed", "Canceled")
+    users = pd.DataFrame({"email": ["kim@acme.io"], "first_seen": [t0 - timedelta(days=1)],
+                          "qualified_at": [t0 - timedelta(hours=1)]})  # fmt: skip
+    store_rows = outcomes._typed(got["meetings"].rows, "meetings")
+    no_wins = pd.DataFrame(columns=["deal_id", "email", "won_at", "amount"])
+    per_user = outcomes.attribute(users, store_rows, no_wins, 30, until=t0 + timedelta(days=40))
+    assert per_user["meeting_at"].iloc[0] == pd.Timestamp(t0 + timedelta(days=2))  # not the 1st

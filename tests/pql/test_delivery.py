@@ -72,11 +72,14 @@ def smtp_conn(smtp_server):
 
 def test_headline_numbers_are_the_reports_own(lake):
     h = delivery.headline(lake.reports(WEEK), WEEK)
-    assert (h.signups, h.pqls, h.pql_meetings, h.pql_won) == (120, 12, 4, 3)
-    assert h.pql_meeting_rate == 0.3333 and h.pql_won_rate == 0.25
+    assert (h.users, h.pqls) == (120, 12)
+    assert h.rates["pql_meeting"]["k"] == 4 and h.rates["pql_meeting"]["n"] == 12
+    assert h.rates["pql_won"]["text"] == "25.0% (3 of 12; 95% CI 8.9-53.2%)"
     assert delivery.subject(h) == (
-        "PQL weekly report, week of 2026-11-16: PQL→meeting 33.3%, PQL→won 25.0%"
+        "PQL weekly report, week of 2026-11-16: PQL→won 25.0% (3/12) vs non-PQL 0.0% (0/80)"
+        " — needs attention: median hours from qualifying to first sales touch (meeting)"
     )
+    assert h.lines[1].startswith("PQL→meeting 33.3% (4 of 12; 95% CI 13.8-60.9%) vs non-PQL")
     with pytest.raises(FileNotFoundError, match="write it first"):
         delivery.headline(lake.reports(WEEK) / "nope", WEEK)
 
@@ -92,10 +95,15 @@ def test_email_carries_the_page_the_csv_files_and_the_headline(lake, smtp_conn):
     ((rcpt, raw),) = received
     assert sorted(rcpt) == ["cro@acme.io", "revops@acme.io"]
     msg = email.message_from_bytes(raw, policy=policy.default)
-    assert msg["Subject"].startswith("PQL weekly report, week of 2026-11-16: PQL→meeting 33.3%")
+    assert msg["Subject"].startswith("PQL weekly report, week of 2026-11-16: PQL→won 25.0% (3/12)")
     assert msg["From"] == "pql@acme.io"
     body = msg.get_body(("html",)).get_content()
-    for figure in ("12 PQLs of 120 sign-ups", "PQL→meeting 33.3%", "PQL→won 25.0%"):
+    for figure in (
+        "12 PQLs of 120 users in all",
+        "PQL→meeting 33.3% (4 of 12; 95% CI",
+        "PQL→won 25.0% (3 of 12; 95% CI 8.9-53.2%)",
+        "Needs attention",
+    ):
         assert figure in body
     assert f'href="{URL}{WEEK}/"' in body
     files = {p.get_filename(): p.get_payload(decode=True) for p in msg.iter_attachments()}
@@ -117,8 +125,9 @@ def test_slack_summary_posts_headline_and_link_once(lake, sandbox):
     (msg,) = slack.messages(sandbox)
     text = msg["text"]
     assert text.startswith("*PQL weekly report — week of 2026-11-16*")
-    assert "12 PQLs of 120 sign-ups: 4 meetings, 3 won" in text
-    assert "PQL→meeting 33.3% (non-PQL 0.0%)" in text and "PQL→won 25.0%" in text
+    assert "12 PQLs of 120 users in all" in text
+    assert "PQL→meeting 33.3% (4 of 12; 95% CI 13.8-60.9%) vs non-PQL 0.0% (0 of 80" in text
+    assert "PQL→won 25.0% (3 of 12; 95% CI 8.9-53.2%)" in text
     assert f"<{URL}{WEEK}/|Open the report>" in text
     assert delivery.deliver(lake, rule, WEEK, slack=webhook)["already_sent"] == ["slack"]
     assert len(slack.messages(sandbox)) == 1

@@ -20,7 +20,7 @@ def _users():
         ("c@small.io", 1, True, 8, "Retail", "amplitude"),
         ("d@small.io", 1, False, 8, "Retail", "amplitude"),
         ("e@small.io", 2, False, 8, "Retail", "mixpanel"),
-        ("f@late.io", 80, True, None, None, "mixpanel"),  # window still open at as_of
+        ("f@late.io", 50, True, None, None, "mixpanel"),  # window still open at as_of
     ]
     rows = []
     for email, day, pql, employees, industry, source in spec:
@@ -75,7 +75,8 @@ def test_breakdowns_match_hand_computed_truth(tmp_path):
     tasks = pd.DataFrame(
         {"task_id": [1], "email": ["b@big.io"], "task_at": [q["b@big.io"] + pd.Timedelta(hours=3)]}
     )
-    per_user = outcomes.attribute(users, meetings, won, 30, tasks=tasks)
+    as_of = T0 + pd.Timedelta(days=60)  # f's 30-day window is open: it must not count
+    per_user = outcomes.attribute(users, meetings, won, 30, tasks=tasks, until=as_of)
     versions = metrics.qualifying_versions(metrics.scores_glob(lake.root / "scores"))
     assert dict(zip(versions["email"], versions["qualified_by"], strict=True)) == {
         "a@big.io": "weighted-1",
@@ -84,18 +85,18 @@ def test_breakdowns_match_hand_computed_truth(tmp_path):
         "f@late.io": "weighted-2",
     }
     frame = metrics.segmented(per_user, users, versions)
-    as_of = T0 + pd.Timedelta(days=60)  # f's 30-day window is open: it must not count
-    table = metrics.all_breakdowns(
-        frame, ["model_version", "size_band", "industry", "source"], as_of, 30
-    )
+    table = metrics.all_breakdowns(frame, ["model_version", "size_band", "industry", "source"])
     row = table.set_index(["dimension", "value", "group"]).to_dict("index")
 
     pql = row[("all", "all", "PQL")]
     assert (pql["users"], pql["mature_users"], pql["meetings"], pql["won"]) == (4, 3, 2, 2)
-    assert (pql["meeting_rate"], pql["won_rate"], pql["won_revenue"]) == (0.6667, 0.6667, 15_000)
+    assert pql["still_open"] == 1 and pql["note"] == ""
+    assert (pql["meeting_rate"], pql["won_rate"], pql["won_revenue"]) == (2 / 3, 2 / 3, 15_000)
+    assert (round(pql["won_low"], 4), round(pql["won_high"], 4)) == (0.2077, 0.9385)  # Wilson
     assert pql["median_days_to_meeting"] == 2.0  # 1 and 3 days
     assert pql["median_days_to_won"] == 15.0  # 10 and 20 days
     assert pql["median_hours_to_first_touch"] == 24.0  # 24 h (a), 3 h (b), 72 h (c)
+    assert pql["touched"] == 3
     non = row[("all", "all", "non-PQL")]
     assert (non["mature_users"], non["meeting_rate"], non["won_rate"]) == (2, 0.5, 0.0)
 
@@ -111,7 +112,10 @@ def test_breakdowns_match_hand_computed_truth(tmp_path):
     small = row[("size_band", "1-10", "PQL")]
     assert (big["won_rate"], small["won_rate"]) == (0.5, 1.0)
     late = row[("size_band", "unknown", "PQL")]
-    assert late["immature"] and pd.isna(late["won_rate"])  # immature, not a 0% rate
+    assert late["mature_users"] == 0 and pd.isna(late["won_rate"])  # too early, not 0%
+    assert late["note"] == "too early: first mature on 2026-11-28"
+    bands = list(table.loc[table["dimension"] == "size_band", "value"].drop_duplicates())
+    assert bands == ["1-10", "1001+", "unknown"]  # in their order, unknown last
     assert row[("source", "amplitude", "non-PQL")]["meeting_rate"] == 1.0
     assert row[("industry", "Retail", "non-PQL")]["users"] == 2
 
@@ -124,17 +128,11 @@ def test_report_page_and_csv_carry_the_breakdowns(tmp_path):
     users = _users()
     no_meetings = pd.DataFrame(columns=["meeting_id", "email", "meeting_at"])
     no_wins = pd.DataFrame(columns=["deal_id", "email", "won_at", "amount"])
-    per_user = outcomes.attribute(users, no_meetings, no_wins, 30)
-    frame = metrics.segmented(per_user, users)
-    table = metrics.all_breakdowns(frame, ["size_band"], T0 + pd.Timedelta(days=60), 30)
-    html = report.write(
-        Lake(tmp_path), date(2026, 11, 2), outcomes.cohort_rates(per_user, T0, 30),
-        outcomes.totals(per_user), generated_at=datetime(2026, 11, 9), window_days=30,
-        metrics=table,
-    )  # fmt: skip
+    weekly = report.compute(users, no_meetings, no_wins, week=date(2026, 11, 2), window_days=30,
+                            segments=["size_band"])  # fmt: skip
+    html = report.write(Lake(tmp_path), weekly, generated_at=datetime(2026, 11, 9))
     page = html.read_text()
     assert 'id="by-size_band"' in page and "Company size (employees)" in page
-    assert "immature" in page
     back = pd.read_csv(html.parent / "metrics.csv")
     assert set(back["dimension"]) == {"all", "cohort_week", "size_band"}
 
@@ -166,15 +164,16 @@ def test_account_level_attribution_from_the_pqa_snapshots(tmp_path):
          "won_at": [q["a@big.io"] + pd.Timedelta(days=10), T0 + pd.Timedelta(days=23)],
          "amount": [12_000.0, 3_000.0]}
     )  # fmt: skip
-    accounts = metrics.account_attribution(users, meetings, won, pqa, 30)
-    per_user = outcomes.attribute(users, meetings, won, 30)
-    table = metrics.all_breakdowns(
-        metrics.segmented(per_user, users), [], T0 + pd.Timedelta(days=60), 30, accounts=accounts
-    )
+    until = T0 + pd.Timedelta(days=60)
+    accounts = metrics.account_attribution(users, meetings, won, pqa, 30, until=until)
+    per_user = outcomes.attribute(users, meetings, won, 30, until=until)
+    table = metrics.all_breakdowns(metrics.segmented(per_user, users), [], accounts=accounts)
     row = table[table["dimension"] == "accounts"].set_index("group").to_dict("index")
     pqa_row, other = row["PQA"], row["non-PQA"]
-    # big.io (mature: met and won, 12,000) and late.io (qualified later: still immature)
-    assert (pqa_row["users"], pqa_row["mature_users"], pqa_row["won_rate"]) == (2, 1, 1.0)
+    # big.io (mature: met and won, 12,000); late.io qualified after this report's end
+    assert (pqa_row["users"], pqa_row["mature_users"], pqa_row["won_rate"]) == (1, 1, 1.0)
     assert pqa_row["won_revenue"] == 12_000
-    # small.io never qualified: it starts at its first sign-up, and its users' outcomes count
-    assert (other["users"], other["meeting_rate"], other["won_rate"]) == (1, 1.0, 1.0)
+    # small.io never qualified: it starts at its first sign-up, and its users' outcomes count;
+    # late.io is here a non-PQA still inside its window
+    assert (other["users"], other["mature_users"], other["still_open"]) == (2, 1, 1)
+    assert (other["meeting_rate"], other["won_rate"]) == (1.0, 1.0)

@@ -2,7 +2,8 @@
 
 `pull(hs, since)` returns what changed since `since` (everything when None) in the shape
 pql.outcomes keeps: per kind, the rows to hold and every record id the pull saw, so a meeting
-re-linked, a deal no longer closed-won or a task reopened replaces its old rows.
+re-linked, a deal no longer closed-won or a task reopened replaces its old rows. Meetings keep
+their `hs_meeting_outcome` (cancelled and no-show ones are left out of the rates by the report).
 
 Changes are found by the last-modified date (`hs_lastmodifieddate` on meetings, deals and
 tasks) through search_all, which pages past the search's 10,000-result cap. A first pull asks
@@ -129,7 +130,11 @@ def pull(hs: HubSpot, since: datetime | None) -> dict[str, Changes]:
             if c in emails
         ]
 
-    meeting_rows = rows("meetings", held, lambda p: {"at": pd.Timestamp(p["hs_timestamp"])})
+    meeting_rows = rows(
+        "meetings",
+        held,
+        lambda p: {"at": pd.Timestamp(p["hs_timestamp"]), "outcome": p.get("hs_meeting_outcome")},
+    )
     won_rows = rows(
         "deals",
         won,
@@ -159,6 +164,6 @@ def pull(hs: HubSpot, since: datetime | None) -> dict[str, Changes]:
 
 def _changes(kind: str, rows: list[dict], seen: list) -> Changes:
     _, id_col, at_col, columns = KINDS[kind]
-    frame = pd.DataFrame(rows, columns=["id", "email", "at", "amount"])
+    frame = pd.DataFrame(rows, columns=["id", "email", "at", "amount", "outcome"])
     frame = frame.rename(columns={"id": id_col, "at": at_col})[columns]
     return Changes(frame, {str(r.id) for r in seen})

@@ -62,19 +62,26 @@ def _email(record: dict, relation: str) -> str | None:
 
 
 def pull(
-    sf: Salesforce, since: datetime | None, *, login: Callable[[], Salesforce] | None = None
+    sf: Salesforce,
+    since: datetime | None,
+    *,
+    login: Callable[[], Salesforce] | None = None,
+    outcome_field: str | None = None,
 ) -> dict[str, Changes]:
     """Events, won Opportunities and closed Tasks changed since `since` (all when None).
 
-    `login`, if given, builds a fresh client when the session expires (once)."""
+    `login`, if given, builds a fresh client when the session expires (once). Events carry no
+    outcome in a standard org; `outcome_field` names a custom field that holds one (its values
+    are compared with config `outcomes.excluded_meeting_outcomes`)."""
     call = _Session(sf, login)
     where = f"SystemModstamp >= {soql_datetime(since)}" if since is not None else None
 
     def when(first: str) -> str:
         return f"WHERE {where}" if where else f"WHERE {first} AND IsDeleted = false"
 
+    extra = f", {outcome_field}" if outcome_field else ""
     events = _all(call, "SELECT Id, IsDeleted, WhoId, Who.Email, StartDateTime, ActivityDate, "
-                  "IsAllDayEvent FROM Event " + when("WhoId != null"))  # fmt: skip
+                  f"IsAllDayEvent{extra} FROM Event " + when("WhoId != null"))  # fmt: skip
     meeting_rows = []
     for e in events:
         at = _at(e.get("StartDateTime"))
@@ -82,7 +89,8 @@ def pull(
             at = _at(e.get("ActivityDate") and e["ActivityDate"] + "T00:00:00Z")
         email = _email(e, "Who")
         if not e.get("IsDeleted") and email and at is not None:
-            meeting_rows.append({"id": e["Id"], "email": email, "at": at})
+            outcome = {k.lower(): v for k, v in e.items()}.get((outcome_field or "").lower())
+            meeting_rows.append({"id": e["Id"], "email": email, "at": at, "outcome": outcome})
 
     opp_fields = "SELECT Id, IsDeleted, IsWon, CloseDate, Amount FROM Opportunity "
     opps = {r["Id"]: r for r in _all(call, opp_fields + when("IsWon = true"))}
@@ -147,6 +155,6 @@ def pull(
 
 def _changes(kind: str, rows: list[dict], seen) -> Changes:
     _, id_col, at_col, columns = KINDS[kind]
-    frame = pd.DataFrame(rows, columns=["id", "email", "at", "amount"])
+    frame = pd.DataFrame(rows, columns=["id", "email", "at", "amount", "outcome"])
     frame = frame.rename(columns={"id": id_col, "at": at_col})[columns]
     return Changes(frame, {r["Id"] for r in seen})
