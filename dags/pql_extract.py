@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, time
 
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 
-from pql.config import load
+from pql.config import EARLIEST, load
 from pql_airflow.assets import CANONICAL_EVENTS
 from pql_airflow.defaults import default_args
 from pql_airflow.pools import export_pool
@@ -19,7 +19,9 @@ def build(source_name: str, kind: str, schedule: str, conn_id: str):
         dag_id=f"pql_extract_{source_name}",
         description=f"{source_name} export → canonical events in the lake, one UTC day per run",
         schedule=CronDataIntervalTimetable(schedule, timezone="UTC"),
-        start_date=datetime(2026, 1, 1),
+        # Any day can be run (a backfill of history): a day before the source's start_date
+        # fails in its task, saying why, instead of being skipped as "success".
+        start_date=datetime.combine(EARLIEST, time(), UTC),
         catchup=False,
         max_active_runs=1,
         tags=["pql", "extract"],

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, time
 
 from airflow.sdk import Param, dag, task
 
-from pql.config import load
+from pql.config import EARLIEST, load
 from pql_airflow.assets import CANONICAL_EVENTS, SCORES
 from pql_airflow.defaults import default_args
 from pql_airflow.pools import CRM
@@ -18,7 +18,7 @@ CFG = load()
     dag_id="pql_score_sync",
     description="features → score (weighted, threshold or predictive) with reasons → CRM",
     schedule=[CANONICAL_EVENTS],
-    start_date=datetime(2026, 1, 1),
+    start_date=datetime.combine(EARLIEST, time(), UTC),  # config start dates: checked in tasks
     catchup=False,
     max_active_runs=1,
     tags=["pql", "score", "crm"],

@@ -3,11 +3,11 @@ only what changed since the last run) → PQL→meeting and PQL→won report."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime, time
 
 from airflow.sdk import CronDataIntervalTimetable, dag, task
 
-from pql.config import load
+from pql.config import EARLIEST, load
 from pql_airflow.defaults import default_args
 from pql_airflow.pools import CRM, NOTIFY
 
@@ -18,7 +18,7 @@ CFG = load()
     dag_id="pql_weekly_outcomes",
     description="CRM meetings + won deals joined to PQL history → conversion report (HTML + CSV)",
     schedule=CronDataIntervalTimetable(CFG.outcomes.schedule, timezone="UTC"),
-    start_date=datetime(2026, 1, 5),
+    start_date=datetime.combine(EARLIEST, time(), UTC),  # config start dates: checked in tasks
     catchup=False,
     max_active_runs=1,
     tags=["pql", "report"],

@@ -40,7 +40,10 @@ def main() -> None:
     help="Config file (default: $PQL_CONFIG or config/pql.yaml).",
 )
 @click.option("--features", is_flag=True, help="Also list the feature names rules may use.")
-def validate(path: Path | None, features: bool) -> None:
+@click.option("--lake", "against_lake", is_flag=True,
+              help="Also check the config against the events in the lake: names never seen "
+              "(with the nearest that are) and features that are 0 for everyone.")  # fmt: skip
+def validate(path: Path | None, features: bool, against_lake: bool) -> None:
     """Check a config file; print every mistake with its key path and line."""
     try:
         cfg = config_mod.load(path)
@@ -65,6 +68,19 @@ def validate(path: Path | None, features: bool) -> None:
         click.echo("features a rule or model may name:")
         for name in cfg.features.names():
             click.echo(f"  {name}")
+    if against_lake:
+        from pql import jobs
+
+        found = jobs.check_against_lake(cfg)
+        for line in found:
+            click.echo(f"  - {line}")
+        if found:
+            click.echo(
+                f"{len(found)} problem(s) between the config and the events in "
+                f"{cfg.lake.root}: fix the names (or the tracking), then re-run"
+            )
+            sys.exit(1)
+        click.echo(f"ok: every name the config uses occurs in the events in {cfg.lake.root}")
 
 
 # --- extract and events ----------------------------------------------------------------
@@ -142,9 +158,50 @@ def extract(config_path, source_name, first, last, window_days) -> None:
         + (f", {retries} fetched again" if (retries := result["fetch_retries"]) else "")
         + ")"  # fmt: skip
     )
+    if "profiles" in result:
+        p = result["profiles"]
+        click.echo(f"profile emails: {p['found']:,} found for {p['looked_up']:,} users whose "
+                   "events had none (Mixpanel Engage)")  # fmt: skip
 
 
 # --- scoring: backtest and training --------------------------------------------------------
+
+
+@main.command()
+@config_option
+@click.option(
+    "--day",
+    type=click.DateTime(["%Y-%m-%d"]),
+    default=None,
+    help="Score as of the end of this UTC day (default: the newest day extracted).",
+)
+def score(config_path, day) -> None:
+    """Score every user as the DAG does and write the scores to the lake; no CRM call.
+
+    Firmographics come from the enrichment cache in the lake (the DAG's enrich step fills it).
+    """
+    from pql import jobs
+
+    cfg = _load(config_path)
+    try:
+        day = day.date() if day else jobs.newest_events_day(cfg)
+        result = jobs.score(cfg, day)
+        new, sample = jobs.new_pqls(cfg, day)
+    except (LookupError, FileNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    share = result["pqls"] / result["users"] if result["users"] else 0.0
+    click.echo(f"scored {result['users']:,} users as of the end of {day}: {result['pqls']:,} "
+               f"flagged ({share:.1%}), {new:,} new PQLs; {result['pqas']:,} of "
+               f"{result['accounts']:,} accounts qualified")  # fmt: skip
+    if len(sample):
+        table = Table(title=f"new PQLs of {day} (best first)")
+        for col in ("email", "score", "qualified at", "reasons"):
+            table.add_column(col)
+        for r in sample.itertuples():
+            table.add_row(str(r.email or "(no email)"), f"{r.score:.0f}",
+                          f"{r.qualified_at:%Y-%m-%d %H:%M:%S}", r.reasons or "")  # fmt: skip
+        _print(table)
+    click.echo(f"written: {result['scores_path']}")
 
 
 @main.command()
@@ -391,10 +448,19 @@ def sandbox() -> None:
     show_default=True,
     help="Which CRM emulator a new world's CRM records go to.",
 )
-def sandbox_start(root, seed, users, days, port, crm) -> None:
-    """Start the sandbox server (building a world first if the folder has none)."""
+@click.option("--empty", is_flag=True,
+              help="Start the emulators with no world: nothing in Mixpanel, Amplitude or the "
+              "CRMs (load your own export and records).")  # fmt: skip
+def sandbox_start(root, seed, users, days, port, crm, empty) -> None:
+    """Start the sandbox server (building a world first if the folder has none, unless
+    --empty)."""
     crms = ("hubspot", "salesforce") if crm == "both" else (crm,)
-    info = _start_sandbox(_sandbox_root(root), seed, users, days, port, crms)
+    if empty:
+        from sandbox import server
+
+        info = server.start(_sandbox_root(root), port)
+    else:
+        info = _start_sandbox(_sandbox_root(root), seed, users, days, port, crms)
     console.print(
         f"sandbox running at {info['base_url']} (pid {info['pid']}, state {info['root']})"
     )

@@ -89,6 +89,7 @@ class MixpanelSource(Strict):
     time_mode: Literal["auto", "utc", "local"] = "auto"
     profile_lookup: bool = True  # ask Engage for the email of users whose events have none
     queries_per_hour: int = Field(60, gt=0, le=3600)  # Mixpanel's export budget per project
+    start_date: date | None = None  # the first day to extract; earlier runs fail (None: any)
     fetch_attempts: int = Field(6, ge=1, le=20)  # per window: errors and cut downloads, then fail
 
     @field_validator("project_timezone")
@@ -136,6 +137,7 @@ class AmplitudeSource(Strict):
     bad_line_threshold: float = Field(0.01, ge=0, le=1)
     lookback_days: int = Field(2, ge=0, le=30)
     availability_delay_hours: int = Field(3, ge=0, le=48)
+    start_date: date | None = None  # the first day to extract; earlier runs fail (None: any)
     fetch_attempts: int = Field(6, ge=1, le=20)  # per window: errors and cut downloads, then fail
 
 
@@ -562,11 +564,20 @@ class Config(Strict):
             raise ValueError(f"source names must be unique; repeated: {', '.join(dupes)}")
         return self
 
+    def first_day(self) -> date:
+        """The first day the pipeline covers: the earliest source start_date, else EARLIEST
+        (so a backfill of any day with data runs its tasks)."""
+        days = [s.start_date for s in self.sources if s.start_date]
+        return min(days) if days else EARLIEST
+
     def source(self, name: str) -> Source:
         for s in self.sources:
             if s.name == name:
                 return s
         raise KeyError(f"no source named {name!r}; configured: {[s.name for s in self.sources]}")
+
+
+EARLIEST = date(2010, 1, 1)  # the DAGs' start when no source sets a start_date
 
 
 class ConfigError(Exception):

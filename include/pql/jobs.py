@@ -14,7 +14,7 @@ import pandas as pd
 import requests
 from hubspot import HubSpot
 
-from pql import enrich, enrich_api, metrics, outcomes, report, scores
+from pql import datacheck, enrich, enrich_api, metrics, outcomes, report, scores
 from pql.config import Config
 from pql.crm import hubspot as crm_hubspot
 from pql.events import amplitude, mixpanel, profiles
@@ -44,19 +44,9 @@ def extract(
     """Export `day` and the look-back days before it; each day's partition is replaced whole."""
     src = cfg.source(source_name)
     back = src.lookback_days if lookback_days is None else lookback_days
-    result = extract_range(
+    return extract_range(
         cfg, source_name, day - timedelta(days=back), day, session, host, window_days=back + 1
     )
-    if src.kind == "mixpanel" and src.profile_lookup:
-        result["profiles"] = profiles.refresh(
-            session,
-            Lake(cfg.lake.root),
-            src.name,
-            profiles.engage_url(src.residency, host),
-            src.project_id,
-            conn_id=src.connection_id,
-        )
-    return result
 
 
 def extract_range(
@@ -70,10 +60,17 @@ def extract_range(
     window_days: int = 7,
     progress=None,
 ) -> dict:
-    """Export first..last in windows of `window_days` (one API call each): backfills and runs."""
+    """Export first..last in windows of `window_days` (one API call each), then look up the
+    profile emails of users whose events have none: daily runs and backfills alike."""
     src = cfg.source(source_name)
     if first > last:
         raise ValueError(f"--from {first} is after --to {last}")
+    if src.start_date and last < src.start_date:
+        raise ValueError(
+            f"{source_name} {first}..{last} is before the source's start_date {src.start_date} "
+            "in the config: nothing to extract there. Move start_date back to extract it."
+        )
+    first = max(first, src.start_date) if src.start_date else first
     # Mixpanel counts export queries per project: 60 an hour and 3 a second by default; every
     # fetch spends the budget, retries included.
     per_hour = getattr(src, "queries_per_hour", 3600)
@@ -102,7 +99,20 @@ def extract_range(
             progress((end - start).days + 1)
         start = end + timedelta(days=1)
     log.info("extract %s %s..%s: %s", source_name, first, last, totals)
-    return {"source": source_name, "first": first.isoformat(), "last": last.isoformat(), **totals}
+    result = {"source": source_name, "first": first.isoformat(), "last": last.isoformat(),
+              **totals}  # fmt: skip
+    if src.kind == "mixpanel" and src.profile_lookup:
+        # Emails of users whose events carry none, from their Mixpanel profiles (Engage): the
+        # DAG and the CLI's backfills alike.
+        result["profiles"] = profiles.refresh(
+            session,
+            Lake(cfg.lake.root),
+            src.name,
+            profiles.engage_url(src.residency, host),
+            src.project_id,
+            conn_id=src.connection_id,
+        )
+    return result
 
 
 def newest_events_day(cfg: Config) -> date:
@@ -189,8 +199,43 @@ def score(cfg: Config, day: date, *, spark_submit=None) -> dict:
     `spark_submit(job)`: how to run the Spark feature job on a cluster (features.engine spark
     with features.spark.submit; in Airflow, pql_airflow.spark.submitter).
     """
-    accounts = enrich.read(Lake(cfg.lake.root))
-    return scores.score_day(cfg, day, accounts, spark_submit=spark_submit)
+    lake = Lake(cfg.lake.root)
+    result = scores.score_day(cfg, day, enrich.read(lake), spark_submit=spark_submit)
+    # A misspelled event or property validates as config and then never matches: say so.
+    unseen = datacheck.unseen_names(cfg, lake)
+    for line in unseen:
+        log.warning("config vs data: %s", line)
+    return {**result, "config_warnings": len(unseen)}
+
+
+def check_against_lake(cfg: Config) -> list[str]:
+    """Every name the config uses that the lake's events never hold, and every catalogue
+    feature that is 0 for all users as of the end of the newest day (pql validate --lake)."""
+    lake = Lake(cfg.lake.root)
+    try:
+        day = newest_events_day(cfg)
+    except LookupError as e:
+        return [str(e)]
+    as_of = datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC)
+    feats = scores.features_at(cfg, lake, as_of, enrich.read(lake))
+    return datacheck.check(cfg, lake, feats, as_of)
+
+
+def new_pqls(cfg: Config, day: date, sample: int = 10) -> tuple[int, pd.DataFrame]:
+    """How many users first qualified in `day`'s snapshot, and up to `sample` of them (email,
+    score, qualified_at, reasons), best scores first."""
+    lake = Lake(cfg.lake.root)
+    path = lake.scores(day) / "scores.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"no scores for {day} at {path}: run pql score --day {day}")
+    snap = pd.read_parquet(path)
+    before = scores.previous_snapshot(lake, day)
+    seen = (
+        set(before.loc[before["qualified_at"].notna(), "user_key"]) if before is not None else set()
+    )
+    new = snap[snap["qualified_at"].notna() & ~snap["user_key"].isin(seen)]
+    cols = ["email", "score", "qualified_at", "reasons"]
+    return len(new), new.sort_values("score", ascending=False)[cols].head(sample)
 
 
 def sync(cfg: Config, day: date, hs, *, dry_run: bool = False, login=None) -> dict:
@@ -201,7 +246,9 @@ def sync(cfg: Config, day: date, hs, *, dry_run: bool = False, login=None) -> di
     """
     path = Lake(cfg.lake.root).scores(day) / "scores.parquet"
     if not path.exists():
-        raise FileNotFoundError(f"no scores for {day} at {path}: run the score step first")
+        raise FileNotFoundError(
+            f"no scores for {day} at {path}: run `pql score --day {day}` (or the score DAG) first"
+        )
     lake = Lake(cfg.lake.root)
     accounts = path.parent / "accounts.parquet"
     if cfg.crm.kind == "salesforce":
@@ -234,7 +281,9 @@ def route(cfg: Config, day: date, crm, slack=None, *, login=None) -> dict:
 
     path = Lake(cfg.lake.root).scores(day) / "scores.parquet"
     if not path.exists():
-        raise FileNotFoundError(f"no scores for {day} at {path}: run the score step first")
+        raise FileNotFoundError(
+            f"no scores for {day} at {path}: run `pql score --day {day}` (or the score DAG) first"
+        )
     return routing.route(
         Lake(cfg.lake.root), cfg.routing, pd.read_parquet(path), crm=crm, target=cfg.crm,
         login=login, slack=slack,
@@ -301,6 +350,11 @@ def weekly_report(cfg: Config, week: date, crm, *, login=None, full_pull: bool =
     """
     lake = Lake(cfg.lake.root)
     until = datetime.combine(week + timedelta(days=7), datetime.min.time(), UTC)
+    if week + timedelta(days=6) < cfg.first_day():
+        raise ValueError(
+            f"the week of {week} ends before the first day the config covers "
+            f"({cfg.first_day()}, the earliest sources[].start_date): no report for it"
+        )
     store, pulled = pull_outcomes(cfg, crm, login=login, full=full_pull)
     upto = outcomes.as_of(store, until)
     meetings, won, tasks = upto["meetings"], upto["won"], upto["tasks"]
