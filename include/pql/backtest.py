@@ -101,6 +101,8 @@ def _per_user(h: pd.DataFrame, outcomes: pd.DataFrame, target: str) -> pd.DataFr
         on="email",
         how="left",
     )
+    # With no outcome pulled yet the column holds no timestamp at all: make it one.
+    users["converted_at"] = pd.to_datetime(users["converted_at"], utc=True)
     users["pql"] = users["qualified_at"].notna()
     # Caught: flagged at a replayed moment before the conversion happened.
     users["caught"] = users["pql"] & (users["qualified_at"] <= users["converted_at"])

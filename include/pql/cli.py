@@ -170,6 +170,68 @@ def extract(config_path, source_name, first, last, window_days) -> None:
 @main.command()
 @config_option
 @click.option(
+    "--out",
+    "out_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where to write the proposed config (default: <config>.proposed.yaml).",
+)
+@click.option("--target", type=click.Choice(["won", "meeting"]), default="won",
+              show_default=True, help="The outcome the proposal should predict.")  # fmt: skip
+def init(config_path, out_path, target) -> None:
+    """Propose a PQL definition for this product from the events in the lake (and the CRM
+    outcomes the weekly pulls kept): signals, a threshold flagging 5-15% of users, and the
+    backtest of the proposal. Nothing is changed but the file written."""
+    from pql import config as config_mod
+    from pql import propose
+
+    cfg = _load(config_path)
+    source = Path(config_path or os.environ.get("PQL_CONFIG") or config_mod.DEFAULT_CONFIG)
+    out_path = out_path or source.with_name(source.stem + ".proposed.yaml")
+    with Progress(console=console, transient=True) as bar:
+        bar.add_task("reading the events, scoring the proposal, backtesting it", total=None)
+        try:
+            p = propose.propose(cfg, target=target)
+        except (LookupError, ValueError) as e:
+            raise click.ClickException(str(e)) from None
+    click.echo(f"events in {cfg.lake.root}: " + (
+        f"outcomes-based (converters: a {target} after doing them)" if p.basis == "outcomes"
+        else "usage-based: no CRM outcomes yet, proposing from usage alone"))  # fmt: skip
+    table = Table()
+    cols = ["event", "events", "users"] + (
+        ["converters did it", "others did it", "ratio"] if p.basis == "outcomes" else []
+    )
+    for col in cols:
+        table.add_column(col)
+    chosen = set(p.config.features.events)
+    for r in p.events.head(25).itertuples():
+        row = [("* " if r.event in chosen else "  ") + r.event, f"{r.events:,}",
+               f"{r.users_share:.1%}"]  # fmt: skip
+        if p.basis == "outcomes":
+            row += [f"{r.converters_share:.1%}", f"{r.others_share:.1%}", f"{r.ratio:.1f}x"]
+        table.add_row(*row)
+    _print(table)
+    m = p.config.model
+    click.echo(f"proposed: weighted model {m.version}, {len(m.signals)} signals (* above, "
+               f"{m.signals[0].window_days}-day windows), threshold {m.threshold:.0f}: flags "
+               f"{p.flagged.text()} of users as of {p.as_of:%Y-%m-%d}")  # fmt: skip
+    if p.note:
+        click.echo(f"note: {p.note}")
+    if p.backtest is not None:
+        s = p.backtest.summary
+        for c in s["checks"]:
+            judged = c["status"] if c["detail"] in ("", c["text"]) else c["detail"]
+            click.echo(f"backtest {c['check']}: {c['text']} — {judged}")
+        click.echo(f"backtest verdict: {s['verdict']}")
+    written = propose.write(p, source, out_path)
+    click.echo(f"written: {written}")
+    click.echo(f"next: edit it, then pql validate --lake --config {written} and "
+               f"pql backtest --config {written} --from ... --to ...")  # fmt: skip
+
+
+@main.command()
+@config_option
+@click.option(
     "--day",
     type=click.DateTime(["%Y-%m-%d"]),
     default=None,

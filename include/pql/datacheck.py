@@ -64,14 +64,15 @@ def nearest(name: str, counts: dict[str, int], n: int = 3) -> list[str]:
     exact = [lower[name.lower()]] if name.lower() in lower else []
     close = difflib.get_close_matches(name.lower(), list(lower), n=n, cutoff=0.6)
     found = list(dict.fromkeys(exact + [lower[c] for c in close]))
-    return sorted(found, key=lambda k: -counts[k])[:n]
+    return sorted(found, key=lambda k: (-counts[k], k))[:n]
 
 
 def _suggest(name: str, counts: dict[str, int]) -> str:
     near = nearest(name, counts)
     if not near:
-        top = sorted(counts, key=lambda k: -counts[k])[:5]
-        return "; the most frequent are " + ", ".join(f"{k!r} ({counts[k]:,})" for k in top)
+        top = sorted(counts, key=lambda k: (-counts[k], k))[:12]
+        more = f" (and {len(counts) - len(top)} more)" if len(counts) > len(top) else ""
+        return "; there are " + ", ".join(f"{k!r} ({counts[k]:,})" for k in top) + more
     return "; did you mean " + " or ".join(f"{k!r} ({counts[k]:,} events)" for k in near) + "?"
 
 

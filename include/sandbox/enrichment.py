@@ -138,6 +138,7 @@ def _load_accounts(path) -> dict[str, world.Account]:
     doc = json.loads(path.read_text())
     doc["start"] = date.fromisoformat(doc["start"])
     doc.pop("end", None)
+    doc["event_names"] = tuple(tuple(pair) for pair in doc.get("event_names", ()))
     spec = world.WorldSpec(**doc)
     return {a.domain: a for a in world.accounts(spec)}
 

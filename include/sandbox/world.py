@@ -143,6 +143,9 @@ class WorldSpec:
     free_email_share: float = 0.25
     anonymous_visitors: int = 300
     duplicate_share: float = 0.004
+    # Another product: the demo's event names renamed, e.g. (("Core Feature Used",
+    # "Dashboard Built"), ...); buyers behave the same, under the other names.
+    event_names: tuple[tuple[str, str], ...] = ()
 
     @property
     def end(self) -> datetime:
@@ -289,6 +292,17 @@ def _business_time(rng: random.Random, t: datetime) -> datetime:
 
 def events(spec: WorldSpec, user: User) -> Iterator[dict]:
     """The user's events as Mixpanel export lines, in time order, up to the end of the world."""
+    return _renamed(spec, _events(spec, user))
+
+
+def _renamed(spec: WorldSpec, lines: Iterator[dict]) -> Iterator[dict]:
+    names = dict(spec.event_names)
+    if not names:
+        return lines
+    return ({**line, "event": names.get(line["event"], line["event"])} for line in lines)
+
+
+def _events(spec: WorldSpec, user: User) -> Iterator[dict]:
     rng = rng_for(spec, "events", user.user_id)
     end = spec.end
     base = {
@@ -387,6 +401,10 @@ def _line(rng: random.Random, name: str, t: datetime, base: dict, extra: dict) -
 
 def anonymous_events(spec: WorldSpec) -> Iterator[dict]:
     """Visitors who never sign up: device ids only, never an email (they must never be scored)."""
+    return _renamed(spec, _anonymous_events(spec))
+
+
+def _anonymous_events(spec: WorldSpec) -> Iterator[dict]:
     for i in range(spec.anonymous_visitors):
         rng = rng_for(spec, "visitor", i)
         device = f"{rng.getrandbits(48):012x}"

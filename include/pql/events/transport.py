@@ -160,7 +160,7 @@ def download(
     for attempt in range(1, attempts + 1):
         last = attempt == attempts
         if budget and (waited := budget.acquire()):
-            log.info("waited %.0fs for the export query budget", waited)
+            log.info("waited %.1fs for the export query budget", waited)
         try:
             resp = session.request("GET", url, stream=True, **kwargs)
         except requests.ConnectionError as e:
