@@ -44,3 +44,30 @@ def test_sandbox_lifecycle(tmp_path):
     assert "stopped" in stopped.output
     after = runner.invoke(cli.main, ["sandbox", "status", "--root", root])
     assert after.exit_code == 3 and "not running" in after.output
+
+
+def test_an_empty_sandbox_has_vendors_up_and_nothing_in_them(tmp_path):
+    runner = CliRunner()
+    root = str(tmp_path / "empty")
+    started = runner.invoke(cli.main, ["sandbox", "start", "--root", root, "--empty"])
+    assert started.exit_code == 0, started.output
+    assert "world:" not in started.output and "sandbox running at" in started.output
+    try:
+        env = runner.invoke(cli.main, ["sandbox", "env", "--root", root])
+        exports = dict(
+            line.removeprefix("export ").split("=", 1) for line in env.output.strip().splitlines()
+        )
+        hub = json.loads(exports["AIRFLOW_CONN_HUBSPOT_DEFAULT"].strip("'"))
+        resp = requests.get(
+            f"{hub['host']}/crm/v3/objects/contacts?limit=5",
+            headers={"Authorization": f"Bearer {hub['password']}"},
+            timeout=10,
+        )
+        assert resp.status_code == 200 and resp.json()["results"] == []
+        mp = json.loads(exports["AIRFLOW_CONN_MIXPANEL_DEFAULT"].strip("'"))
+        export = requests.get(f"{mp['host']}/api/2.0/export", auth=(mp["login"], mp["password"]),
+                              params={"from_date": "2026-01-01", "to_date": "2026-01-02",
+                                      "project_id": 3141592}, timeout=10)  # fmt: skip
+        assert export.status_code == 200 and export.content == b""
+    finally:
+        runner.invoke(cli.main, ["sandbox", "stop", "--root", root])
