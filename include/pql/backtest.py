@@ -51,9 +51,9 @@ def run(
 ) -> Backtest:
     """Score as of the end of each day first..last (every `every_days`) and compare to outcomes.
 
-    A conversion is caught when the user was flagged at a replayed moment before converting;
-    rates count conversions within the attribution window after qualifying (PQLs) or first
-    seen (everyone else).
+    A user qualifies at the moment of their qualifying event (found between the replays, as
+    the daily run does); a conversion is caught when that moment came before it. Rates count
+    conversions within the attribution window after qualifying (PQLs) or first seen.
     """
     lake = Lake(cfg.lake.root)
     days = pd.date_range(first, last, freq=f"{every_days}D").date
@@ -71,6 +71,7 @@ def run(
         if progress:
             progress(k, len(days))
     h = pd.concat(history, ignore_index=True)
+    h["qualified_at"] = _moments(cfg, lake, accounts, h)
     users = _per_user(h, labels.first_outcomes(lake), target)
     window = pd.Timedelta(days=cfg.outcomes.attribution_window_days)
     known = labels.known_until(lake) or pd.Timestamp(last + timedelta(days=1), tz="UTC")
@@ -83,6 +84,23 @@ def run(
     return Backtest(summary, _bands(users), _signals(lake, users, last), users)
 
 
+def _moments(cfg: Config, lake: Lake, accounts: pd.DataFrame, h: pd.DataFrame) -> pd.Series:
+    """For each replayed row, the moment its user qualified, as the daily run stamps it: the
+    qualifying event's moment between the replay before the first one that flagged them and
+    that one (scores.qualifying_moments), not the replay's midnight."""
+    at = pd.to_datetime(h["as_of"], utc=True)
+    first = at[h["flag"].astype(bool)].groupby(h["user_key"]).min()
+    replays = sorted(at.unique())
+    previous = {b: (replays[i - 1] if i else pd.NaT) for i, b in enumerate(replays)}
+    candidates = pd.DataFrame({"user_key": list(first.index), "before": list(first),
+                               "after": [previous[b] for b in first]})  # fmt: skip
+    if candidates.empty:
+        return pd.Series(pd.NaT, index=h.index, dtype="datetime64[us, UTC]")
+    moments = scores.qualifying_moments(cfg, lake, accounts, candidates)
+    when = pd.to_datetime(h["user_key"].map(moments), utc=True)
+    return when.where(h["flag"].astype(bool))
+
+
 def _per_user(h: pd.DataFrame, outcomes: pd.DataFrame, target: str) -> pd.DataFrame:
     g = h.groupby("user_key")
     users = pd.DataFrame(
@@ -90,7 +108,7 @@ def _per_user(h: pd.DataFrame, outcomes: pd.DataFrame, target: str) -> pd.DataFr
             "email": g["email"].last(),
             "first_seen": g["first_seen"].min(),
             "max_score": g["score"].max(),
-            "qualified_at": h[h["flag"]].groupby("user_key")["as_of"].min(),
+            "qualified_at": h[h["flag"]].groupby("user_key")["qualified_at"].min(),
         }
     ).reset_index()
     users["qualified_at"] = pd.to_datetime(users["qualified_at"], utc=True)

@@ -15,9 +15,11 @@ pyspark is imported only when a session is needed (it is heavy, and not needed t
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import warnings
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -28,7 +30,15 @@ import pyarrow.parquet as pq
 
 from pql import spark_job
 from pql.config import Config, Features, WeightedModel
-from pql.features import SPARK, aggregates, as_utc, feature_sql, output_schema, to_frame
+from pql.features import (
+    SPARK,
+    When,
+    aggregates,
+    as_utc,
+    feature_sql,
+    output_schema,
+    to_frame,
+)
 from pql.lake import Lake
 
 # In-process sessions on a local master: loopback only, no web UI or progress bars in task logs.
@@ -79,26 +89,33 @@ def session(options: Features.Spark | None = None):
 
 def user_features(
     events_glob: str,
-    as_of: datetime,
+    as_of: When,
     features: Features,
     free_email_domains: list[str],
     *,
     profiles: str | None = None,
     model: WeightedModel | None = None,
+    users: Sequence[str] | None = None,
     spark=None,
 ) -> pd.DataFrame:
-    """features.user_features on Spark: the same rows, columns and types.
+    """features.user_features on Spark: the same rows, columns and types (`users` and pairs
+    of `as_of` are written into the query).
 
     `spark`: a SparkSession to use (default: `session(features.spark)`); each call runs in its
     own SQL session of it, so its views and settings do not leak.
     """
+    pairs = isinstance(as_of, pd.DataFrame)
     columns = aggregates(features, as_of, model, SPARK)
+    schema = output_schema(columns, pairs)
+    if (pairs and as_of.empty) or (users is not None and not len(users)):
+        return to_frame(schema.empty_table(), schema)
     prof = spark_job.PROFILES if profiles else None
-    sql = feature_sql(SPARK, spark_job.EVENTS, as_of, columns, free_email_domains, prof)
+    free = free_email_domains
+    sql = feature_sql(SPARK, spark_job.EVENTS, as_of, columns, free, prof, users=users)
     sql_session = (spark or session(features.spark)).newSession()
     with _no_pandas_warning():
         table = spark_job.run(sql_session, sql, events_glob, profiles).toArrow()
-    return to_frame(table, output_schema(columns))
+    return to_frame(table, schema)
 
 
 def lake_uri(root: Path, options: Features.Spark):
@@ -111,14 +128,24 @@ def lake_uri(root: Path, options: Features.Spark):
     return uri
 
 
-def job(cfg: Config, lake: Lake, as_of: datetime, *, profiles: bool) -> SparkJob:
-    """The spark-submit of the feature frame as of `as_of` for this lake and config."""
+def job(
+    cfg: Config,
+    lake: Lake,
+    as_of: datetime,
+    *,
+    profiles: bool,
+    users: Sequence[str] | None = None,
+) -> SparkJob:
+    """The spark-submit of the feature frame as of `as_of` for this lake and config (of only
+    `users`, if given: then in a folder of its own)."""
     options = cfg.features.spark
     columns = aggregates(cfg.features, as_of, cfg.model, SPARK)
     prof = spark_job.PROFILES if profiles else None
     free = cfg.identity.free_email_domains
-    sql = feature_sql(SPARK, spark_job.EVENTS, as_of, columns, free, prof)
+    sql = feature_sql(SPARK, spark_job.EVENTS, as_of, columns, free, prof, users=users)
     stamp = f"{as_utc(as_of):%Y%m%dT%H%M%SZ}"
+    if users is not None:
+        stamp += "-users-" + hashlib.sha256("\n".join(sorted(users)).encode()).hexdigest()[:12]
     out = lake.root / "features" / f"as_of={stamp}"
     uri = lake_uri(lake.root, options)
     args = ["--events", uri(lake.events_glob()), "--out", uri(out)]
@@ -142,12 +169,22 @@ def read_output(out: Path, features: Features, as_of: datetime, model) -> pd.Dat
     return to_frame(table, output_schema(aggregates(features, as_of, model, SPARK)))
 
 
-def lake_features(cfg: Config, lake: Lake, as_of: datetime, *, profiles: bool, submit=None):
-    """The frame for this lake on Spark: submitted through `submit(job)` when given (and
-    `features.spark.submit`), else in this process on `features.spark.master`."""
+def lake_features(
+    cfg: Config,
+    lake: Lake,
+    as_of: datetime,
+    *,
+    profiles: bool,
+    submit=None,
+    users: Sequence[str] | None = None,
+):
+    """The frame for this lake on Spark (of only `users`, if given): submitted through
+    `submit(job)` when given (and `features.spark.submit`), else in this process on
+    `features.spark.master`."""
     options = cfg.features.spark
-    if options.submit and submit is not None:
-        spec = job(cfg, lake, as_of, profiles=profiles)
+    some = users is None or len(users) > 0  # no users: no job, the empty frame below
+    if options.submit and submit is not None and some:
+        spec = job(cfg, lake, as_of, profiles=profiles, users=users)
         submit(spec)
         return read_output(spec.out, cfg.features, as_of, cfg.model)
     uri = lake_uri(lake.root, options)
@@ -159,4 +196,5 @@ def lake_features(cfg: Config, lake: Lake, as_of: datetime, *, profiles: bool, s
         cfg.identity.free_email_domains,
         profiles=prof,
         model=cfg.model,
+        users=users,
     )

@@ -97,6 +97,7 @@ def _summary(folder: Path, week: str) -> dict:
         h = delivery.headline(folder, date.fromisoformat(week))
     except (FileNotFoundError, KeyError, ValueError):
         return {}
+
     def short(key: str) -> str:
         r = h.rates.get(key, {})
         return f"{100 * r['rate']:.1f}% ({r['k']:,}/{r['n']:,})" if r.get("n") else "too early"

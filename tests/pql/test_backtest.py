@@ -35,7 +35,7 @@ def _cfg(lake: Lake, path: Path = ROOT / "config" / "pql.yaml", window: int = 90
 
 
 def test_backtest_figures_follow_from_the_world(lake):
-    cfg = _cfg(lake, window=21)  # the PQLs of the first replays are mature by the world's end
+    cfg = _cfg(lake, window=30)  # the PQLs of the first replays are mature by the world's end
     result = backtest.run(cfg, FIRST, LAST, enrich.read(lake), every_days=7)
     s, users = result.summary, result.users
     truth = {u.email: world.outcome(SPEC, u).won_at for u in world.users(SPEC)}
@@ -61,7 +61,7 @@ def test_backtest_figures_follow_from_the_world(lake):
     rest = mature[~mature["pql"]]
     if rest["converted_after"].any():
         assert float(s["lift"].rstrip("x")) > 5
-    else:  # no non-PQL converted within 21 days: said in words, no ratio
+    else:  # no non-PQL converted within the window: said in words, no ratio
         assert s["lift"] == "no conversions on the other side to compare with"
     assert 0.03 < checks["share of users flagged"]["value"] < 0.30
     assert checks["share of conversions caught"]["value"] > 0.5

@@ -14,7 +14,7 @@ from pql.lake import Lake
 from sandbox import lakegen, seed, world
 from sandbox.salesforce import connection_env
 
-DAYS = 35
+DAYS = 49
 SPEC = world.WorldSpec(seed=5, start=date.today() - timedelta(days=DAYS + 1), days=DAYS,
                        users=400, accounts=80)  # fmt: skip
 
@@ -25,8 +25,8 @@ def test_report_on_salesforce_matches_the_worlds_truth(sandbox, tmp_path, monkey
     monkeypatch.delenv("PQL_LAKE", raising=False)
     cfg_path = tmp_path / "pql.yaml"
     text = config.DEFAULT_CONFIG.read_text().replace("root: ../var/lake", f"root: {tmp_path}")
-    # A 14-day window: the first weeks of this 35-day world are mature by the report's end.
-    text = text.replace("attribution_window_days: 90", "attribution_window_days: 14")
+    # A 21-day window: the first weeks of this 49-day world are mature by the report's end.
+    text = text.replace("attribution_window_days: 90", "attribution_window_days: 21")
     head, _, rest = text.partition("\ncrm:\n")
     tail = rest[rest.index("\nrouting:") :]
     cfg_path.write_text(f"{head}\ncrm:\n  kind: salesforce\n{tail}")
@@ -65,7 +65,7 @@ def test_report_on_salesforce_matches_the_worlds_truth(sandbox, tmp_path, monkey
     users["qualified_at"] = qualified.where(qualified < until)  # a PQL by the week's end
     start = pd.to_datetime(users["qualified_at"].fillna(users["first_seen"]), utc=True)
     window = pd.Timedelta(days=cfg.outcomes.attribution_window_days)
-    assert window == pd.Timedelta(days=14)
+    assert window == pd.Timedelta(days=21)
     users["mature"] = start + window <= until
     for name, at in (("meetings", met_at), ("won", won_at)):
         t = pd.to_datetime(users["email"].map(at), utc=True)
