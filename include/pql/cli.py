@@ -18,7 +18,7 @@ from rich.table import Table
 from pql import config as config_mod
 
 ROOT = Path(__file__).resolve().parents[2]
-console = Console()
+console = Console(soft_wrap=True)  # messages whole when piped; tables: _print
 
 
 def _print(renderable) -> None:
