@@ -7,12 +7,12 @@ Builds one gzip JSON-lines export of N events from the synthetic world (realisti
 0.4% re-sent duplicates), cached under var/bench/ by N and seed, plus 1M and 3M-event slices of
 it. Then measures, each in a fresh subprocess so that peak RSS is its own:
 
-1. `fastpath.to_canonical` on the whole file: seconds, events/s, peak RSS;
+1. `mixpanel_duckdb.to_canonical` on the whole file: seconds, events/s, peak RSS;
 2. the floor: DuckDB only counting the file's lines (inflate + split, nothing parsed);
 3. a plain-pandas baseline of the same transform on the 1M slice (read_json, json_normalize of
    the properties, drop_duplicates on Mixpanel's key, to_parquet), extrapolated per event;
 4. peak RSS of the fast path at 1M, 3M and N events, to show it does not grow with the input;
-5. for reference, the pure-Python path (`mixpanel.to_canonical`) on the 1M slice.
+5. for reference, the pure-Python path (`mixpanel_lines.to_canonical`) on the 1M slice.
 
 Prints a table and the ratios against the targets (≥ 20x pandas per event, ≤ 2x the floor,
 < 2 GB at 10M, flat memory). The fast path and the floor count their best of `--repeat` runs.
@@ -132,10 +132,10 @@ def _peak_rss() -> int:
 
 def child(kind: str, raw: Path, work: Path, threads: int | None, memory_limit: str) -> dict:
     if kind in ("fastpath", "python"):
-        from pql.events import fastpath, mixpanel
+        from pql.events import mixpanel_duckdb, mixpanel_lines
 
         kw = {"threads": threads, "memory_limit": memory_limit} if kind == "fastpath" else {}
-        module = fastpath if kind == "fastpath" else mixpanel
+        module = mixpanel_duckdb if kind == "fastpath" else mixpanel_lines
         started = time.perf_counter()
         counts = module.to_canonical(
             raw,

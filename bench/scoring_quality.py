@@ -29,9 +29,10 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from pql import config, enrich, labels, scores, scoring, training
+from pql import config, scoring
+from pql.enrich import firmographics
 from pql.lake import Lake
-from pql.scoring import predictive
+from pql.scoring import labels, predictive, snapshots, training
 from sandbox import lakegen, world
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,21 +59,21 @@ def holdout_rows(cfg: config.Config, lake: Lake, until: datetime) -> pd.DataFram
     """Held-out moments: features of open users with their 'won within horizon' label."""
     model = cfg.model
     first = until - timedelta(days=model.horizon_days + model.holdout_days)
-    accounts, outcomes = enrich.read(lake), labels.first_outcomes(lake)
+    accounts, outcomes = firmographics.read(lake), labels.first_outcomes(lake)
     parts = []
     for m in training.moments(until, model):
         if m >= first:
-            feats = scores.features_at(cfg, lake, m, accounts)
+            feats = snapshots.features_at(cfg, lake, m, accounts)
             parts.append(labels.label(feats, outcomes, m, model.target, model.horizon_days))
     return pd.concat(parts, ignore_index=True)
 
 
 def signal_columns(cfg: config.Config, lake: Lake, rows: pd.DataFrame) -> pd.DataFrame:
     """The weighted model's own signal columns at the same moments (it reads s0, s1, ...)."""
-    accounts = enrich.read(lake)
+    accounts = firmographics.read(lake)
     parts = []
     for m, group in rows.groupby("moment"):
-        feats = scores.features_at(cfg, lake, m.to_pydatetime(), accounts)
+        feats = snapshots.features_at(cfg, lake, m.to_pydatetime(), accounts)
         parts.append(group[["user_key", "moment", "label"]].merge(feats, on="user_key"))
     return pd.concat(parts, ignore_index=True)
 
@@ -130,7 +131,7 @@ def main() -> None:
     threshold_cfg = load(ROOT / "config" / "examples" / "threshold.yaml", lake)
 
     started = time.perf_counter()
-    trained = training.train(pred, end, enrich.read(lake))
+    trained = training.train(pred, end, firmographics.read(lake))
     print(f"\ntrained {trained['version']} on {trained['rows']:,} user-moments in "
           f"{time.perf_counter() - started:.0f} s; promoted: {trained['promoted']}")  # fmt: skip
 

@@ -30,12 +30,12 @@ def build(source_name: str, kind: str, schedule: str, conn_id: str):
     def extract():
         @task(outlets=[CANONICAL_EVENTS], pool=export_pool(kind))
         def export_day(data_interval_end=None, outlet_events=None) -> dict:
-            from pql import jobs
+            from pql import pipeline
             from pql_airflow.hooks import ExportHook
 
-            day = jobs.day_before(data_interval_end)
+            day = pipeline.day_before(data_interval_end)
             session, host = ExportHook(conn_id).session_and_host()
-            result = jobs.extract(load(), source_name, day, session, host)
+            result = pipeline.extract(load(), source_name, day, session, host)
             outlet_events[CANONICAL_EVENTS].extra = {"source": source_name, "day": result["last"]}
             return result
 

@@ -35,7 +35,7 @@ CFG = load()
 def pql_score_sync():
     @task(pool=CRM)  # reads CRM companies or an enrichment API: shares the CRM budget
     def enrich() -> dict:
-        from pql import jobs
+        from pql import pipeline
         from pql_airflow.hooks import EnrichmentHook, HubSpotHook, salesforce_login
 
         cfg = load()
@@ -52,13 +52,13 @@ def pql_score_sync():
             if provider == "api"
             else None
         )
-        return jobs.refresh_accounts(cfg, hs, api)
+        return pipeline.refresh_accounts(cfg, hs, api)
 
     @task(outlets=[SCORES])
     def score(enriched: dict, params=None, triggering_asset_events=None) -> dict:
         from datetime import date
 
-        from pql import jobs
+        from pql import pipeline
 
         cfg = load()
         days = [
@@ -72,35 +72,35 @@ def pql_score_sync():
         elif days:
             day = date.fromisoformat(max(days))
         else:
-            day = jobs.newest_events_day(cfg)
+            day = pipeline.newest_events_day(cfg)
         submit = None
         if cfg.features.engine == "spark" and cfg.features.spark.submit:
             from pql_airflow.spark import submitter  # spark-submit via the Spark provider
 
             submit = submitter(cfg.features.spark.connection_id)
-        return jobs.score(cfg, day, spark_submit=submit)
+        return pipeline.score(cfg, day, spark_submit=submit)
 
     @task(pool=CRM)
     def sync(scored: dict) -> dict:
         from datetime import date
 
-        from pql import jobs
+        from pql import pipeline
         from pql_airflow.hooks import HubSpotHook, salesforce_login
 
         cfg = load()
         day = date.fromisoformat(scored["day"])
         if cfg.crm.kind == "salesforce":
             login = salesforce_login(cfg.crm.connection_id)
-            return jobs.sync(cfg, day, login(), login=login)
+            return pipeline.sync(cfg, day, login(), login=login)
         hs = HubSpotHook(cfg.crm.connection_id).get_conn()
-        return jobs.sync(cfg, day, hs)
+        return pipeline.sync(cfg, day, hs)
 
     @task(pool=CRM)
     def route(scored: dict, synced: dict) -> dict:
         """After the sync, so a newly created contact exists for its follow-up task."""
         from datetime import date
 
-        from pql import jobs
+        from pql import pipeline
         from pql_airflow.hooks import HubSpotHook, SlackWebhookHook, salesforce_login
 
         cfg = load()
@@ -117,7 +117,7 @@ def pql_score_sync():
             if cfg.routing.slack
             else None
         )
-        return jobs.route(cfg, date.fromisoformat(scored["day"]), crm, slack, login=login)
+        return pipeline.route(cfg, date.fromisoformat(scored["day"]), crm, slack, login=login)
 
     scored = score(enrich())
     route(scored, sync(scored))

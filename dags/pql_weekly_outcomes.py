@@ -28,33 +28,34 @@ def pql_weekly_outcomes():
     @task(pool=CRM)
     def report(data_interval_end=None) -> dict:
         """Pull what the CRM changed since the last run, then report the week before."""
-        from pql import jobs, outcomes
+        from pql import pipeline
+        from pql.report import outcomes
         from pql_airflow.hooks import HubSpotHook, salesforce_login
 
         cfg = load()
-        week = outcomes.week_start(jobs.day_before(data_interval_end))
+        week = outcomes.week_start(pipeline.day_before(data_interval_end))
         if cfg.crm.kind == "salesforce":
             login = salesforce_login(cfg.crm.connection_id)
-            return jobs.weekly_report(cfg, week, login(), login=login)
-        return jobs.weekly_report(cfg, week, HubSpotHook(cfg.crm.connection_id).get_conn())
+            return pipeline.weekly_report(cfg, week, login(), login=login)
+        return pipeline.weekly_report(cfg, week, HubSpotHook(cfg.crm.connection_id).get_conn())
 
     @task
     def retrain(reported: dict) -> dict:
         """Closing the loop: the outcomes just pulled become labels for a candidate model."""
         from datetime import date, timedelta
 
-        from pql import jobs
+        from pql import pipeline
 
         week = date.fromisoformat(reported["week"])
-        return jobs.retrain(load(), week + timedelta(days=6))
+        return pipeline.retrain(load(), week + timedelta(days=6))
 
     @task(pool=NOTIFY)
     def deliver(reported: dict) -> dict:
         """The report by email and/or a Slack summary, as configured in outcomes (once a week)."""
         from datetime import date
 
-        from pql import delivery
         from pql.lake import Lake
+        from pql.report import delivery
         from pql_airflow.hooks import SlackWebhookHook, smtp_sender
 
         cfg = load()

@@ -645,7 +645,8 @@ def sandbox(root: Path, seed: int, users: int, days: int):
     """
     from sandbox import seed as seeding
     from sandbox import server
-    from sandbox.state import SandboxState, connection_env
+    from sandbox.server import connection_env
+    from sandbox.state import SandboxState
     from sandbox.world import WorldSpec
 
     today = datetime.now(UTC).date()

@@ -1,4 +1,4 @@
-"""A small weekly report written by the real report.compute and report.write, for the report
+"""A small weekly report written by the real weekly.compute and weekly.write, for the report
 view, delivery and browser tests: 120 sign-ups over 4 weeks, 12 PQLs of whom 4 meet and 3 win,
 1 non-PQL wins; a 14-day window, so the older cohorts are mature and the newer ones too early."""
 
@@ -15,8 +15,8 @@ def write(lake_root: Path, week: date = WEEK) -> Path:
     """Write reports/week=W/ (page, CSV files, charts, health checks); returns its folder."""
     import pandas as pd
 
-    from pql import report
     from pql.lake import Lake
+    from pql.report import weekly
 
     t0 = pd.Timestamp(week, tz="UTC") - pd.Timedelta(days=28)
     users = pd.DataFrame(
@@ -46,7 +46,7 @@ def write(lake_root: Path, week: date = WEEK) -> Path:
             "amount": [1200.0] * 4,
         }
     )
-    weekly = report.compute(users, meetings, won, week=week, window_days=WINDOW,
+    rep = weekly.compute(users, meetings, won, week=week, window_days=WINDOW,
                             min_conversions=2)  # fmt: skip
-    page = report.write(Lake(lake_root), weekly, generated_at=datetime(2026, 11, 23, 6, tzinfo=UTC))
+    page = weekly.write(Lake(lake_root), rep, generated_at=datetime(2026, 11, 23, 6, tzinfo=UTC))
     return page.parent

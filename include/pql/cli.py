@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
 import sys
-from datetime import date, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import click
@@ -69,9 +66,9 @@ def validate(path: Path | None, features: bool, against_lake: bool) -> None:
         for name in cfg.features.names():
             click.echo(f"  {name}")
     if against_lake:
-        from pql import jobs
+        from pql import pipeline
 
-        found = jobs.check_against_lake(cfg)
+        found = pipeline.check_against_lake(cfg)
         for line in found:
             click.echo(f"  - {line}")
         if found:
@@ -120,11 +117,11 @@ def _load(config_path: Path | None):
 def extract(config_path, source_name, first, last, window_days) -> None:
     """Export a range of days (a backfill); each day's partition is replaced whole.
 
-    Credentials come from AIRFLOW_CONN_<CONNECTION_ID> (see `pql sandbox env`).
+    Credentials come from AIRFLOW_CONN_<CONNECTION_ID> (see `pql-sandbox env`).
     """
     import requests
 
-    from pql import connections, jobs
+    from pql import connections, pipeline
 
     cfg = _load(config_path)
     src = cfg.source(source_name) if source_name else cfg.sources[0]
@@ -138,7 +135,7 @@ def extract(config_path, source_name, first, last, window_days) -> None:
     with Progress(console=console) as bar:
         job = bar.add_task(f"{src.name} {first}..{last}", total=(last - first).days + 1)
         try:
-            result = jobs.extract_range(
+            result = pipeline.extract_range(
                 cfg,
                 src.name,
                 first,
@@ -183,7 +180,7 @@ def init(config_path, out_path, target) -> None:
     outcomes the weekly pulls kept): signals, a threshold flagging 5-15% of users, and the
     backtest of the proposal. Nothing is changed but the file written."""
     from pql import config as config_mod
-    from pql import propose
+    from pql.scoring import propose
 
     cfg = _load(config_path)
     source = Path(config_path or os.environ.get("PQL_CONFIG") or config_mod.DEFAULT_CONFIG)
@@ -242,13 +239,13 @@ def score(config_path, day) -> None:
 
     Firmographics come from the enrichment cache in the lake (the DAG's enrich step fills it).
     """
-    from pql import jobs
+    from pql import pipeline
 
     cfg = _load(config_path)
     try:
-        day = day.date() if day else jobs.newest_events_day(cfg)
-        result = jobs.score(cfg, day)
-        new, sample = jobs.new_pqls(cfg, day)
+        day = day.date() if day else pipeline.newest_events_day(cfg)
+        result = pipeline.score(cfg, day)
+        new, sample = pipeline.new_pqls(cfg, day)
     except (LookupError, FileNotFoundError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     share = result["pqls"] / result["users"] if result["users"] else 0.0
@@ -281,9 +278,9 @@ def score(config_path, day) -> None:
 )
 def backtest(config_path, first, last, every_days, target, out_dir) -> None:
     """Replay the configured PQL definition over history and judge it before shipping."""
-    from pql import backtest as bt
-    from pql import enrich
+    from pql.enrich import firmographics
     from pql.lake import Lake
+    from pql.scoring import backtest as bt
 
     cfg = _load(config_path)
     first, last = first.date(), last.date()
@@ -292,7 +289,7 @@ def backtest(config_path, first, last, every_days, target, out_dir) -> None:
         job = bar.add_task(f"replaying {first}..{last}", total=None)
         try:
             result = bt.run(
-                cfg, first, last, enrich.read(lake), every_days=every_days, target=target,
+                cfg, first, last, firmographics.read(lake), every_days=every_days, target=target,
                 progress=lambda k, n: bar.update(job, completed=k, total=n),
             )  # fmt: skip
         except (LookupError, ValueError) as e:
@@ -344,14 +341,16 @@ def train(config_path, until) -> None:
     """Train a predictive model version; promote it only if it beats the current one."""
     from datetime import UTC, datetime
 
-    from pql import enrich, jobs, training
+    from pql import pipeline
+    from pql.enrich import firmographics
     from pql.lake import Lake
+    from pql.scoring import training
 
     cfg = _load(config_path)
-    day = until.date() if until else jobs.newest_events_day(cfg)
+    day = until.date() if until else pipeline.newest_events_day(cfg)
     moment = datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC)
     try:
-        result = training.train(cfg, moment, enrich.read(Lake(cfg.lake.root)))
+        result = training.train(cfg, moment, firmographics.read(Lake(cfg.lake.root)))
     except ValueError as e:
         raise click.ClickException(str(e)) from None
     m = result["metrics"]
@@ -387,14 +386,14 @@ def sync(config_path, day, dry_run) -> None:
 
     Failed records from earlier runs are never in the ledger, so a run sends them again.
     """
-    from pql import jobs
+    from pql import pipeline
     from pql.crm.ledger import SyncError
 
     cfg = _load(config_path)
-    day = day.date() if day else jobs.newest_events_day(cfg)
+    day = day.date() if day else pipeline.newest_events_day(cfg)
     try:
         client, login = _crm_client(cfg)
-        result = jobs.sync(cfg, day, client, dry_run=dry_run, login=login)
+        result = pipeline.sync(cfg, day, client, dry_run=dry_run, login=login)
     except (LookupError, FileNotFoundError, SyncError) as e:
         raise click.ClickException(str(e)) from None
     if not dry_run:
@@ -422,14 +421,15 @@ def sync(config_path, day, dry_run) -> None:
 def report(config_path, week, full_pull) -> None:
     """Pull what the CRM changed (HubSpot or Salesforce) and write the week's conversion report
     (as the DAG does)."""
-    from pql import jobs, outcomes
+    from pql import pipeline
     from pql.crm.ledger import SyncError
+    from pql.report import outcomes
 
     cfg = _load(config_path)
     start = outcomes.week_start(week.date())
     try:
         client, login = _crm_client(cfg)
-        result = jobs.weekly_report(cfg, start, client, login=login, full_pull=full_pull)
+        result = pipeline.weekly_report(cfg, start, client, login=login, full_pull=full_pull)
     except (LookupError, FileNotFoundError, SyncError) as e:
         raise click.ClickException(str(e)) from None
 
@@ -452,7 +452,7 @@ def events() -> None:
 @click.option("--by", type=click.Choice(["day", "event"]), default="day", show_default=True)
 def events_stats(config_path, source_name, by) -> None:
     """Events per day (with duplicates and quarantined lines) or per event name."""
-    from pql import stats
+    from pql.events import stats
 
     cfg = _load(config_path)
     names = [source_name] if source_name else [s.name for s in cfg.sources]
@@ -473,282 +473,6 @@ def events_stats(config_path, source_name, by) -> None:
     if by == "day":
         for line in stats.retried(cfg.lake.root, names):
             click.echo(f"fetched again: {line}")
-
-
-# --- sandbox -------------------------------------------------------------------------------
-
-
-def _sandbox_root(root: Path | None) -> Path:
-    from sandbox.state import default_state_dir
-
-    return (root or default_state_dir()).resolve()
-
-
-root_option = click.option(
-    "--root",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Sandbox state folder (default: $PQL_SANDBOX_DIR or var/sandbox).",
-)
-
-
-@main.group()
-def sandbox() -> None:
-    """Local emulators of Mixpanel and HubSpot, seeded with a synthetic world."""
-
-
-@sandbox.command("start")
-@root_option
-@click.option("--seed", default=42, show_default=True, help="World seed.")
-@click.option("--users", default=2000, show_default=True)
-@click.option("--days", default=42, show_default=True, help="Days of history, ending yesterday.")
-@click.option("--port", default=0, help="Port on 127.0.0.1 (default: a free one).")
-@click.option(
-    "--crm",
-    type=click.Choice(["hubspot", "salesforce", "both"]),
-    default="hubspot",
-    show_default=True,
-    help="Which CRM emulator a new world's CRM records go to.",
-)
-@click.option("--empty", is_flag=True,
-              help="Start the emulators with no world: nothing in Mixpanel, Amplitude or the "
-              "CRMs (load your own export and records).")  # fmt: skip
-def sandbox_start(root, seed, users, days, port, crm, empty) -> None:
-    """Start the sandbox server (building a world first if the folder has none, unless
-    --empty)."""
-    crms = ("hubspot", "salesforce") if crm == "both" else (crm,)
-    if empty:
-        from sandbox import server
-
-        info = server.start(_sandbox_root(root), port)
-    else:
-        info = _start_sandbox(_sandbox_root(root), seed, users, days, port, crms)
-    console.print(
-        f"sandbox running at {info['base_url']} (pid {info['pid']}, state {info['root']})"
-    )
-    console.print('point the pipeline at it with:  eval "$(pql sandbox env)"')
-
-
-def _start_sandbox(
-    root: Path, seed: int, users: int, days: int, port: int = 0, crms=("hubspot",)
-) -> dict:
-    from sandbox import seed as seeding
-    from sandbox import server
-    from sandbox.state import SandboxState
-    from sandbox.world import WorldSpec
-
-    if not (root / "world" / "truth.parquet").exists():
-        spec = WorldSpec(
-            seed=seed, users=users, days=days, start=date.today() - timedelta(days=days + 1)
-        )
-        with Progress(console=console, transient=True) as bar:
-            job = bar.add_task(f"building world (seed {seed})", total=users)
-            counts = seeding.build(
-                SandboxState.open(root), spec, progress=lambda n: bar.advance(job, n), crms=crms
-            )
-        console.print("world: " + ", ".join(f"{v:,} {k}" for k, v in counts.items()))
-    return server.start(root, port)
-
-
-@sandbox.command("stop")
-@root_option
-def sandbox_stop(root) -> None:
-    """Stop the sandbox server (its state stays for inspection)."""
-    from sandbox import server
-
-    console.print("stopped" if server.stop(_sandbox_root(root)) else "not running")
-
-
-@sandbox.command("status")
-@root_option
-def sandbox_status(root) -> None:
-    """Is the sandbox running, where, and what does its CRM hold."""
-    from sandbox import server
-
-    info = server.status(_sandbox_root(root))
-    if not info:
-        console.print("not running")
-        sys.exit(3)
-    console.print(f"running at {info['base_url']} (pid {info['pid']}, state {info['root']})")
-
-
-@sandbox.command("env")
-@root_option
-def sandbox_env(root) -> None:
-    """Print AIRFLOW_CONN_* exports that point the pipeline at the running sandbox."""
-    from sandbox import server
-    from sandbox.state import SandboxState, connection_env
-
-    r = _sandbox_root(root)
-    info = server.status(r)
-    if not info:
-        raise click.ClickException("the sandbox is not running: pql sandbox start")
-    for k, v in connection_env(SandboxState.open(r), info["base_url"]).items():
-        click.echo(f"export {k}='{v}'")
-
-
-@sandbox.command("crm")
-@root_option
-@click.argument(
-    "object_type",
-    default="contacts",
-    type=click.Choice(["contacts", "companies", "deals", "meetings"]),
-)
-@click.option("--pql-only", is_flag=True, help="Only contacts flagged as PQLs.")
-@click.option("--limit", default=20, show_default=True)
-def sandbox_crm(root, object_type, pql_only, limit) -> None:
-    """Show what the sandbox CRM holds (read straight from its SQLite file)."""
-    from sandbox.hubspot import HubSpotStore
-    from sandbox.state import SandboxState
-
-    rows = HubSpotStore(SandboxState.open(_sandbox_root(root))).list(object_type)
-    if pql_only:
-        rows = [r for r in rows if r["properties"].get("pql_flag") == "true"]
-    rows.sort(key=lambda r: -float(r["properties"].get("pql_score") or -1))
-    columns = {
-        "contacts": ["email", "pql_score", "pql_flag", "pql_qualified_at", "pql_reasons"],
-        "companies": ["domain", "name", "numberofemployees", "industry", "country"],
-        "deals": ["dealname", "dealstage", "amount", "closedate"],
-        "meetings": ["hs_timestamp", "hs_meeting_title", "hs_meeting_outcome"],
-    }[object_type]
-    table = Table(
-        title=f"{object_type}: {len(rows):,} record(s)" + (" flagged PQL" if pql_only else "")
-    )
-    for c in ["id", *columns]:
-        table.add_column(c, overflow="fold")
-    for r in rows[:limit]:
-        table.add_row(str(r["id"]), *[r["properties"].get(c) or "" for c in columns])
-    console.print(table)
-
-
-# --- demo ----------------------------------------------------------------------------------
-
-
-@main.command()
-@click.option("--seed", default=42, show_default=True)
-@click.option("--users", default=1500, show_default=True)
-@click.option("--days", default=56, show_default=True, help="Simulated days to run.")
-@click.option("--keep-running", is_flag=True, help="Leave the sandbox up afterwards.")
-@click.option("--crm", type=click.Choice(["hubspot", "salesforce"]), default="hubspot",
-              show_default=True, help="Which sandbox CRM the pipeline writes to.")  # fmt: skip
-def demo(seed, users, days, keep_running, crm) -> None:
-    """Build a world, run extract + score/sync for each day and the weekly report, summarise."""
-    from sandbox import server
-    from sandbox.state import SandboxState, connection_env
-
-    base = ROOT / "var" / "demo"
-    if base.exists():
-        server.stop(base / "sandbox")
-        shutil.rmtree(base)
-    root, lake, home = base / "sandbox", base / "lake", base / "airflow"
-    home.mkdir(parents=True)
-    info = _start_sandbox(root, seed, users, days, crms=(crm,))
-    start = date.today() - timedelta(days=days + 1)
-    env = {
-        **os.environ,
-        "PQL_CONFIG": str(_demo_config(base, crm)),
-        **connection_env(SandboxState.open(root), info["base_url"]),
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
-        "PQL_LAKE": str(lake),
-    }
-    summary_file = base / "summary.json"
-    log_path = base / "airflow.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pql_airflow.demo",
-        "--start",
-        start.isoformat(),
-        "--days",
-        str(days),
-        "--summary",
-        str(summary_file),
-    ]
-    try:
-        with open(log_path, "w") as airflow_log, Progress(console=console) as bar:
-            job = bar.add_task(f"Airflow dag.test(): {days} days from {start}", total=days + 1)
-            # The runner sends Airflow's own logging to the log file, progress lines to us.
-            proc = subprocess.Popen(
-                cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=airflow_log, text=True
-            )
-            for line in proc.stdout:
-                bar.update(job, completed=int(line.split()[0]), description=line.strip())
-            proc.wait()
-        if proc.returncode != 0:
-            tail = "".join(log_path.read_text().splitlines(keepends=True)[-40:])
-            raise click.ClickException(f"the demo's DAG runs failed; log {log_path}:\n{tail}")
-        _print_summary(json.loads(summary_file.read_text()), lake, root, crm)
-        console.print(f"Airflow's task logs: {log_path}")
-    finally:
-        if not keep_running:
-            server.stop(root)
-
-
-DEMO_WINDOW_DAYS = 28  # a short attribution window, so a few weeks hold mature cohorts
-
-
-def _demo_config(base: Path, crm: str) -> Path:
-    """The shipped config with a 28-day attribution window (the demo's weeks then have mature
-    cohorts to report); for Salesforce, with the default Salesforce target."""
-    from pql import config
-
-    text = config.DEFAULT_CONFIG.read_text()
-    window = "  attribution_window_days: 90\n"
-    if window not in text:
-        raise click.ClickException(f"{config.DEFAULT_CONFIG}: no '{window.strip()}' to shorten")
-    text = text.replace(window, f"  attribution_window_days: {DEMO_WINDOW_DAYS}  # the demo's\n")
-    if crm != "hubspot":
-        head, _, rest = text.partition("\ncrm:\n")
-        tail = rest[rest.index("\nrouting:") :]
-        text = f"{head}\ncrm:\n  kind: {crm}\n{tail}"
-    path = base / "pql.yaml"  # its only relative path, lake.root, is overridden by PQL_LAKE
-    path.write_text(text)
-    return path
-
-
-def _print_summary(run: dict, lake: Path, root: Path, crm: str = "hubspot") -> None:
-    import duckdb
-    import pandas as pd
-
-    from pql.lake import Lake
-
-    lk = Lake(lake)
-    with duckdb.connect() as con:
-        events = con.sql(f"SELECT count(*) FROM read_parquet('{lk.events_glob()}')").fetchall()[0][
-            0
-        ]
-    scores = pd.read_parquet(lk.partitions("scores")[-1][1] / "scores.parquet")
-    ledger = pd.read_parquet(lk.sync(crm) / "ledger" / "ledger.parquet")
-    report_dir = lk.reports(date.fromisoformat(run["week"]))
-    summary = json.loads((report_dir / "summary.json").read_text())
-    table = Table(title="PQL demo summary", show_header=False)
-    table.add_row("canonical events processed", f"{events:,}")
-    table.add_row("users scored", f"{len(scores):,}")
-    table.add_row(
-        "PQLs now / ever qualified",
-        f"{int(scores['flag'].sum()):,} / {int(scores['qualified_at'].notna().sum()):,}",
-    )
-    table.add_row(f"{crm} records written", f"{len(ledger):,}")
-    cohorts = pd.read_csv(report_dir / "cohorts.csv").groupby("value")
-    full = int(((cohorts["still_open"].sum() == 0) & (cohorts["mature_users"].sum() > 0)).sum())
-    part = int(((cohorts["still_open"].sum() > 0) & (cohorts["mature_users"].sum() > 0)).sum())
-    table.add_row(
-        "weekly cohorts mature",
-        f"{full} of {cohorts.ngroups}, {part} partly (a {DEMO_WINDOW_DAYS}-day attribution "
-        "window; the younger ones are still inside it: too early to judge)",
-    )
-    table.add_row("DAG run time", f"{run['seconds']:.0f} s")
-    console.print(table)
-    for line in summary["lines"]:
-        console.print(f"- {line}", soft_wrap=True)
-    console.print(f"Report for leadership: {report_dir / 'index.html'}")
-    if crm == "hubspot":
-        console.print(f"Look at the sandbox CRM: pql sandbox crm contacts --pql-only --root {root}")
 
 
 if __name__ == "__main__":

@@ -16,9 +16,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pql import enrich
+from pql.enrich import firmographics
 from pql.events.canonical import SCHEMA
-from pql.events.mixpanel import parse_line
+from pql.events.mixpanel_lines import parse_line
 from pql.lake import Lake, atomic_dir
 from sandbox import world
 from sandbox.world import WorldSpec
@@ -57,11 +57,11 @@ def write(
         with atomic_dir(lake.events("mixpanel", day)) as tmp:
             pq.write_table(pa.Table.from_pylist(rows, schema=SCHEMA), tmp / "part-0.parquet")
     _write_outcomes(lake, meetings, won)
-    enrich.write(lake, firmographics(accts))
+    firmographics.write(lake, company_facts(accts))
     return {"events": n, "days": len(per_day), "meetings": len(meetings), "won": len(won)}
 
 
-def firmographics(accts: list[world.Account]) -> pd.DataFrame:
+def company_facts(accts: list[world.Account]) -> pd.DataFrame:
     """What an enrichment provider knows about the world's companies."""
     return pd.DataFrame(
         {

@@ -24,6 +24,32 @@ from sandbox.state import SandboxState, write_json_private
 HOST = "127.0.0.1"
 
 
+def connection_env(state: SandboxState, base_url: str) -> dict[str, str]:
+    """AIRFLOW_CONN_* variables pointing the pipeline's connections at this sandbox."""
+
+    mp, hs = state.credentials["mixpanel"], state.credentials["hubspot"]
+    return {
+        **amplitude.connection_env(state, base_url),
+        **enrichment.connection_env(state, base_url),
+        **salesforce.connection_env(state, base_url),
+        "AIRFLOW_CONN_MIXPANEL_DEFAULT": json.dumps(
+            {
+                "conn_type": "http",
+                "host": base_url,
+                "login": mp["username"],
+                "password": mp["secret"],
+            }
+        ),
+        "AIRFLOW_CONN_HUBSPOT_DEFAULT": json.dumps(
+            {"conn_type": "http", "host": base_url, "password": hs["access_token"]}
+        ),
+        # The webhook URL holds its secret: it goes in the password, like a real one should.
+        "AIRFLOW_CONN_SLACK_PQL": json.dumps(
+            {"conn_type": "http", "password": base_url + slack.webhook_path(state)}
+        ),
+    }
+
+
 def create_app(state: SandboxState) -> FastAPI:
     """The sandbox application: vendor routers plus a small control API under /_sandbox."""
     app = FastAPI(title="PQL sandbox", docs_url=None, redoc_url=None, openapi_url=None)

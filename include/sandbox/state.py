@@ -203,30 +203,3 @@ def write_json_private(path: Path, data: dict) -> None:
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=2)
     os.replace(tmp, path)
-
-
-def connection_env(state: SandboxState, base_url: str) -> dict[str, str]:
-    """AIRFLOW_CONN_* variables pointing the pipeline's connections at this sandbox."""
-    from sandbox import amplitude, enrichment, salesforce, slack  # they import this module
-
-    mp, hs = state.credentials["mixpanel"], state.credentials["hubspot"]
-    return {
-        **amplitude.connection_env(state, base_url),
-        **enrichment.connection_env(state, base_url),
-        **salesforce.connection_env(state, base_url),
-        "AIRFLOW_CONN_MIXPANEL_DEFAULT": json.dumps(
-            {
-                "conn_type": "http",
-                "host": base_url,
-                "login": mp["username"],
-                "password": mp["secret"],
-            }
-        ),
-        "AIRFLOW_CONN_HUBSPOT_DEFAULT": json.dumps(
-            {"conn_type": "http", "host": base_url, "password": hs["access_token"]}
-        ),
-        # The webhook URL holds its secret: it goes in the password, like a real one should.
-        "AIRFLOW_CONN_SLACK_PQL": json.dumps(
-            {"conn_type": "http", "password": base_url + slack.webhook_path(state)}
-        ),
-    }

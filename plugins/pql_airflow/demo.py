@@ -1,4 +1,4 @@
-"""Run the real DAGs with dag.test() over a simulated period (used by `pql demo`).
+"""Run the real DAGs with dag.test() over a simulated period (used by `pql-sandbox demo`).
 
 Run as `python -m pql_airflow.demo --start D --days N --summary FILE` with AIRFLOW_HOME, the
 AIRFLOW_CONN_* variables, PQL_CONFIG and PQL_LAKE already set by the caller.

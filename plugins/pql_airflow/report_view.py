@@ -91,7 +91,7 @@ def _inside(path: Path, parent: Path) -> bool:
 
 
 def _summary(folder: Path, week: str) -> dict:
-    from pql import delivery
+    from pql.report import delivery
 
     try:
         h = delivery.headline(folder, date.fromisoformat(week))

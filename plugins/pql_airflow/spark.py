@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
 
-    from pql.features_spark import SparkJob
+    from pql.scoring.features_spark import SparkJob
 
 
 def submit_hook(job: SparkJob, conn_id: str = "spark_default") -> SparkSubmitHook:

@@ -15,7 +15,7 @@ from pql.lake import Lake
 from sandbox import seed, server
 from sandbox.hubspot import HubSpotStore
 from sandbox.mixpanel import event_file
-from sandbox.state import connection_env
+from sandbox.server import connection_env
 from sandbox.world import WorldSpec
 from tests.conftest import FAST
 

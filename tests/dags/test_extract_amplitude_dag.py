@@ -12,7 +12,7 @@ import pytest
 
 from pql.lake import Lake
 from sandbox import amplitude, seed, server
-from sandbox.state import connection_env
+from sandbox.server import connection_env
 from sandbox.world import WorldSpec
 from tests.conftest import FAST
 

@@ -12,7 +12,7 @@ import pytest
 
 from pql.lake import Lake
 from sandbox import seed
-from sandbox.state import connection_env
+from sandbox.server import connection_env
 from sandbox.wire import FaultyProxy
 from sandbox.world import WorldSpec
 

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from pql import cli
 from pql.lake import Lake
 from sandbox import seed
-from sandbox.state import connection_env
+from sandbox.server import connection_env
 from sandbox.world import WorldSpec
 
 ROOT = Path(__file__).resolve().parents[2]

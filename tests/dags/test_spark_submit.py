@@ -6,8 +6,9 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pql import config, features_spark, spark_job
+from pql import config
 from pql.lake import Lake
+from pql.scoring import features_spark, spark_job
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,7 +51,9 @@ def test_score_task_submits_the_feature_job_through_the_spark_connection(tmp_pat
     assert cmd[cmd.index("--name") :][:2] == ["--name", "pql-features-20261006T000000Z"]
     assert cmd[cmd.index("--queue") :][:4] == ["--queue", "etl", "--deploy-mode", "cluster"]
     app = cmd.index(job.application)
-    assert job.application.endswith("include/pql/spark_job.py") and cmd[app + 1 :] == job.args
+    assert (
+        job.application.endswith("include/pql/scoring/spark_job.py") and cmd[app + 1 :] == job.args
+    )
     args = dict(zip(job.args[::2], job.args[1::2], strict=True))
     assert args["--events"] == "hdfs://nn/pql/lake/events/source=*/date=*/*.parquet"
     assert args["--profiles"] == "hdfs://nn/pql/lake/identity/*/profiles.parquet"

@@ -12,8 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from pql import backtest, cli, config, enrich, jobs, labels, scores, scoring
+from pql import cli, config, pipeline, scoring
+from pql.enrich import firmographics
 from pql.lake import Lake
+from pql.scoring import backtest, labels, snapshots
 from sandbox import lakegen, world
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +38,7 @@ def _cfg(lake: Lake, path: Path = ROOT / "config" / "pql.yaml", window: int = 90
 
 def test_backtest_figures_follow_from_the_world(lake):
     cfg = _cfg(lake, window=30)  # the PQLs of the first replays are mature by the world's end
-    result = backtest.run(cfg, FIRST, LAST, enrich.read(lake), every_days=7)
+    result = backtest.run(cfg, FIRST, LAST, firmographics.read(lake), every_days=7)
     s, users = result.summary, result.users
     truth = {u.email: world.outcome(SPEC, u).won_at for u in world.users(SPEC)}
     # Every replayed user's conversion is the world's true win (when the CRM knew it).
@@ -73,7 +75,7 @@ def test_backtest_figures_follow_from_the_world(lake):
 
 def test_a_backtest_without_mature_users_says_too_early(lake):
     """The 90-day window cannot have closed in this 70-day world: no verdict, no rate."""
-    result = backtest.run(_cfg(lake), FIRST, LAST, enrich.read(lake), every_days=14)
+    result = backtest.run(_cfg(lake), FIRST, LAST, firmographics.read(lake), every_days=14)
     s = result.summary
     assert s["mature_users"] == 0 and s["verdict"].startswith("too early")
     pql_check = next(c for c in s["checks"] if c["check"].startswith("PQL→"))
@@ -114,11 +116,11 @@ def test_features_are_point_in_time(lake, tmp_path):
         dest.mkdir(parents=True)
         pq.write_table(keep, dest / "part-0.parquet")
     shutil.copytree(lake.accounts(), cut.accounts())
-    accounts = enrich.read(lake)
-    full = scores.features_at(cfg, lake, as_of, accounts)
-    past = scores.features_at(cfg, cut, as_of, accounts)
+    accounts = firmographics.read(lake)
+    full = snapshots.features_at(cfg, lake, as_of, accounts)
+    past = snapshots.features_at(cfg, cut, as_of, accounts)
     pd.testing.assert_frame_equal(full, past)
-    later = scores.features_at(cfg, lake, datetime(2026, 4, 27, tzinfo=UTC), accounts)
+    later = snapshots.features_at(cfg, lake, datetime(2026, 4, 27, tzinfo=UTC), accounts)
     assert len(later) > len(full)  # the cut really removed the future
 
 
@@ -153,7 +155,7 @@ def test_train_promote_and_score_with_the_predictive_model(lake, tmp_path):
     cfg = config.load(path)
     scores_dir = lake.scores(date(2026, 5, 10))
     with pytest.raises(scoring.NoTrainedModel, match="pql train"):
-        scores.score_day(cfg, date(2026, 5, 10), enrich.read(lake))
+        snapshots.score_day(cfg, date(2026, 5, 10), firmographics.read(lake))
     res = CliRunner().invoke(cli.main, ["train", "--config", str(path), "--until", "2026-05-10"])
     assert res.exit_code == 0, res.output
     assert "promoted:" in res.output and "auc" in res.output
@@ -166,15 +168,15 @@ def test_train_promote_and_score_with_the_predictive_model(lake, tmp_path):
     assert len(listed) == 2 and [v["current"] for v in listed].count(True) == 1
     assert all(0.5 < v["auc"] <= 1 and v["ece"] >= 0 for v in listed)
     # The weekly retraining task proposes a version the same way; a weighted config skips it.
-    assert jobs.retrain(cfg, date(2026, 5, 10))["retrained"] is True
+    assert pipeline.retrain(cfg, date(2026, 5, 10))["retrained"] is True
     weighted = _cfg(lake)
-    assert jobs.retrain(weighted, date(2026, 5, 10)) == {
+    assert pipeline.retrain(weighted, date(2026, 5, 10)) == {
         "retrained": False,
         "why": "model.kind is 'weighted'",
     }
     assert len(predictive.versions(lake.models())) == 3
 
-    result = scores.score_day(cfg, date(2026, 5, 10), enrich.read(lake))
+    result = snapshots.score_day(cfg, date(2026, 5, 10), firmographics.read(lake))
     snap = pd.read_parquet(scores_dir / "scores.parquet")
     assert (snap["model_version"] == version).all() and result["pqls"] == snap["flag"].sum() > 0
     flagged = snap[snap["flag"]]

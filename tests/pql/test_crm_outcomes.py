@@ -8,11 +8,11 @@ from datetime import UTC, date, datetime, timedelta
 
 import pandas as pd
 
-from pql import health, outcomes
 from pql.crm import hubspot as crm_hubspot
 from pql.crm import hubspot_outcomes, salesforce_outcomes
 from pql.lake import Lake
 from pql.ratelimit import Budget
+from pql.report import health, outcomes
 from sandbox import seed, world
 from sandbox.hubspot import HubSpotStore
 from sandbox.salesforce import SalesforceStore

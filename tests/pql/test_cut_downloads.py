@@ -25,11 +25,11 @@ from pql.config import AmplitudeSource, MixpanelSource
 from pql.events import amplitude as amp
 from pql.events import mixpanel as mp
 from pql.events import profiles
-from pql.events.transport import CredentialsError, ExportError, IncompleteExport
+from pql.http import CredentialsError, ExportError, IncompleteExport
 from pql.lake import Lake, sweep
 from sandbox import amplitude as sbx_amp
 from sandbox.mixpanel import DayWriter, upsert_profiles
-from sandbox.state import connection_env
+from sandbox.server import connection_env
 from sandbox.wire import FaultyProxy
 
 ROOT = Path(__file__).resolve().parents[2]

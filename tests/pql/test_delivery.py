@@ -12,9 +12,9 @@ from email import policy
 import pytest
 import requests
 
-from pql import delivery
 from pql.config import Outcomes
 from pql.lake import Lake
+from pql.report import delivery
 from sandbox import slack
 from tests import report_sample
 

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from pql import config, enrich, enrich_api, jobs
-from pql.events import transport
+from pql import config, http, pipeline
+from pql.enrich import company_api, firmographics
 from pql.events.canonical import SCHEMA
 from pql.lake import Lake
 from sandbox import enrichment, seed, world
@@ -45,7 +45,7 @@ class Sleeps(list):
 
 def fetch(api, domains, lake, **kwargs):
     args = {"ttl_days": 30, "requests_per_second": 500, "max_requests": 100, "now": NOW}
-    return enrich_api.fetch(*api, domains, lake, **{**args, **kwargs})
+    return company_api.fetch(*api, domains, lake, **{**args, **kwargs})
 
 
 def asked(sandbox) -> int:
@@ -57,7 +57,7 @@ def test_fetch_maps_answers_and_fills_the_cache(sandbox, accounts, api, tmp_path
     domains = [a.domain for a in accounts[:4]]
     got = fetch(api, [d.upper() for d in domains] + UNKNOWN + [None], lake)
     assert asked(sandbox) == 6
-    assert list(got.columns) == enrich.COLUMNS
+    assert list(got.columns) == firmographics.COLUMNS
     assert sorted(got["domain"]) == sorted(domains)
     row = got.set_index("domain").loc[accounts[0].domain]
     assert row["employees"] == accounts[0].employees and got["employees"].dtype == "Int64"
@@ -68,13 +68,13 @@ def test_fetch_maps_answers_and_fills_the_cache(sandbox, accounts, api, tmp_path
         "requested": 6, "found": 4, "not_found": 2, "pending": 0, "left": 0, "cached": 0,
     }  # fmt: skip
 
-    cache = enrich_api.read_cache(lake)
-    assert enrich_api.cache_path(lake) == tmp_path / "enrichment" / "cache" / "companies.parquet"
+    cache = company_api.read_cache(lake)
+    assert company_api.cache_path(lake) == tmp_path / "enrichment" / "cache" / "companies.parquet"
     assert len(cache) == 6 and set(cache["fetched_at"]) == {NOW}
     assert set(cache.loc[~cache["found"], "domain"]) == set(UNKNOWN)  # 404s are cached too
-    assert not list(enrich_api.cache_path(lake).parent.glob(".tmp-*"))
-    enrich.write(lake, got)
-    assert len(enrich.read(lake)) == 4
+    assert not list(company_api.cache_path(lake).parent.glob(".tmp-*"))
+    firmographics.write(lake, got)
+    assert len(firmographics.read(lake)) == 4
 
 
 def test_within_ttl_nothing_is_asked_and_after_it_everything_is(sandbox, accounts, api, tmp_path):
@@ -88,13 +88,13 @@ def test_within_ttl_nothing_is_asked_and_after_it_everything_is(sandbox, account
     later = NOW + timedelta(days=31)
     fetch(api, domains, lake, now=later)
     assert asked(sandbox) == 10
-    assert set(enrich_api.read_cache(lake)["fetched_at"]) == {later}
+    assert set(company_api.read_cache(lake)["fetched_at"]) == {later}
 
 
 def test_max_requests_leaves_the_rest_for_the_next_run(sandbox, accounts, api, tmp_path, caplog):
     lake = Lake(tmp_path)
     domains = sorted(a.domain for a in accounts)
-    with caplog.at_level(logging.INFO, logger="pql.enrich_api"):
+    with caplog.at_level(logging.INFO, logger="pql.enrich.company_api"):
         first = fetch(api, domains, lake, max_requests=4)
     assert asked(sandbox) == 4 and len(first) == 4
     assert first.attrs["enrichment"]["left"] == 6
@@ -144,7 +144,7 @@ def test_bad_key_is_a_clear_error_naming_the_connection(sandbox, accounts, api, 
     session, base_url = api
     session.headers["Authorization"] = "Bearer sk_wrong"
     cid = "enrichment_prod"
-    with pytest.raises(transport.CredentialsError, match="'enrichment_prod'.*401"):
+    with pytest.raises(http.CredentialsError, match="'enrichment_prod'.*401"):
         fetch((session, base_url), [accounts[0].domain], Lake(tmp_path), connection_id=cid)
     assert asked(sandbox) == 1  # not retried
 
@@ -153,12 +153,12 @@ def test_answers_are_kept_when_a_run_fails_half_way(sandbox, accounts, api, tmp_
     lake = Lake(tmp_path)
     domains = sorted(a.domain for a in accounts[:3])
     fetch(api, domains[:2], lake)
-    sandbox.queue_fault("enrichment", 500, count=enrich_api.ATTEMPTS)
-    with pytest.raises(transport.ExportError, match="answered 500"):
+    sandbox.queue_fault("enrichment", 500, count=company_api.ATTEMPTS)
+    with pytest.raises(http.ExportError, match="answered 500"):
         fetch(api, domains, lake, now=NOW + timedelta(days=40), sleep=Sleeps())
-    assert set(enrich_api.read_cache(lake)["domain"]) == set(domains[:2])
+    assert set(company_api.read_cache(lake)["domain"]) == set(domains[:2])
     fetch(api, ["gmail.com", domains[2]], lake, now=NOW + timedelta(days=40))
-    assert len(enrich_api.read_cache(lake)) == 4
+    assert len(company_api.read_cache(lake)) == 4
 
 
 def _events(lake: Lake, rows: list[dict]) -> None:
@@ -192,11 +192,13 @@ def test_refresh_accounts_asks_for_work_domains_of_identified_users(
             {"user_key": "u6", "email": "someone@unknown-co.com"},
         ],
     )
-    assert jobs.company_domains(lake, cfg.identity.free_email_domains) == sorted(
+    assert pipeline.company_domains(lake, cfg.identity.free_email_domains) == sorted(
         [accounts[0].domain, accounts[1].domain, "unknown-co.com"]
     )
-    result = jobs.refresh_accounts(cfg, None, api)
+    result = pipeline.refresh_accounts(cfg, None, api)
     assert (result["accounts"], result["requested"], result["not_found"]) == (2, 3, 1)
-    assert sorted(enrich.read(lake)["domain"]) == sorted([accounts[0].domain, accounts[1].domain])
+    assert sorted(firmographics.read(lake)["domain"]) == sorted(
+        [accounts[0].domain, accounts[1].domain]
+    )
     with pytest.raises(ValueError, match="provider 'api'"):
-        jobs.refresh_accounts(cfg, None)
+        pipeline.refresh_accounts(cfg, None)

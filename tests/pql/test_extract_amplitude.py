@@ -12,7 +12,7 @@ import requests
 
 from pql.config import AmplitudeSource
 from pql.events import amplitude as amp
-from pql.events.transport import CredentialsError
+from pql.http import CredentialsError
 from pql.lake import Lake
 from sandbox import amplitude as sbx
 

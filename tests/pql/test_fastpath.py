@@ -1,8 +1,8 @@
 """The DuckDB fast path gives the Python path's results: the same rows, counts and quarantine.
 
-Each test writes a raw export, runs `mixpanel.to_canonical` (the reference) and
-`fastpath.to_canonical` on it, and compares everything they wrote. The few deliberate
-differences (`fastpath.DIFFERENCES`) have tests of their own.
+Each test writes a raw export, runs `mixpanel_lines.to_canonical` (the reference) and
+`mixpanel_duckdb.to_canonical` on it, and compares everything they wrote. The few deliberate
+differences (`mixpanel_duckdb.DIFFERENCES`) have tests of their own.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from pql.events import fastpath, mixpanel
+from pql.events import mixpanel_duckdb, mixpanel_lines
 from pql.events.canonical import SCHEMA, Counts
 
 EMAILS = ["$email", "email"]
@@ -90,8 +90,8 @@ def _normal_bad(r: Run) -> list[tuple]:
 
 def compare(raw: Path, tmp_path: Path, **kw) -> tuple[Run, Run]:
     """Run both paths on `raw`; assert they wrote the same; return (old, fast)."""
-    old = run(mixpanel, raw, tmp_path / "old")
-    fast = run(fastpath, raw, tmp_path / "fast", **kw)
+    old = run(mixpanel_lines, raw, tmp_path / "old")
+    fast = run(mixpanel_duckdb, raw, tmp_path / "fast", **kw)
     assert fast.counts == old.counts
     assert _normal_bad(fast) == _normal_bad(old)
     assert _normal_rows(fast) == _normal_rows(old)
@@ -167,7 +167,7 @@ TRICKY = [
 
 @pytest.mark.parametrize("hashes_per_pass", [2_000_000, 3])
 def test_tricky_lines_match_the_python_path(tmp_path, monkeypatch, hashes_per_pass):
-    monkeypatch.setattr(fastpath, "_HASHES_PER_PASS", hashes_per_pass)  # one pass or many
+    monkeypatch.setattr(mixpanel_duckdb, "_HASHES_PER_PASS", hashes_per_pass)  # one pass or many
     raw = write(tmp_path / "raw.jsonl.gz", TRICKY)
     old, fast = compare(raw, tmp_path)
     assert fast.counts.duplicates == 4 and fast.counts.quarantined == 21
@@ -187,7 +187,7 @@ def test_tricky_lines_match_the_python_path(tmp_path, monkeypatch, hashes_per_pa
 @pytest.mark.parametrize("block", [1, 7, 4096])
 def test_any_block_size_reads_the_same_lines(tmp_path, monkeypatch, block):
     """Lines, CRLF pairs and multi-byte characters cut across inflated blocks."""
-    monkeypatch.setattr(fastpath, "BLOCK_BYTES", block)
+    monkeypatch.setattr(mixpanel_duckdb, "BLOCK_BYTES", block)
     raw = write(tmp_path / "raw.jsonl.gz", TRICKY, sep=b"\r\n", final=False)
     compare(raw, tmp_path)
 
@@ -239,9 +239,9 @@ def test_a_broken_gzip_stream_is_never_data(tmp_path, damage):
             "second-member": data + gzip.compress(_export(5))[:20],
         }[damage]
     )
-    for module in (mixpanel, fastpath):
+    for module in (mixpanel_lines, mixpanel_duckdb):
         with pytest.raises(
-            mixpanel.IncompleteExport, match=r"raw.jsonl.gz: the gzip stream breaks"
+            mixpanel_lines.IncompleteExport, match=r"raw.jsonl.gz: the gzip stream breaks"
         ):
             run(module, raw, tmp_path / module.__name__)
         assert not (tmp_path / module.__name__ / "quarantine" / "lines.jsonl.gz").exists()
@@ -265,7 +265,7 @@ def test_empty_exports_write_nothing(tmp_path, content):
 def test_no_email_or_account_properties_configured(tmp_path):
     raw = write(tmp_path / "raw.jsonl.gz", [ev(email="a@b.c", company_id="acct_1")])
     out = tmp_path / "out"
-    counts = fastpath.to_canonical(
+    counts = mixpanel_duckdb.to_canonical(
         raw, out, tmp_path / "q", source="s", email_properties=[], account_properties=[]
     )
     row = pq.read_table(out / "part-0.parquet").to_pylist()[0]
@@ -274,25 +274,25 @@ def test_no_email_or_account_properties_configured(tmp_path):
 
 def test_terminated_early_raises_like_the_python_path(tmp_path):
     raw = write(tmp_path / "raw.jsonl.gz", [ev(), "terminated early"])
-    with pytest.raises(mixpanel.IncompleteExport):
-        run(mixpanel, raw, tmp_path / "old")
-    with pytest.raises(mixpanel.IncompleteExport):
-        run(fastpath, raw, tmp_path / "fast")
+    with pytest.raises(mixpanel_lines.IncompleteExport):
+        run(mixpanel_lines, raw, tmp_path / "old")
+    with pytest.raises(mixpanel_lines.IncompleteExport):
+        run(mixpanel_duckdb, raw, tmp_path / "fast")
     assert not list((tmp_path / "fast" / "out").iterdir())  # no staging left behind
 
 
 # --- what this path does on purpose differently ----------------------------------------------
 
 
-@pytest.mark.parametrize("block", [fastpath.BLOCK_BYTES, 1000])
+@pytest.mark.parametrize("block", [mixpanel_duckdb.BLOCK_BYTES, 1000])
 def test_oversized_lines_are_quarantined(tmp_path, monkeypatch, block):
-    monkeypatch.setattr(fastpath, "BLOCK_BYTES", block)
+    monkeypatch.setattr(mixpanel_duckdb, "BLOCK_BYTES", block)
     big = ev(user="big", insert_id="big", blob="é" * 3000)
     raw = write(tmp_path / "raw.jsonl.gz", [ev(), big, ev(user="u2", insert_id="i2")])
-    old = run(mixpanel, raw, tmp_path / "old")
-    fast = run(fastpath, raw, tmp_path / "fast", max_line_bytes=2000)
+    old = run(mixpanel_lines, raw, tmp_path / "old")
+    fast = run(mixpanel_duckdb, raw, tmp_path / "fast", max_line_bytes=2000)
     assert fast.counts.as_dict() == {"raw": 3, "canonical": 2, "duplicates": 0, "quarantined": 1}
-    assert fast.counts.reasons == {fastpath.LINE_TOO_LARGE: 1}
+    assert fast.counts.reasons == {mixpanel_duckdb.LINE_TOO_LARGE: 1}
     cut = big.encode()[:2000].decode("utf-8", "ignore")
     assert fast.bad == [{"line": 2, "reason": "line too large", "raw": cut}]
     assert _normal_rows(fast) == [r for r in _normal_rows(old) if ("user_key", '"big"') not in r]
@@ -307,7 +307,7 @@ def test_wrong_types_the_python_path_let_through_are_quarantined(tmp_path):
         ev(user="d", **{"$device_id": {"id": 1}}),  # old: device "{'id': 1}"; here none
     ]
     raw = write(tmp_path / "raw.jsonl.gz", lines)
-    fast = run(fastpath, raw, tmp_path / "fast")
+    fast = run(mixpanel_duckdb, raw, tmp_path / "fast")
     assert fast.counts.reasons == {"missing distinct_id": 1, "invalid '$insert_id'": 3}
     assert [r["device_id"] for r in fast.rows] == [None]
 
@@ -322,11 +322,13 @@ def test_json_only_one_reader_takes(tmp_path):
     """yyjson reads trailing commas and 'nan' but not unpaired surrogates; Python the reverse."""
     lenient = '{"event":"x","properties":{"time":1700000000,"distinct_id":"u","a":nan,},}'
     surrogate = ev(s="\\ud800").replace("\\\\", "\\")
-    fast = run(fastpath, write(tmp_path / "raw.jsonl.gz", [lenient, surrogate]), tmp_path / "f")
+    fast = run(
+        mixpanel_duckdb, write(tmp_path / "raw.jsonl.gz", [lenient, surrogate]), tmp_path / "f"
+    )
     assert fast.counts.canonical == 1 and len(fast.rows[0]["event_id"]) == 40  # content hash
     assert fast.bad == [{"line": 2, "reason": "not valid JSON", "raw": surrogate}]
     with pytest.raises(UnicodeEncodeError):  # the old path reads it and cannot write it
-        run(mixpanel, write(tmp_path / "raw2.jsonl.gz", [surrogate]), tmp_path / "old")
+        run(mixpanel_lines, write(tmp_path / "raw2.jsonl.gz", [surrogate]), tmp_path / "old")
 
 
 # --- realistic data and properties of the whole --------------------------------------------
@@ -405,7 +407,7 @@ def export_lines(draw) -> list[str]:
             # old path takes a line starting with NUL for its own marker (DIFFERENCES).
             parts = re.split("\r\n|\r|\n", line)
             assume(not any(_lenient_only(x) or x.startswith("\x00") for x in parts))
-            assume(mixpanel.TRUNCATED_MARKER not in parts)
+            assume(mixpanel_lines.TRUNCATED_MARKER not in parts)
             out.append(line)
         elif choice == 1 and out:
             out.append(draw(st.sampled_from(out)))  # an exact duplicate line

@@ -16,8 +16,8 @@ from datetime import UTC, date, datetime
 import pandas as pd
 import pytest
 
-from pql import charts, health, outcomes, report
 from pql.lake import Lake
+from pql.report import charts, health, outcomes, weekly
 
 T0 = pd.Timestamp("2026-09-07", tz="UTC")  # a Monday
 LATE = date(2026, 11, 2)  # a report week when every user's 30-day window has closed
@@ -53,12 +53,12 @@ def _world():
 
 def _weekly(week=LATE, window=30, min_conversions=3, **kw):
     users, meetings, won = _world()
-    return report.compute(users, meetings, won, week=week, window_days=window,
+    return weekly.compute(users, meetings, won, week=week, window_days=window,
                           min_conversions=min_conversions, **kw)  # fmt: skip
 
 
-def _checks(weekly) -> dict[str, dict]:
-    return {c["key"]: c for c in weekly.health}
+def _checks(rep) -> dict[str, dict]:
+    return {c["key"]: c for c in rep.health}
 
 
 def test_checks_give_k_of_n_intervals_status_and_trend():
@@ -82,14 +82,14 @@ def test_checks_give_k_of_n_intervals_status_and_trend():
 def test_a_loose_definition_fails_with_what_to_do():
     users, meetings, won = _world()
     users["qualified_at"] = users["first_seen"]  # everyone flagged: 4 of 100 win
-    weekly = report.compute(users, meetings, won, week=LATE, window_days=30, min_conversions=3)
-    got = _checks(weekly)
+    rep = weekly.compute(users, meetings, won, week=LATE, window_days=30, min_conversions=3)
+    got = _checks(rep)
     assert (got["pql_won"]["status"], got["pql_won"]["k"], got["pql_won"]["n"]) == (
         "fail", 4, 100)  # fmt: skip
     assert "too loose" in got["pql_won"]["advice"]
     assert got["pql_share"]["status"] == "fail"
-    assert weekly.summary["attention"]["check"] == "share of sign-ups reaching PQL"
-    assert any(line.startswith("Needs attention") for line in weekly.summary["lines"])
+    assert rep.summary["attention"]["check"] == "share of sign-ups reaching PQL"
+    assert any(line.startswith("Needs attention") for line in rep.summary["lines"])
 
 
 def test_too_few_conversions_is_not_enough_data_never_pass_or_fail():
@@ -102,18 +102,18 @@ def test_too_few_conversions_is_not_enough_data_never_pass_or_fail():
 
 def test_an_all_immature_report_says_too_early_everywhere(tmp_path):
     """The demo's old shape: a 90-day window, 4 weeks of history, nothing mature."""
-    weekly = _weekly(week=date(2026, 9, 28), window=90)
-    statuses = {c["key"]: c["status"] for c in weekly.health}
+    rep = _weekly(week=date(2026, 9, 28), window=90)
+    statuses = {c["key"]: c["status"] for c in rep.health}
     assert statuses["pql_won"] == statuses["pql_share"] == statuses["bands"] == "too early"
-    assert "the first window closes on 2026-12-07" in _checks(weekly)["pql_won"]["detail"]
+    assert "the first window closes on 2026-12-07" in _checks(rep)["pql_won"]["detail"]
     assert not {"pass", "fail", "warn"} & {statuses["pql_won"], statuses["pql_share"]}
     assert any(line.startswith("Too early to judge conversion") and "2026-12-07" in line
-               for line in weekly.summary["lines"])  # fmt: skip
-    assert "too early to judge" in weekly.summary["title"]
-    totals = weekly.breakdowns[weekly.breakdowns["dimension"] == "all"]
+               for line in rep.summary["lines"])  # fmt: skip
+    assert "too early to judge" in rep.summary["title"]
+    totals = rep.breakdowns[rep.breakdowns["dimension"] == "all"]
     assert (totals["mature_users"] == 0).all() and totals["won_rate"].isna().all()
     assert totals["note"].str.startswith("too early: first mature on").all()
-    page = report.write(Lake(tmp_path), weekly, generated_at=datetime(2026, 10, 5, tzinfo=UTC))
+    page = weekly.write(Lake(tmp_path), rep, generated_at=datetime(2026, 10, 5, tzinfo=UTC))
     text = page.read_text()
     assert "too early" in text and "fail" not in re.sub(r"<style>.*?</style>", "", text, flags=re.S)
 
@@ -151,14 +151,14 @@ def test_a_sunday_qualifier_is_in_that_week_and_nothing_after_the_week_is_report
     })  # fmt: skip
     none = pd.DataFrame(columns=["meeting_id", "email", "meeting_at"])
     wins = pd.DataFrame(columns=["deal_id", "email", "won_at", "amount"])
-    weekly = report.compute(users, none, wins, week=date(2026, 9, 7), window_days=30)
-    u = weekly.per_user.set_index("email")
+    rep = weekly.compute(users, none, wins, week=date(2026, 9, 7), window_days=30)
+    u = rep.per_user.set_index("email")
     assert (
         u.loc["sun@acme.io", "is_pql"] and str(u.loc["sun@acme.io", "cohort_week"]) == "2026-09-07"
     )
     # next@ qualified after the week's end: a non-PQL (signed up) in this report, not a PQL
     assert not u.loc["next@acme.io", "is_pql"]
-    assert set(weekly.breakdowns.loc[weekly.breakdowns["dimension"] == "cohort_week", "value"]) == {
+    assert set(rep.breakdowns.loc[rep.breakdowns["dimension"] == "cohort_week", "value"]) == {
         "2026-09-07"}  # fmt: skip
 
 
@@ -187,16 +187,16 @@ def test_late_wins_stay_in_the_pqls_first_denominator():
     users, meetings, won = _world()
     late = pd.DataFrame({"deal_id": [9], "email": ["u50@acme.io"],
                          "won_at": [T0 + pd.Timedelta(days=60)], "amount": [800.0]})  # fmt: skip
-    weekly = report.compute(users, meetings, pd.concat([won, late]), week=LATE, window_days=30,
+    rep = weekly.compute(users, meetings, pd.concat([won, late]), week=LATE, window_days=30,
                             min_conversions=3)  # fmt: skip
-    first = _checks(weekly)["pql_first"]
+    first = _checks(rep)["pql_first"]
     assert (first["k"], first["n"]) == (3, 5)  # u50 won outside any window: still a buyer
 
 
 def test_a_zero_win_bottom_band_is_said_in_words():
     users, meetings, won = _world()
     got = _checks(
-        report.compute(
+        weekly.compute(
             users,
             meetings,
             won[won["email"] != "u30@acme.io"],
@@ -223,14 +223,14 @@ def test_rates_are_rounded_once():
         }
     )
     none = pd.DataFrame(columns=["meeting_id", "email", "meeting_at"])
-    weekly = report.compute(users, none, won, week=LATE, window_days=30)
-    row = report._rows(weekly.breakdowns[weekly.breakdowns["dimension"] == "all"])[0]
+    rep = weekly.compute(users, none, won, week=LATE, window_days=30)
+    row = weekly._rows(rep.breakdowns[rep.breakdowns["dimension"] == "all"])[0]
     assert row["won_text"] == "2.0% (84/4,098)"
 
 
 def test_outputs_have_no_none_or_nan_and_the_page_matches_the_csv(tmp_path):
-    weekly = _weekly(segments=["size_band"])
-    page = report.write(Lake(tmp_path), weekly, generated_at=datetime(2026, 11, 9, tzinfo=UTC))
+    rep = _weekly(segments=["size_band"])
+    page = weekly.write(Lake(tmp_path), rep, generated_at=datetime(2026, 11, 9, tzinfo=UTC))
     folder = page.parent
     for f in sorted(folder.iterdir()):
         text = f.read_text()
@@ -241,20 +241,20 @@ def test_outputs_have_no_none_or_nan_and_the_page_matches_the_csv(tmp_path):
     assert (totals.loc["PQL", "won"], totals.loc["PQL", "mature_users"]) == (3, 10)
     html = page.read_text()
     assert "30.0% (3/10)" in html and "10.8%–60.3%" in html
-    for c in weekly.charts:
+    for c in rep.charts:
         assert f'id="chart-{c["id"]}"' in html
         kept = pd.read_csv(folder / f"chart_{c['id']}.csv")
         assert len(kept) == len(c["data"])
-    won_chart = next(c for c in weekly.charts if c["id"] == "won_by_cohort")
+    won_chart = next(c for c in rep.charts if c["id"] == "won_by_cohort")
     words = charts.text_of(won_chart["svg"])
     assert "won rate, % of mature users" in words and "weekly cohort" in words
 
 
 def test_immature_cohorts_are_grey_and_labelled_in_the_chart():
-    weekly = _weekly(week=date(2026, 10, 5), window=30)  # the last cohorts are still open
-    cohorts = weekly.breakdowns[weekly.breakdowns["dimension"] == "cohort_week"]
+    rep = _weekly(week=date(2026, 10, 5), window=30)  # the last cohorts are still open
+    cohorts = rep.breakdowns[rep.breakdowns["dimension"] == "cohort_week"]
     assert (cohorts["mature_users"] == 0).any() and (cohorts["mature_users"] > 0).any()
-    svg = next(c for c in weekly.charts if c["id"] == "won_by_cohort")["svg"]
+    svg = next(c for c in rep.charts if c["id"] == "won_by_cohort")["svg"]
     assert "too early" in charts.text_of(svg)
 
 
@@ -268,7 +268,7 @@ def test_the_report_puts_model_versions_side_by_side(tmp_path, version):
          "holdout_from": "2026-09-13T00:00:00+00:00", "current": True, "auc": 0.93,
          "ece": 0.003, "brier": 0.02},
     ]  # fmt: skip
-    page = report.write(Lake(tmp_path), _weekly(models=models), generated_at=datetime.now(UTC))
+    page = weekly.write(Lake(tmp_path), _weekly(models=models), generated_at=datetime.now(UTC))
     html = page.read_text()
     assert 'id="models"' in html and "0.910" in html and "0.930" in html
     assert list(pd.read_csv(page.parent / "models.csv")["current"]) == [False, True]

@@ -106,7 +106,7 @@ def test_dry_run_cli_shows_old_and_new_values_and_writes_nothing(
     from click.testing import CliRunner
 
     from pql import cli, config
-    from sandbox.state import connection_env
+    from sandbox.server import connection_env
 
     lake = Lake(tmp_path)
     emails = [f"dry{i}@acme.io" for i in range(5)]

@@ -6,9 +6,9 @@ from datetime import UTC, date, datetime, timedelta
 
 import requests
 
-from pql import config, jobs
-from pql.features import user_features
+from pql import config, pipeline
 from pql.lake import Lake
+from pql.scoring.features import user_features
 from sandbox.mixpanel import DayWriter, upsert_profiles
 
 DAY = date(2026, 10, 5)
@@ -34,9 +34,9 @@ def test_anonymous_events_and_profile_emails_join_the_user(sandbox, tmp_path):
     session = requests.Session()
     creds = sandbox.credentials["mixpanel"]
     session.auth = (creds["username"], creds["secret"])
-    result = jobs.extract(cfg, "mixpanel", DAY, session, sandbox.base_url)
+    result = pipeline.extract(cfg, "mixpanel", DAY, session, sandbox.base_url)
     assert result["profiles"] == {"looked_up": 1, "found": 1}  # only u1 lacked an email
-    again = jobs.extract(cfg, "mixpanel", DAY, session, sandbox.base_url)
+    again = pipeline.extract(cfg, "mixpanel", DAY, session, sandbox.base_url)
     assert again["profiles"] == {"looked_up": 0, "found": 0}  # not asked twice
 
     lake = Lake(tmp_path)

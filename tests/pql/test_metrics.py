@@ -6,8 +6,8 @@ from datetime import date
 
 import pandas as pd
 
-from pql import metrics, outcomes
 from pql.lake import Lake
+from pql.report import metrics, outcomes
 
 T0 = pd.Timestamp("2026-09-07", tz="UTC")  # a Monday
 
@@ -123,14 +123,14 @@ def test_breakdowns_match_hand_computed_truth(tmp_path):
 def test_report_page_and_csv_carry_the_breakdowns(tmp_path):
     from datetime import datetime
 
-    from pql import report
+    from pql.report import weekly
 
     users = _users()
     no_meetings = pd.DataFrame(columns=["meeting_id", "email", "meeting_at"])
     no_wins = pd.DataFrame(columns=["deal_id", "email", "won_at", "amount"])
-    weekly = report.compute(users, no_meetings, no_wins, week=date(2026, 11, 2), window_days=30,
+    rep = weekly.compute(users, no_meetings, no_wins, week=date(2026, 11, 2), window_days=30,
                             segments=["size_band"])  # fmt: skip
-    html = report.write(Lake(tmp_path), weekly, generated_at=datetime(2026, 11, 9))
+    html = weekly.write(Lake(tmp_path), rep, generated_at=datetime(2026, 11, 9))
     page = html.read_text()
     assert 'id="by-size_band"' in page and "Company size (employees)" in page
     back = pd.read_csv(html.parent / "metrics.csv")

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pql import accounts, config
-from pql.scoring import threshold, weighted
+from pql import config
+from pql.scoring import accounts, threshold, weighted
 from pql.scoring.reasons import phrase
 
 FEATURES = config.Features()

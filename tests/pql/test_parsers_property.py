@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pql.events import amplitude, mixpanel
+from pql.events import amplitude, mixpanel_lines
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20)
@@ -36,7 +36,7 @@ props = st.fixed_dictionaries({}, optional={"time": times}) | st.dictionaries(
     values,
     max_size=8,
 )
-mixpanel_lines = st.one_of(
+mixpanel_export_lines = st.one_of(
     st.text(max_size=80),
     st.builds(lambda e, p: json.dumps({"event": e, "properties": p}), values, props),
 )
@@ -67,9 +67,11 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @settings(max_examples=400, deadline=None)
-@given(mixpanel_lines)
+@given(mixpanel_export_lines)
 def test_mixpanel_lines_never_crash(line):
-    row, reason = mixpanel.parse_line(line, "mixpanel", ["$email", "email"], ["company_id"], NOW)
+    row, reason = mixpanel_lines.parse_line(
+        line, "mixpanel", ["$email", "email"], ["company_id"], NOW
+    )
     assert (row is None) != (reason is None)
     if row is not None:
         assert row["event_name"] and row["user_key"] and row["event_id"]

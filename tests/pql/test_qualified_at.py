@@ -18,9 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pql import config, enrich, features, scores, scoring, training
+from pql import config, scoring
+from pql.enrich import firmographics
 from pql.events.canonical import SCHEMA
 from pql.lake import Lake, atomic_dir
+from pql.scoring import features, snapshots, training
 from sandbox import lakegen, world
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,8 +72,8 @@ def _score(cfg: config.Config, days: list[date], accounts=None) -> dict[date, pd
     """Run score_day for each day in turn; each day's snapshot by user_key."""
     out = {}
     for day in days:
-        acc = enrich.read(Lake(cfg.lake.root)) if accounts is None else accounts[day]
-        scores.score_day(cfg, day, acc)
+        acc = firmographics.read(Lake(cfg.lake.root)) if accounts is None else accounts[day]
+        snapshots.score_day(cfg, day, acc)
         snap = pd.read_parquet(Lake(cfg.lake.root).scores(day) / "scores.parquet")
         out[day] = snap.set_index("user_key")
     return out
@@ -80,7 +82,7 @@ def _score(cfg: config.Config, days: list[date], accounts=None) -> dict[date, pd
 def _flagged_as_of(cfg: config.Config, moment, accounts: pd.DataFrame) -> set[str]:
     """Who a full rescore of the lake as of `moment` flags."""
     lake = Lake(cfg.lake.root)
-    feats = scores.features_at(cfg, lake, pd.Timestamp(moment).to_pydatetime(), accounts)
+    feats = snapshots.features_at(cfg, lake, pd.Timestamp(moment).to_pydatetime(), accounts)
     flags = scoring.score(feats, cfg, lake.models())["flag"].to_numpy(bool)
     return set(feats.loc[flags, "user_key"])
 
@@ -121,7 +123,7 @@ def test_qualified_at_is_the_crossing_event_not_the_next_midnight(tmp_path):
     assert _monday(sun.loc["late", "qualified_at"]) == date(2026, 10, 5)
     assert sun.loc["sun", "qualified_at"] < pd.Timestamp(_t(SUN, 14))
     # What a full rescore at those moments says.
-    accounts = enrich.read(Lake(tmp_path))
+    accounts = firmographics.read(Lake(tmp_path))
     for user in ("sun", "late", "early"):
         at = sun.loc[user, "qualified_at"]
         assert user in _flagged_as_of(cfg, at, accounts)
@@ -155,7 +157,7 @@ def test_events_of_an_anonymous_device_merged_into_the_user_count(tmp_path):
     assert sun.loc["bo", "qualified_at"] == pd.Timestamp(_t(SUN, 12) + US)
     assert sun.loc["dee", "qualified_at"] == pd.Timestamp(_t(SUN, 11) + US)
     assert not sun.loc["cy", "flag"]
-    accounts = enrich.read(Lake(tmp_path))
+    accounts = firmographics.read(Lake(tmp_path))
     for user in ("ana", "bo", "dee"):
         at = sun.loc[user, "qualified_at"]
         assert user in _flagged_as_of(cfg, at, accounts)
@@ -182,7 +184,7 @@ def test_an_earlier_qualification_is_kept(tmp_path):
     candidates = pd.DataFrame(
         {"user_key": ["back", "old"], "after": pd.NaT, "before": pd.Timestamp(_t(SUN, 23))}
     )
-    found = scores.qualifying_moments(cfg, lake, enrich.read(lake), candidates, probes=1)
+    found = snapshots.qualifying_moments(cfg, lake, firmographics.read(lake), candidates, probes=1)
     assert found.to_dict() == {
         "back": pd.Timestamp(_t(oct2, 12) + US),
         "old": pd.Timestamp(_t(FRI, 12) + US),
@@ -205,8 +207,10 @@ def test_a_score_that_rose_without_an_event_keeps_the_runs_moment(tmp_path):
     ]
     cfg = _cfg(_lake(tmp_path, rows).root, weighted)
     # Enrichment learned on Sunday that big.io is big: the score rose with no event of theirs.
-    none = enrich.normalise(pd.DataFrame({"domain": ["small.io"], "employees": [5]}))
-    big = enrich.normalise(pd.DataFrame({"domain": ["big.io", "small.io"], "employees": [500, 5]}))
+    none = firmographics.normalise(pd.DataFrame({"domain": ["small.io"], "employees": [5]}))
+    big = firmographics.normalise(
+        pd.DataFrame({"domain": ["big.io", "small.io"], "employees": [500, 5]})
+    )
     sun = _score(cfg, [SAT, SUN], {SAT: none, SUN: big})[SUN]
     monday = pd.Timestamp(_t(SUN, 0) + DAY)
     assert sun.loc["firm", "flag"] and sun.loc["firm", "qualified_at"] == monday
@@ -224,7 +228,7 @@ def test_a_score_that_rose_without_an_event_keeps_the_runs_moment(tmp_path):
     candidates = pd.DataFrame(
         {"user_key": ["aging"], "after": pd.Timestamp(_t(SUN, 0)), "before": monday}
     )
-    found = scores.qualifying_moments(_cfg(lake.root, aged), lake, none, candidates)
+    found = snapshots.qualifying_moments(_cfg(lake.root, aged), lake, none, candidates)
     assert found.to_dict() == {"aging": monday}  # flagged from 10:00, no event then
 
 
@@ -295,7 +299,7 @@ def _model(kind: str, lake: Lake):
          "training_days": 35, "holdout_days": 7, "sample_every_days": 3}
     )  # fmt: skip
     until = datetime.combine(DAYS[0], datetime.min.time(), UTC)
-    assert training.train(_cfg(lake.root, model), until, enrich.read(lake))["promoted"]
+    assert training.train(_cfg(lake.root, model), until, firmographics.read(lake))["promoted"]
     return model
 
 
@@ -304,7 +308,7 @@ def test_a_rescore_at_qualified_at_flags_and_just_before_does_not(world_lake, tm
     shutil.copytree(world_lake.root, tmp_path / "lake")
     lake = Lake(tmp_path / "lake")
     cfg = _cfg(lake.root, _model(kind, lake))
-    accounts = enrich.read(lake)
+    accounts = firmographics.read(lake)
     snaps = _score(cfg, DAYS)
     previous, at_event = None, 0
     for day in DAYS:
@@ -338,7 +342,9 @@ def _flags_at(cfg, lake: Lake, accounts, moments: pd.Series) -> pd.Series:
     pairs = pd.DataFrame({"user_key": moments.index, "as_of": moments.to_numpy()})
     free = cfg.identity.free_email_domains
     feats = features.user_features(lake.events_glob(), pairs, cfg.features, free, model=cfg.model)
-    flags = scoring.score(enrich.join(feats, accounts), cfg, lake.models())["flag"].to_numpy(bool)
+    flags = scoring.score(firmographics.join(feats, accounts), cfg, lake.models())["flag"].to_numpy(
+        bool
+    )
     got = pd.Series(flags, index=pd.MultiIndex.from_frame(feats[["user_key", "as_of"]]))
     return got.reindex(pd.MultiIndex.from_frame(pairs), fill_value=False)
 

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import requests
 
-from pql import routing
 from pql.config import Routing, SalesforceTarget
 from pql.crm import hubspot as crm
+from pql.crm import routing
 from pql.lake import Lake
 from sandbox import slack
 from sandbox.hubspot import HubSpotStore
@@ -260,7 +260,7 @@ def test_jobs_route_goes_to_salesforce_through_the_hook_and_relogs_in(
 ):
     from datetime import date
 
-    from pql import config, jobs
+    from pql import config, pipeline
     from pql_airflow.hooks import salesforce_login
     from sandbox.salesforce import connection_env
 
@@ -278,6 +278,6 @@ def test_jobs_route_goes_to_salesforce_through_the_hook_and_relogs_in(
     login = salesforce_login(cfg.crm.connection_id)
     sf = login()
     store.expire_sessions()  # e.g. a long sync before: the route logs in again
-    assert jobs.route(cfg, day, sf, login=login) == {"crm_tasks": 1}
+    assert pipeline.route(cfg, day, sf, login=login) == {"crm_tasks": 1}
     [task] = _sf_tasks(store)
     assert task["WhoId"] == lead

@@ -9,7 +9,7 @@ from datetime import date, timedelta
 import pandas as pd
 from click.testing import CliRunner
 
-from pql import cli, config, jobs
+from pql import cli, config, pipeline
 from pql.lake import Lake
 from sandbox import lakegen, seed, world
 from sandbox.salesforce import connection_env
@@ -40,7 +40,7 @@ def test_report_on_salesforce_matches_the_worlds_truth(sandbox, tmp_path, monkey
     while day - timedelta(days=7) > SPEC.start:
         day -= timedelta(days=7)
     while day <= monday + timedelta(days=6):
-        jobs.score(cfg, day)
+        pipeline.score(cfg, day)
         day += timedelta(days=7)
     seed.crms_only(sandbox, SPEC, ("salesforce",))
 

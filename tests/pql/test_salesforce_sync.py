@@ -185,7 +185,7 @@ def test_expired_session_is_refreshed_once(sandbox, sf_login, tmp_path):
 def test_dag_path_hook_login_and_jobs_dispatch(sandbox, tmp_path, monkeypatch):
     from datetime import date
 
-    from pql import config, jobs
+    from pql import config, pipeline
     from pql_airflow.hooks import salesforce_login
     from sandbox.salesforce import connection_env
 
@@ -197,14 +197,15 @@ def test_dag_path_hook_login_and_jobs_dispatch(sandbox, tmp_path, monkeypatch):
     folder.mkdir(parents=True)
     _scores(["ana@acme.io", "bo@beta.dev"]).to_parquet(folder / "scores.parquet")
     login = salesforce_login(cfg.crm.connection_id)
-    result = jobs.sync(cfg, day, login(), login=login)
+    result = pipeline.sync(cfg, day, login(), login=login)
     assert (result["written"], result["created"]) == (2, 2)
     assert SalesforceStore(sandbox).count("Lead") == 2
 
 
 def test_salesforce_accounts_are_an_enrichment_provider(sandbox, sf, tmp_path, monkeypatch):
-    from pql import config, enrich, jobs
+    from pql import config, pipeline
     from pql.crm import salesforce as crm_salesforce
+    from pql.enrich import firmographics
 
     sf.Account.create({"Name": "Acme", "Website": "https://www.Acme.io/about",
                        "NumberOfEmployees": 250, "Industry": "Technology",
@@ -222,8 +223,8 @@ def test_salesforce_accounts_are_an_enrichment_provider(sandbox, sf, tmp_path, m
             "enrichment": config.Enrichment(provider="crm"),
         }
     )
-    assert jobs.refresh_accounts(cfg, sf)["accounts"] == 1
-    kept = enrich.read(Lake(tmp_path)).set_index("domain")
+    assert pipeline.refresh_accounts(cfg, sf)["accounts"] == 1
+    kept = firmographics.read(Lake(tmp_path)).set_index("domain")
     assert kept.loc["acme.io", "employees"] == 250 and kept.loc["acme.io", "revenue_band"] == (
         "$10M-$50M"
     )

@@ -8,10 +8,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pql import config, enrich, scores
+from pql import config
+from pql.enrich import firmographics
 from pql.events.canonical import SCHEMA
-from pql.features import user_features
-from pql.scoring import weighted
+from pql.scoring import snapshots, weighted
+from pql.scoring.features import user_features
 
 AS_OF = datetime(2026, 10, 10, tzinfo=UTC)
 FEATURES = config.Features()
@@ -124,12 +125,14 @@ def test_points_caps_negatives_and_reasons():
 
 def test_missing_firmographics_are_not_an_error(tmp_path):
     users = pd.DataFrame({"email_domain": ["acme.io", "unknown.io", None]})
-    accounts = enrich.normalise(pd.DataFrame({"domain": [" ACME.io "], "employees": ["120"]}))
-    joined = enrich.join(users, accounts)
+    accounts = firmographics.normalise(
+        pd.DataFrame({"domain": [" ACME.io "], "employees": ["120"]})
+    )
+    joined = firmographics.join(users, accounts)
     assert joined["employees"].tolist()[0] == 120 and joined["employees"].isna().sum() == 2
     path = tmp_path / "firmo.csv"
     path.write_text("domain,employees,industry\nacme.io,120,Software\n")
-    assert enrich.from_file(path).loc[0, "industry"] == "Software"
+    assert firmographics.from_file(path).loc[0, "industry"] == "Software"
 
 
 def test_first_qualification_is_kept():
@@ -137,6 +140,6 @@ def test_first_qualification_is_kept():
         {"user_key": ["a", "b"], "qualified_at": [pd.Timestamp("2026-10-01", tz="UTC"), pd.NaT]}
     )
     now = pd.DataFrame({"user_key": ["a", "b", "c"], "flag": [False, True, False]})
-    q = scores._qualified_at(now, previous, AS_OF)
+    q = snapshots._qualified_at(now, previous, AS_OF)
     assert q[0] == pd.Timestamp("2026-10-01", tz="UTC")  # kept though no longer flagged
     assert q[1] == pd.Timestamp(AS_OF) and pd.isna(q[2])

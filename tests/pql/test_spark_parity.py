@@ -17,9 +17,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pql import config, enrich, features, features_spark, scores, spark_job
+from pql import config
+from pql.enrich import firmographics
 from pql.events.canonical import SCHEMA
 from pql.lake import Lake, atomic_dir
+from pql.scoring import features, features_spark, snapshots, spark_job
 from sandbox import lakegen, world
 
 pytest.importorskip("pyspark")
@@ -219,7 +221,7 @@ def test_some_users_and_many_moments_are_the_same_on_both(lake, spark):
 
 
 def test_submitted_job_writes_the_same_frame(lake, spark, monkeypatch):
-    """The cluster path: scores.features_at builds the job, `submit` runs spark_job.main (here
+    """The cluster path: snapshots.features_at builds the job, `submit` runs spark_job.main (here
     in this process's session, as spark-submit would on a cluster), the frame is read back."""
     base = config.load(ROOT / "config" / "pql.yaml")
     cfg = base.model_copy(update={"lake": config.Lake(root=lake.root)})
@@ -241,20 +243,20 @@ def test_submitted_job_writes_the_same_frame(lake, spark, monkeypatch):
         assert job.conf["spark.sql.session.timeZone"] == "UTC"
         spark_job.main(job.args)
 
-    accounts = enrich.read(lake)
+    accounts = firmographics.read(lake)
     as_of = AS_OF[1]
-    duck = scores.features_at(cfg, lake, as_of, accounts)
-    on_spark = scores.features_at(spark_cfg, lake, as_of, accounts, spark_submit=submit)
+    duck = snapshots.features_at(cfg, lake, as_of, accounts)
+    on_spark = snapshots.features_at(spark_cfg, lake, as_of, accounts, spark_submit=submit)
     assert len(submitted) == 1
     assert submitted[0].out == lake.root / "features" / "as_of=20260406T000000Z"
     assert "--profiles" in submitted[0].args and (submitted[0].out / "_SUCCESS").exists()
     _same(duck, on_spark)
     # Some users only: a job of their own, in a folder of its own.
     users = ["x1", "x4", duck["user_key"].iloc[0]]
-    some = scores.features_at(spark_cfg, lake, as_of, accounts, spark_submit=submit, users=users)
+    some = snapshots.features_at(spark_cfg, lake, as_of, accounts, spark_submit=submit, users=users)
     assert len(submitted) == 2 and submitted[1].out.name.startswith("as_of=20260406T000000Z-")
     _same(duck[duck["user_key"].isin(users)].reset_index(drop=True), some)
-    _same(scores.features_at(cfg, lake, as_of, accounts, users=users), some)
+    _same(snapshots.features_at(cfg, lake, as_of, accounts, users=users), some)
 
 
 def test_spark_settings_are_checked():

@@ -30,7 +30,7 @@ import pandas  # noqa: F401
 import pyarrow.parquet  # noqa: F401
 import simple_salesforce  # noqa: F401
 
-from pql import cli, jobs  # noqa: F401
+from pql import cli, pipeline  # noqa: F401
 from pql.crm import hubspot, ledger, salesforce  # noqa: F401
 
 

@@ -13,7 +13,7 @@ import requests
 
 from pql import alerts, config
 from pql.config import Alerts
-from pql.events.transport import ExportError, send
+from pql.http import ExportError, send
 from pql_airflow.hooks import smtp_sender
 
 FAILURE = alerts.Failure("pql_score_sync", "sync", "manual__2026-11-23", 3, 3, None, "")

@@ -33,7 +33,8 @@ from pql.crm import hubspot as crm_hubspot
 from pql.crm import salesforce as crm_salesforce
 from pql.events import amplitude as amp
 from pql.events import mixpanel as mp
-from pql.events.transport import ExportError
+from pql.events.mixpanel_lines import TRUNCATED_MARKER
+from pql.http import ExportError
 from pql.lake import Lake
 from sandbox import amplitude as sbx_amplitude
 from sandbox.hubspot import HubSpotStore
@@ -73,7 +74,7 @@ hostile = st.one_of(st.text(chars, max_size=40), st.sampled_from(NASTY))
 nonblank = hostile.filter(lambda s: s.strip() != "")
 # Lines that can never be an event: not a JSON object, a cut one, or one missing what it needs.
 garbage = st.one_of(
-    nonblank.filter(lambda s: not s.lstrip().startswith("{") and s != mp.TRUNCATED_MARKER),
+    nonblank.filter(lambda s: not s.lstrip().startswith("{") and s != TRUNCATED_MARKER),
     st.builds(
         lambda v: json.dumps({"event": v})[: max(1, len(json.dumps({"event": v})) // 2)], hostile
     ),  # fmt: skip

@@ -29,7 +29,8 @@ import requests
 from pql import config
 from pql.lake import Lake
 from sandbox import server
-from sandbox.state import SandboxState, connection_env
+from sandbox.server import connection_env
+from sandbox.state import SandboxState
 from tests.resilience.helpers import (
     ScoreWorld,
     expected,

@@ -29,7 +29,8 @@ import requests
 from pql import config
 from pql.lake import Lake
 from sandbox import amplitude, seed, server, slack
-from sandbox.state import SandboxState, connection_env
+from sandbox.server import connection_env
+from sandbox.state import SandboxState
 from sandbox.world import WorldSpec
 from tests.conftest import FAST
 

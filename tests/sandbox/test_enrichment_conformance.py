@@ -12,7 +12,8 @@ import requests
 
 from pql_airflow.hooks import EnrichmentHook
 from sandbox import enrichment, seed, world
-from sandbox.state import SandboxState, connection_env
+from sandbox.server import connection_env
+from sandbox.state import SandboxState
 
 SPEC = world.WorldSpec(seed=11, start=date(2025, 3, 1), days=3, users=30, accounts=12)
 FIND = "/enrichment/v2/companies/find"

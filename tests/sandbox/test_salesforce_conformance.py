@@ -33,7 +33,7 @@ from simple_salesforce.exceptions import (
 from sandbox import salesforce, world
 from sandbox.salesforce import SalesforceStore, credentials, login_domain, tls_files
 from sandbox.salesforce_store import DEFAULT_CUSTOM_FIELDS, make_id, normalize_id
-from sandbox.state import connection_env
+from sandbox.server import connection_env
 
 MISSING_LEAD = make_id("00Q", 99_999)  # well-formed, never allocated
 OBJECTS = ["Lead", "Contact", "Account", "Task", "Event", "Opportunity", "OpportunityContactRole"]

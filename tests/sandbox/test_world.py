@@ -9,9 +9,11 @@ from datetime import UTC, date, datetime, timedelta
 import pandas as pd
 import requests
 
-from pql import config, enrich, scores
+from pql import config
+from pql.enrich import firmographics
 from pql.events import mixpanel as mp
 from pql.lake import Lake
+from pql.scoring import snapshots
 from sandbox import seed, world
 from sandbox.hubspot import HubSpotStore
 
@@ -80,7 +82,7 @@ def test_calibrated_to_plg_benchmarks(sandbox, tmp_path):
     session = requests.Session()
     creds = sandbox.credentials["mixpanel"]
     session.auth = (creds["username"], creds["secret"])
-    accounts = enrich.normalise(
+    accounts = firmographics.normalise(
         pd.DataFrame(
             [
                 {
@@ -108,7 +110,7 @@ def test_calibrated_to_plg_benchmarks(sandbox, tmp_path):
     for i in range(spec.days):
         day = spec.start + timedelta(days=i)
         if i >= 6 and i % 2 == 0 or i == spec.days - 1:
-            scores.score_day(cfg, day, accounts)
+            snapshots.score_day(cfg, day, accounts)
     final = pd.read_parquet(lake.partitions("scores")[-1][1] / "scores.parquet")
     truth = seed.truth(sandbox).merge(final[["email", "qualified_at"]], on="email", how="left")
     truth["pql"] = truth["qualified_at"].notna()

@@ -1,7 +1,7 @@
 """Outcomes from HubSpot: meetings, closed-won deals and completed tasks, with contact emails.
 
 `pull(hs, since)` returns what changed since `since` (everything when None) in the shape
-pql.outcomes keeps: per kind, the rows to hold and every record id the pull saw, so a meeting
+pql.report.outcomes keeps: per kind, the rows to hold and every record id the pull saw, so a meeting
 re-linked, a deal no longer closed-won or a task reopened replaces its old rows. Meetings keep
 their `hs_meeting_outcome` (cancelled and no-show ones are left out of the rates by the report).
 
@@ -27,7 +27,7 @@ from hubspot.crm.contacts import BatchReadInputSimplePublicObjectId, SimplePubli
 from hubspot.crm.objects import Filter
 
 from pql.crm.hubspot import limited, search_all
-from pql.outcomes import KINDS, Changes
+from pql.report.outcomes import KINDS, Changes
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Outcomes from Salesforce: meetings (Events), won Opportunities, completed Tasks, by email.
 
 `pull(sf, since)` returns what changed since `since` (everything when None) in the shape
-pql.outcomes keeps (rows to hold, and every record id seen so their old rows are replaced).
+pql.report.outcomes keeps (rows to hold, and every record id seen so their old rows are replaced).
 
 - Meetings are Events with a WhoId: a Contact's or a Lead's email (`Who.Email`). Converting a
   Lead moves its Events to the Contact, which changes them, so they are pulled again.
@@ -28,7 +28,7 @@ import pandas as pd
 from simple_salesforce import Salesforce
 
 from pql.crm.salesforce import LOOKUP, _in_chunks, _Session, soql_quote
-from pql.outcomes import KINDS, Changes
+from pql.report.outcomes import KINDS, Changes
 
 log = logging.getLogger(__name__)
 

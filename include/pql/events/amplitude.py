@@ -21,10 +21,10 @@ from pathlib import Path
 
 import requests
 
+from pql import http
 from pql.config import AmplitudeSource
-from pql.events import transport
 from pql.events.canonical import Counts, Quarantine, RowBuffer, finish, first_value, split_by_day
-from pql.events.transport import CredentialsError, ExportError, IncompleteExport, transient
+from pql.http import CredentialsError, ExportError, IncompleteExport, transient
 from pql.lake import Lake, atomic_dir
 from pql.ratelimit import Budget
 
@@ -69,7 +69,7 @@ def download(
     window = f"{_hour(start)}..{_hour(end)}"
     dest = dest_dir / f"export_{_hour(start)}_{_hour(end)}.zip"
     # 504 means "too large to finish": split the window rather than ask again.
-    got = transport.download(
+    got = http.download(
         session,
         f"{base}/api/2/export",
         dest,
@@ -125,7 +125,7 @@ class ArchiveBody:
         try:
             with zipfile.ZipFile(path) as zf:
                 for name in zf.namelist():
-                    check = transport.GzipCheck()
+                    check = http.GzipCheck()
                     with zf.open(name) as member:
                         while block := member.read(1 << 20):
                             if name.endswith(".gz"):

@@ -12,7 +12,7 @@ import duckdb
 import pandas as pd
 import requests
 
-from pql.events.transport import CredentialsError, ExportError, send
+from pql.http import CredentialsError, ExportError, send
 from pql.lake import Lake, atomic_dir
 
 log = logging.getLogger(__name__)

@@ -9,6 +9,9 @@ import pandas as pd
 from pql.config import Config, PredictiveModel, ThresholdModel, WeightedModel
 
 SCORE_COLUMNS = ["score", "flag", "reasons", "model_version"]
+# Score bands, for charts and backtests: [0, 20), [20, 40), ... [80, 100].
+BANDS = [0, 20, 40, 60, 80, 101]
+BAND_LABELS = ["0-19", "20-39", "40-59", "60-79", "80-100"]
 
 
 class NoTrainedModel(LookupError):

@@ -13,7 +13,7 @@ from pql.config import (
     FreeEmailSignal,
     WeightedModel,
 )
-from pql.features import signal_column
+from pql.scoring.features import signal_column
 from pql.scoring.reasons import cached_format, join_top
 
 

@@ -1,6 +1,6 @@
 """The point-in-time features on Spark (`features.engine: spark`): the DuckDB query, in Spark SQL.
 
-Nothing about the catalogue lives here: pql.features builds the one query in the Spark dialect
+Nothing about the catalogue lives here: pql.scoring.features builds the one query in Spark SQL
 and gives the frame's schema; this module only runs it, two ways:
 
 - in this process (`features.spark.master`, `local[*]` by default): a SparkSession (one per
@@ -28,9 +28,10 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from pql import spark_job
 from pql.config import Config, Features, WeightedModel
-from pql.features import (
+from pql.lake import Lake
+from pql.scoring import spark_job
+from pql.scoring.features import (
     SPARK,
     When,
     aggregates,
@@ -39,7 +40,6 @@ from pql.features import (
     output_schema,
     to_frame,
 )
-from pql.lake import Lake
 
 # In-process sessions on a local master: loopback only, no web UI or progress bars in task logs.
 LOCAL_DEFAULTS = {

@@ -7,9 +7,9 @@ from datetime import datetime, timedelta
 
 import pandas as pd
 
-from pql import labels, scores
 from pql.config import FIRMOGRAPHICS, Config, PredictiveModel
 from pql.lake import Lake
+from pql.scoring import labels, snapshots
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def training_frame(
     outcomes = labels.first_outcomes(lake)
     parts = []
     for k, m in enumerate(moments(until, model), start=1):
-        feats = scores.features_at(cfg, lake, m, accounts)
+        feats = snapshots.features_at(cfg, lake, m, accounts)
         part = labels.label(feats, outcomes, m, model.target, model.horizon_days)
         parts.append(part)
         log.info("moment %s/%s %s: %s open users, %s converted within %s days",

@@ -22,11 +22,11 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from pql import labels, rates, scores, scoring
-from pql.charts import BAND_LABELS, BANDS
+from pql import rates, scoring
 from pql.config import Config
 from pql.lake import Lake, atomic_dir
 from pql.rates import Rate, lift
+from pql.scoring import BAND_LABELS, BANDS, labels, snapshots
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def run(
     history = []
     for k, day in enumerate(days, start=1):
         as_of = pd.Timestamp(day + timedelta(days=1), tz="UTC").to_pydatetime()
-        feats = scores.features_at(cfg, lake, as_of, accounts)
+        feats = snapshots.features_at(cfg, lake, as_of, accounts)
         s = scoring.score(feats, cfg, lake.models())
         history.append(
             pd.DataFrame(
@@ -87,7 +87,7 @@ def run(
 def _moments(cfg: Config, lake: Lake, accounts: pd.DataFrame, h: pd.DataFrame) -> pd.Series:
     """For each replayed row, the moment its user qualified, as the daily run stamps it: the
     qualifying event's moment between the replay before the first one that flagged them and
-    that one (scores.qualifying_moments), not the replay's midnight."""
+    that one (snapshots.qualifying_moments), not the replay's midnight."""
     at = pd.to_datetime(h["as_of"], utc=True)
     first = at[h["flag"].astype(bool)].groupby(h["user_key"]).min()
     replays = sorted(at.unique())
@@ -96,7 +96,7 @@ def _moments(cfg: Config, lake: Lake, accounts: pd.DataFrame, h: pd.DataFrame) -
                                "after": [previous[b] for b in first]})  # fmt: skip
     if candidates.empty:
         return pd.Series(pd.NaT, index=h.index, dtype="datetime64[us, UTC]")
-    moments = scores.qualifying_moments(cfg, lake, accounts, candidates)
+    moments = snapshots.qualifying_moments(cfg, lake, accounts, candidates)
     when = pd.to_datetime(h["user_key"].map(moments), utc=True)
     return when.where(h["flag"].astype(bool))
 
@@ -270,7 +270,7 @@ def _signals(lake: Lake, users: pd.DataFrame, last: date) -> pd.DataFrame:
 
 def write(result: Backtest, out_dir: Path) -> Path:
     """summary.json, bands.csv, signals.csv, users.csv and report.html, written atomically."""
-    from pql.report import TEMPLATES
+    from pql.pages import TEMPLATES
 
     with atomic_dir(out_dir) as tmp:
         (tmp / "summary.json").write_text(json.dumps(result.summary, indent=2, default=str))

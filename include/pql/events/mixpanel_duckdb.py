@@ -1,6 +1,6 @@
 """Mixpanel raw export → canonical Parquet in DuckDB: streaming, bounded memory, every line counted.
 
-A drop-in for `mixpanel.to_canonical` (same signature, reasons, files and counts) that does the
+A drop-in for `mixpanel_lines.to_canonical` (same signature, reasons, files and counts) doing the
 per-line work as vectorised DuckDB SQL instead of a Python loop:
 
 1. **Read.** ISA-L inflates the gzip file in 4 MiB blocks (in its own thread, checking every
@@ -46,8 +46,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from isal import igzip_threaded
 
-from pql.events import mixpanel  # for its constants, read at call time (mixpanel may import us)
+from pql.events import mixpanel_lines
 from pql.events.canonical import SCHEMA, Counts
+from pql.http import IncompleteExport
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def to_canonical(
     """Parse a raw export into deduplicated canonical Parquet in `out_dir`; returns the counts.
 
     Writes `out_dir/part-0.parquet` when any event survives and `quarantine_dir/lines.jsonl.gz`
-    when any line is quarantined. Raises `mixpanel.IncompleteExport` on the server's
+    when any line is quarantined. Raises `IncompleteExport` on the server's
     'terminated early' line. `memory_limit` bounds DuckDB (it spills to a folder in `out_dir`).
     """
     received = datetime.now(UTC)
@@ -124,13 +125,13 @@ def to_canonical(
         reasons = dict(con.execute(f"SELECT reason, count(*) FROM {rel} GROUP BY ALL").fetchall())
         if lines.broken:
             n, error = lines.broken
-            raise mixpanel.IncompleteExport(
+            raise IncompleteExport(
                 f"{raw_path}: the gzip stream breaks after line {n - 1} ({error}): the raw "
                 "export is not whole; extract its window again"
             )
         if reasons.pop("\x00terminated", 0):
-            marker = mixpanel.TRUNCATED_MARKER
-            raise mixpanel.IncompleteExport(f"{raw_path}: export contains '{marker}'")
+            marker = mixpanel_lines.TRUNCATED_MARKER
+            raise IncompleteExport(f"{raw_path}: export contains '{marker}'")
         good = reasons.pop(None, 0)
         counts = Counts(raw=good + sum(reasons.values()), reasons=dict(sorted(reasons.items())))
         counts.quarantined = sum(reasons.values())
@@ -160,7 +161,7 @@ def _connect(work: Path, memory_limit: str, threads: int | None) -> duckdb.DuckD
     con.create_function(
         "mp_content_id", _content_ids, ["VARCHAR"], "VARCHAR", type="arrow", side_effects=False
     )
-    con.execute(_MACROS.replace("{max_epoch}", str(mixpanel.MAX_EPOCH_SECONDS)))
+    con.execute(_MACROS.replace("{max_epoch}", str(mixpanel_lines.MAX_EPOCH_SECONDS)))
     return con
 
 
@@ -288,7 +289,7 @@ def _content_ids(lines: pa.Array) -> pa.Array:
 
 
 def _content_id(line: str) -> str:
-    # Must stay byte-identical to mixpanel._content_id: event ids already in the lake use it.
+    # Must stay byte-identical to mixpanel_lines._content_id: event ids in the lake use it.
     try:
         obj = json.loads(line)
     except ValueError:  # JSON only DuckDB reads (a trailing comma, 'nan'): hash the text
@@ -366,7 +367,7 @@ def _stage_sql(source: str, emails: list[str], accounts: list[str], received: da
     picked = "".join(f", first_item(j[{8 + i}]) AS {f}" for i, f in enumerate(named))
     patch = json.dumps(dict.fromkeys(_POPPED)).replace("'", "''")
     fallback_us = int(received.timestamp()) * 1_000_000 + received.microsecond
-    marker = mixpanel.TRUNCATED_MARKER.replace("'", "''")
+    marker = mixpanel_lines.TRUNCATED_MARKER.replace("'", "''")
     return f"""
   WITH parsed AS (
     SELECT n, line, cut, CAST(try(json_extract(line, [{", ".join(paths)}])) AS VARCHAR[]) AS j

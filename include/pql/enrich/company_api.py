@@ -3,7 +3,7 @@
 Each domain is asked for once per TTL: answers, including "not found", are kept in
 enrichment/cache/companies.parquet with the time they were fetched. A run asks for at most
 `max_requests` expired or missing domains, paced to `requests_per_second`; the rest wait for the
-next run. Rate limits and server errors are retried by `transport.send` (Retry-After honoured).
+next run. Rate limits and server errors are retried by `http.send` (Retry-After honoured).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 import requests
 
-from pql import enrich
-from pql.events import transport
+from pql import http
+from pql.enrich import firmographics
 from pql.frames import among
 from pql.lake import Lake, atomic_file
 from pql.ratelimit import Budget
@@ -106,7 +106,7 @@ def fetch(
     sleep: Callable[[float], None] = time.sleep,
     connection_id: str = "enrichment_default",
 ) -> pd.DataFrame:
-    """enrich.COLUMNS rows for the domains the API knows (from the cache when still fresh).
+    """firmographics.COLUMNS rows for the domains the API knows (from the cache when still fresh).
 
     Expired entries that this run could not refresh are still used. `df.attrs["enrichment"]`
     holds the run's counts: requested, found, not_found, pending (the API is still researching),
@@ -159,7 +159,7 @@ def fetch(
             _write_cache(lake, cache.sort_values("domain").reset_index(drop=True))
     log.info("enrichment: %s", counts)
     known = cache[among(cache["domain"], wanted) & cache["found"].fillna(False)]
-    out = enrich.normalise(known.drop(columns=["found", "fetched_at"]))
+    out = firmographics.normalise(known.drop(columns=["found", "fetched_at"]))
     out.attrs["enrichment"] = counts
     return out
 
@@ -176,7 +176,7 @@ def _lookup(
 
     Raises on answers that another try would not change.
     """
-    resp = transport.send(
+    resp = http.send(
         session,
         "GET",
         url,
@@ -196,11 +196,11 @@ def _lookup(
         log.warning("enrichment: %s rejected as invalid: %s", domain, resp.text[:200])
         return _row(domain, False, now)
     if status in (401, 403):
-        raise transport.CredentialsError(
+        raise http.CredentialsError(
             f"the enrichment API at {url} rejected the API key of connection "
             f"{connection_id!r} ({status}): put a valid key in its password"
         )
-    raise transport.ExportError(
+    raise http.ExportError(
         f"the enrichment API at {url} answered {status} for {domain} "
         f"after {ATTEMPTS} attempts: {resp.text[:200]}"
     )

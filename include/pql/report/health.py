@@ -14,8 +14,8 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from pql.metrics import with_scores
 from pql.rates import Rate, pct
+from pql.report.metrics import with_scores
 
 TREND_WEEKS = 6
 TOO_EARLY, NOT_ENOUGH = "too early", "not enough data"

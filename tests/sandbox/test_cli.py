@@ -1,4 +1,4 @@
-"""`pql sandbox start | status | env | crm | stop` as a user runs them, real server and all."""
+"""`pql-sandbox start | status | env | crm | stop` as a user runs them, real server and all."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import requests
 from click.testing import CliRunner
 
-from pql import cli
+from sandbox import cli
 
 
 def test_sandbox_lifecycle(tmp_path):
@@ -15,14 +15,14 @@ def test_sandbox_lifecycle(tmp_path):
     root = str(tmp_path / "sbx")
     started = runner.invoke(
         cli.main,
-        ["sandbox", "start", "--root", root, "--users", "60", "--days", "10", "--seed", "3"],
+        ["start", "--root", root, "--users", "60", "--days", "10", "--seed", "3"],
     )
     assert started.exit_code == 0, started.output
     assert "world: 60 users" in started.output
     try:
-        status = runner.invoke(cli.main, ["sandbox", "status", "--root", root])
+        status = runner.invoke(cli.main, ["status", "--root", root])
         assert status.exit_code == 0 and "running at http://127.0.0.1:" in status.output
-        env = runner.invoke(cli.main, ["sandbox", "env", "--root", root])
+        env = runner.invoke(cli.main, ["env", "--root", root])
         exports = dict(
             line.removeprefix("export ").split("=", 1) for line in env.output.strip().splitlines()
         )
@@ -35,25 +35,25 @@ def test_sandbox_lifecycle(tmp_path):
         assert resp.status_code == 200 and len(resp.json()["results"]) == 5
         crm = runner.invoke(
             cli.main,
-            ["sandbox", "crm", "companies", "--root", root, "--limit", "3"],
+            ["crm", "companies", "--root", root, "--limit", "3"],
             terminal_width=200,
         )
         assert crm.exit_code == 0 and "companies:" in crm.output and "domain" in crm.output
     finally:
-        stopped = runner.invoke(cli.main, ["sandbox", "stop", "--root", root])
+        stopped = runner.invoke(cli.main, ["stop", "--root", root])
     assert "stopped" in stopped.output
-    after = runner.invoke(cli.main, ["sandbox", "status", "--root", root])
+    after = runner.invoke(cli.main, ["status", "--root", root])
     assert after.exit_code == 3 and "not running" in after.output
 
 
 def test_an_empty_sandbox_has_vendors_up_and_nothing_in_them(tmp_path):
     runner = CliRunner()
     root = str(tmp_path / "empty")
-    started = runner.invoke(cli.main, ["sandbox", "start", "--root", root, "--empty"])
+    started = runner.invoke(cli.main, ["start", "--root", root, "--empty"])
     assert started.exit_code == 0, started.output
     assert "world:" not in started.output and "sandbox running at" in started.output
     try:
-        env = runner.invoke(cli.main, ["sandbox", "env", "--root", root])
+        env = runner.invoke(cli.main, ["env", "--root", root])
         exports = dict(
             line.removeprefix("export ").split("=", 1) for line in env.output.strip().splitlines()
         )
@@ -70,4 +70,4 @@ def test_an_empty_sandbox_has_vendors_up_and_nothing_in_them(tmp_path):
                                       "project_id": 3141592}, timeout=10)  # fmt: skip
         assert export.status_code == 200 and export.content == b""
     finally:
-        runner.invoke(cli.main, ["sandbox", "stop", "--root", root])
+        runner.invoke(cli.main, ["stop", "--root", root])

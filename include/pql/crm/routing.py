@@ -231,7 +231,7 @@ def post_slack(
 
     Returns (email, qualified_at) per lead posted, also appended to `posted` message by message.
     """
-    from pql.events.transport import send
+    from pql.http import send
 
     budget = Budget([(1, 1.0)])
     posted = [] if posted is None else posted

@@ -19,11 +19,11 @@ import duckdb
 import pandas as pd
 import yaml
 
-from pql import backtest, datacheck, enrich, labels, scores
 from pql.config import Config, EventSignal, WeightedModel
+from pql.enrich import firmographics
 from pql.lake import Lake
 from pql.rates import Rate
-from pql.scoring import weighted
+from pql.scoring import backtest, datacheck, labels, snapshots, weighted
 
 MAX_SIGNALS = 6
 TARGET_SHARE = (0.05, 0.15)  # flagged share of users a useful definition lands in
@@ -58,7 +58,7 @@ def event_table(cfg: Config, lake: Lake, target: str, as_of: datetime) -> tuple[
     converters did it (before converting) than non-converters ever did."""
     counts = datacheck.event_counts(lake)
     usage = _usage(lake)
-    users = scores.features_at(cfg, lake, as_of, enrich.read(lake))[["user_key", "email"]]
+    users = snapshots.features_at(cfg, lake, as_of, firmographics.read(lake))[["user_key", "email"]]
     outcomes = labels.first_outcomes(lake)
     col = f"{target}_at"
     users = users.merge(outcomes[["email", col]], on="email", how="left") if len(outcomes) else (
@@ -106,10 +106,10 @@ def _points(row, basis: str) -> float:
 
 def propose(cfg: Config, *, target: str = "won", weeks: int = 8) -> Proposal:
     """The proposal for the product in `cfg.lake` (its sources, CRM and the rest kept)."""
-    from pql import jobs
+    from pql import pipeline
 
     lake = Lake(cfg.lake.root)
-    last = jobs.newest_events_day(cfg)
+    last = pipeline.newest_events_day(cfg)
     as_of = datetime.combine(last + timedelta(days=1), datetime.min.time(), UTC)
     table, basis = event_table(cfg, lake, target, as_of)
     chosen = _choose(table, basis)
@@ -127,7 +127,7 @@ def propose(cfg: Config, *, target: str = "won", weeks: int = 8) -> Proposal:
     features = cfg.features.model_copy(update={"events": list(chosen["event"]), "distinct": []})
     model = WeightedModel(kind="weighted", version=version, threshold=50, signals=signals)
     trial = cfg.model_copy(update={"features": features, "model": model})
-    feats = scores.features_at(trial, lake, as_of, enrich.read(lake))
+    feats = snapshots.features_at(trial, lake, as_of, firmographics.read(lake))
     points = weighted.score(feats, model)["score"]
     threshold, flagged = _threshold(points)
     model = model.model_copy(update={"threshold": float(threshold)})
@@ -140,7 +140,9 @@ def propose(cfg: Config, *, target: str = "won", weeks: int = 8) -> Proposal:
     first = max(last - timedelta(weeks=weeks), _first_day(lake) + timedelta(days=7))
     bt = None
     if first <= last:
-        bt = backtest.run(proposed, first, last, enrich.read(lake), every_days=7, target=target)
+        bt = backtest.run(
+            proposed, first, last, firmographics.read(lake), every_days=7, target=target
+        )
     return Proposal(table, basis, proposed, flagged, as_of, bt, note)
 
 

@@ -14,13 +14,12 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
-from jinja2 import Environment, PackageLoader, select_autoescape
 
-from pql import charts, health, metrics, outcomes
 from pql.lake import Lake, atomic_dir
+from pql.pages import TEMPLATES
 from pql.rates import Rate, lift, pct
+from pql.report import charts, health, metrics, outcomes
 
-TEMPLATES = Environment(loader=PackageLoader("pql", "templates"), autoescape=select_autoescape())
 TITLES = {
     "all": "All users",
     "cohort_week": "Weekly cohort",

@@ -11,11 +11,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from pql import accounts as pqa
-from pql import enrich, scoring
+from pql import scoring
 from pql.config import Config, PredictiveModel, ThresholdModel, WeightedModel
-from pql.features import DEVICE, UserEvents, signal_column, user_features
+from pql.enrich import firmographics
 from pql.lake import Lake, atomic_dir
+from pql.scoring import accounts as pqa
+from pql.scoring.features import DEVICE, UserEvents, signal_column, user_features
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +78,12 @@ def features_at(
     """
     profiles = _profiles(lake)
     if cfg.features.engine == "spark":
-        from pql import features_spark
+        from pql.scoring import features_spark
 
         feats = features_spark.lake_features(
             cfg, lake, as_of, profiles=profiles is not None, submit=spark_submit, users=users
         )
-        return enrich.join(feats, accounts)
+        return firmographics.join(feats, accounts)
     feats = user_features(
         lake.events_glob(),
         as_of,
@@ -92,7 +93,7 @@ def features_at(
         model=cfg.model,
         users=users,
     )
-    return enrich.join(feats, accounts)
+    return firmographics.join(feats, accounts)
 
 
 def score_day(cfg: Config, day: date, accounts: pd.DataFrame, *, spark_submit=None) -> dict:
@@ -270,7 +271,7 @@ def _flagged(
     )
     free = cfg.identity.free_email_domains
     feats = events.features(pairs, free, profiles=_profiles(lake), columns=reads)
-    flags = scoring.score(enrich.join(feats, accounts), cfg, lake.models())["flag"]
+    flags = scoring.score(firmographics.join(feats, accounts), cfg, lake.models())["flag"]
     keys = pd.MultiIndex.from_frame(feats[["user_key", "as_of"]])
     got = pd.Series(flags.to_numpy(bool), index=keys)
     # No row: not seen as a user yet, so not flagged.

@@ -19,10 +19,9 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from pql import rates
-from pql.metrics import with_scores
+from pql.report.metrics import with_scores
+from pql.scoring import BAND_LABELS, BANDS
 
-BANDS = [0, 20, 40, 60, 80, 101]
-BAND_LABELS = ["0-19", "20-39", "40-59", "60-79", "80-100"]
 DAY_BINS = [0, 7, 14, 30, 60, 90, 10_000]
 DAY_LABELS = ["<7 d", "7-13 d", "14-29 d", "30-59 d", "60-89 d", "90+ d"]
 COLORS = {"PQL": "#3b6fc4", "non-PQL": "#c9a13b"}

@@ -117,7 +117,7 @@ def ledger(lake: Lake) -> pd.DataFrame:
 
 def post_slack(session: requests.Session, url: str, text: str) -> None:
     """One message to a Slack incoming webhook (rate limits and 5xx retried with backoff)."""
-    from pql.events.transport import send
+    from pql.http import send
 
     resp = send(session, "POST", url, attempts=4, json={"text": text}, timeout=30, secret_url=True)
     if resp.status_code != 200:

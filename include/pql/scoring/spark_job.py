@@ -1,7 +1,7 @@
 """The feature job on Spark: the lake's events (and profiles) as views, one SQL query, a frame.
 
 Self-contained on purpose (pyspark and the standard library only): `spark-submit` ships this file
-alone to a cluster, where pql is not installed. The query itself is built by pql.features (Spark
+alone to a cluster, where pql is not installed. The query is built by pql.scoring.features (Spark
 dialect) on the side that submits, and passed compressed and base64-encoded (`encode`) so that no
 shell, YARN launch script or Kubernetes manifest on the way can mangle its quotes and newlines.
 pql.features_spark imports `load_views` and `run` from here for an in-process session, so both
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="pql point-in-time features on Spark")
     parser.add_argument("--events", required=True, help="Parquet glob of canonical events")
     parser.add_argument("--profiles", default="", help="Parquet glob of user profiles")
-    parser.add_argument("--sql", required=True, help="the query (pql.features), encoded")
+    parser.add_argument("--sql", required=True, help="the query (pql.scoring.features), encoded")
     parser.add_argument("--out", required=True, help="folder for the frame (Parquet)")
     args = parser.parse_args(argv)
     sql = decode(args.sql)

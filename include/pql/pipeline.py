@@ -14,13 +14,14 @@ import pandas as pd
 import requests
 from hubspot import HubSpot
 
-from pql import datacheck, enrich, enrich_api, metrics, outcomes, report, scores
 from pql.config import Config
 from pql.crm import hubspot as crm_hubspot
+from pql.enrich import company_api, firmographics
 from pql.events import amplitude, mixpanel, profiles
 from pql.lake import Lake
 from pql.ratelimit import Budget
-from pql.scoring import predictive
+from pql.report import metrics, outcomes, weekly
+from pql.scoring import datacheck, predictive, snapshots
 
 log = logging.getLogger(__name__)
 
@@ -144,12 +145,12 @@ def refresh_accounts(
     elif provider == "crm":
         accounts = crm_hubspot.read_companies(hs)
     elif provider == "file":
-        accounts = enrich.from_file(cfg.enrichment.file)
+        accounts = firmographics.from_file(cfg.enrichment.file)
     elif provider == "api":
         if enrichment is None:
             raise ValueError("enrichment provider 'api' needs the API's (session, base URL)")
         e = cfg.enrichment
-        accounts = enrich_api.fetch(
+        accounts = company_api.fetch(
             *enrichment,
             company_domains(lake, cfg.identity.free_email_domains),
             lake,
@@ -160,8 +161,8 @@ def refresh_accounts(
         )
         stats = accounts.attrs.get("enrichment", {})
     else:
-        accounts = pd.DataFrame(columns=enrich.COLUMNS)
-    path = enrich.write(lake, accounts)
+        accounts = pd.DataFrame(columns=firmographics.COLUMNS)
+    path = firmographics.write(lake, accounts)
     log.info("enrichment (%s): %s accounts", provider, len(accounts))
     return {"accounts": len(accounts), "path": str(path), **stats}
 
@@ -200,7 +201,7 @@ def score(cfg: Config, day: date, *, spark_submit=None) -> dict:
     with features.spark.submit; in Airflow, pql_airflow.spark.submitter).
     """
     lake = Lake(cfg.lake.root)
-    result = scores.score_day(cfg, day, enrich.read(lake), spark_submit=spark_submit)
+    result = snapshots.score_day(cfg, day, firmographics.read(lake), spark_submit=spark_submit)
     # A misspelled event or property validates as config and then never matches: say so.
     unseen = datacheck.unseen_names(cfg, lake)
     for line in unseen:
@@ -217,7 +218,7 @@ def check_against_lake(cfg: Config) -> list[str]:
     except LookupError as e:
         return [str(e)]
     as_of = datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC)
-    feats = scores.features_at(cfg, lake, as_of, enrich.read(lake))
+    feats = snapshots.features_at(cfg, lake, as_of, firmographics.read(lake))
     return datacheck.check(cfg, lake, feats, as_of)
 
 
@@ -229,7 +230,7 @@ def new_pqls(cfg: Config, day: date, sample: int = 10) -> tuple[int, pd.DataFram
     if not path.exists():
         raise FileNotFoundError(f"no scores for {day} at {path}: run pql score --day {day}")
     snap = pd.read_parquet(path)
-    before = scores.previous_snapshot(lake, day)
+    before = snapshots.previous_snapshot(lake, day)
     seen = (
         set(before.loc[before["qualified_at"].notna(), "user_key"]) if before is not None else set()
     )
@@ -277,7 +278,7 @@ def route(cfg: Config, day: date, crm, slack=None, *, login=None) -> dict:
     `crm` is the configured CRM's client (None when no CRM task is routed): a HubSpot client,
     or a simple_salesforce.Salesforce (then `login`, if given, refreshes an expired session).
     """
-    from pql import routing
+    from pql.crm import routing
 
     path = Lake(cfg.lake.root).scores(day) / "scores.parquet"
     if not path.exists():
@@ -292,12 +293,12 @@ def route(cfg: Config, day: date, crm, slack=None, *, login=None) -> dict:
 
 def retrain(cfg: Config, day: date) -> dict:
     """Propose a new predictive version from the lake's outcomes; promoted only if better."""
-    from pql import training
+    from pql.scoring import training
 
     if cfg.model.kind != "predictive":
         return {"retrained": False, "why": f"model.kind is {cfg.model.kind!r}"}
     until = datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC)
-    result = training.train(cfg, until, enrich.read(Lake(cfg.lake.root)))
+    result = training.train(cfg, until, firmographics.read(Lake(cfg.lake.root)))
     return {
         "retrained": True,
         **{k: result[k] for k in ("version", "promoted", "rows")},
@@ -359,12 +360,12 @@ def weekly_report(cfg: Config, week: date, crm, *, login=None, full_pull: bool =
     upto = outcomes.as_of(store, until)
     meetings, won, tasks = upto["meetings"], upto["won"], upto["tasks"]
     outcomes.save(lake, week, meetings, won, tasks)
-    snapshots = [p for d, p in lake.partitions("scores") if d < week + timedelta(days=7)]
-    if not snapshots:
+    taken = [p for d, p in lake.partitions("scores") if d < week + timedelta(days=7)]
+    if not taken:
         raise LookupError(f"no scores snapshot before {until:%Y-%m-%d}: run the scoring first")
-    users = pd.read_parquet(snapshots[-1] / "scores.parquet")
+    users = pd.read_parquet(taken[-1] / "scores.parquet")
     rule = cfg.outcomes
-    weekly = report.compute(
+    rep = weekly.compute(
         users, meetings, won, week=week, window_days=rule.attribution_window_days, tasks=tasks,
         segments=rule.segments, min_conversions=rule.min_conversions,
         excluded_outcomes=rule.excluded_meeting_outcomes,
@@ -372,7 +373,7 @@ def weekly_report(cfg: Config, week: date, crm, *, login=None, full_pull: bool =
         pqa=metrics.qualifying_accounts(str(lake.root / "scores" / "date=*" / "accounts.parquet")),
         models=predictive.versions(lake.models()),
     )  # fmt: skip
-    html = report.write(lake, weekly, generated_at=datetime.now(UTC))
+    html = weekly.write(lake, rep, generated_at=datetime.now(UTC))
     return {
         "week": week.isoformat(),
         "meetings": len(meetings),
@@ -380,6 +381,6 @@ def weekly_report(cfg: Config, week: date, crm, *, login=None, full_pull: bool =
         "sales_tasks": len(tasks),
         "pull": pulled["pull"],
         "pulled": sum(v for k, v in pulled.items() if k.endswith("_pulled")),
-        "summary": weekly.summary["lines"],
+        "summary": rep.summary["lines"],
         "report": str(html),
     }

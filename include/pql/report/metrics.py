@@ -213,7 +213,7 @@ def account_attribution(
 ) -> pd.DataFrame:
     """Attribution at account level: an account starts when it first qualified (PQA; the end
     of that day) or when its first user signed up, and converts when any of its users does."""
-    from pql.outcomes import attribute
+    from pql.report.outcomes import attribute
 
     u = users[users["account_key"].notna() & users["email"].notna()]
     account_of = dict(zip(u["email"].str.lower(), u["account_key"], strict=False))

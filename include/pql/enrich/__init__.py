@@ -1,0 +1,1 @@
+"""Account firmographics: from the CRM, a file or a company-lookup API, cached in the lake."""

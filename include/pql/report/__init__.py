@@ -1,0 +1,1 @@
+"""The weekly report: CRM outcomes, attribution, metrics, checks, charts, the page, delivery."""
