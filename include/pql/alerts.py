@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import requests
 
 from pql.config import Alerts
-from pql.report.delivery import Email, post_slack
+from pql.notify import Email, post_slack
 
 log = logging.getLogger(__name__)
 

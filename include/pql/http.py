@@ -1,10 +1,17 @@
-"""What every export client shares: its errors, how long to wait before trying again, and a
-download that is data only when the whole body arrived (the rules: docs/exports.md)."""
+"""The one HTTP layer: errors, waits before trying again, budgets of calls, and a download that
+is data only when the whole body arrived (the rules: docs/exports.md).
+
+Every vendor client retries through here: exports and APIs with `send` and `download`, the SDKs
+(HubSpot's urllib3 retry) with `sdk_retry`, Salesforce's lock retries with `doubling`; calls
+are paced by `Budget`s. Errors say why and what to do, named for what failed.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,10 +21,13 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 from isal import isal_zlib
-
-from pql.ratelimit import Budget
+from urllib3.util.retry import Retry
 
 log = logging.getLogger(__name__)
+
+RETRIED_STATUSES = (429, 500, 502, 503, 504)
+MAX_RETRY_AFTER_S = 300.0  # a Retry-After we follow; a longer one (a daily limit) fails instead
+SDK_MAX_RETRY_AFTER_S = 60.0  # inside an SDK call, a worker slot should not wait longer
 
 
 def shown_url(url: str, secret: bool = False) -> str:
@@ -26,24 +36,95 @@ def shown_url(url: str, secret: bool = False) -> str:
     return f"{u.scheme}://{u.netloc}" + ("/…" if secret else u.path)
 
 
-class ExportError(Exception):
-    """The export could not be fetched; the message says why and what to do."""
+class HttpError(Exception):
+    """A call or download failed after its retries; the message says why and what to do."""
 
 
-class CredentialsError(ExportError):
+class CredentialsError(HttpError):
     """The vendor rejected the credentials: retrying will not help."""
 
 
-class IncompleteExport(ExportError):
-    """The export did not arrive whole (cut, reset, short of its length, a broken gzip or zip,
-    or the vendor's own "cut short" marker): never data; the whole window is fetched again."""
+class IncompleteDownload(HttpError):
+    """A body did not arrive whole (cut, reset, short of its length, a broken gzip or zip, or
+    a vendor's own "cut short" marker): never data; the whole window is fetched again."""
+
+
+class Budget:
+    """`acquire()` returns once a call fits in every (limit, window) pair, sleeping if needed.
+
+    Mixpanel allows 60 export queries an hour and 3 a second per project; HubSpot 100 calls in
+    any 10 seconds: spending a budget evenly avoids the errors that come after it is spent.
+    """
+
+    def __init__(self, limits: list[tuple[int, float]], *,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):  # fmt: skip
+        self.limits = limits
+        self.clock, self.sleep = clock, sleep
+        self.calls: deque[float] = deque()
+        self._lock = threading.Lock()  # threads of one task share the budget
+
+    def acquire(self) -> float:
+        """Wait for a free slot; returns the seconds waited."""
+        waited = 0.0
+        while True:
+            with self._lock:
+                wait = self._try(self.clock())
+            if wait <= 0:
+                return waited
+            self.sleep(wait)
+            waited += wait
+
+    def _try(self, now: float) -> float:
+        """Take a slot at `now` (returns 0) or say how long until one frees up."""
+        longest = max(w for _, w in self.limits)
+        while self.calls and now - self.calls[0] >= longest:
+            self.calls.popleft()
+        wait = 0.0
+        for limit, window in self.limits:
+            recent = [t for t in self.calls if now - t < window]
+            if len(recent) >= limit:
+                wait = max(wait, recent[-limit] + window - now)
+        if wait <= 0:
+            self.calls.append(now)
+        return wait
+
+
+def doubling(attempt: int, first: float, cap: float = 60.0) -> float:
+    """`first` seconds before the second attempt, doubling after each, at most `cap`."""
+    return min(cap, first * 2 ** (attempt - 1))
+
+
+class _CappedRetry(Retry):
+    """urllib3 Retry that never sleeps longer than SDK_MAX_RETRY_AFTER_S on a Retry-After.
+
+    A DAILY-limit 429 can ask to wait until midnight: better to fail the task with the vendor's
+    message than to hold a worker slot for hours.
+    """
+
+    def get_retry_after(self, response):
+        after = super().get_retry_after(response)
+        return None if after is None else min(after, SDK_MAX_RETRY_AFTER_S)
+
+
+def sdk_retry(total: int = 8, backoff_factor: float = 0.5) -> Retry:
+    """The retry an SDK built on urllib3 is given: 429 and 5xx, every method (batch POSTs
+    included), Retry-After honoured up to a minute, the last answer returned, not raised."""
+    return _CappedRetry(
+        total=total,
+        backoff_factor=backoff_factor,
+        status_forcelist=RETRIED_STATUSES,
+        allowed_methods=None,
+        raise_on_status=False,
+        respect_retry_after_header=True,
+    )
 
 
 def backoff(attempt: int, retry_after: str | None) -> float:
     """Seconds to wait: the server's Retry-After when given, else exponential up to a minute."""
     if retry_after and retry_after.strip().isdigit():
-        return min(float(retry_after), 300.0)
-    return min(60.0, 2.0**attempt)
+        return min(float(retry_after), MAX_RETRY_AFTER_S)
+    return doubling(attempt, 2.0)
 
 
 def transient(status: int) -> bool:
@@ -85,7 +166,7 @@ def send(
             if attempt == attempts:
                 # requests repeats the path in its message (and the chained traceback).
                 reason = str(e).replace(urlsplit(url).path, "/…") if secret_url else str(e)
-                error = ExportError(f"cannot reach {shown}: {reason}")
+                error = HttpError(f"cannot reach {shown}: {reason}")
                 raise error from (None if secret_url else e)
             sleep(backoff(attempt, None))
             continue
@@ -95,7 +176,7 @@ def send(
         log.warning("%s answered %s; retrying in %.0fs", shown, resp.status_code, wait)
         resp.close()
         sleep(wait)
-    raise ExportError("unreachable")
+    raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,7 +189,7 @@ class BodyCheck(Protocol):
     def feed(self, chunk: bytes) -> None: ...
 
     def finish(self, path: Path) -> None:
-        """Raise IncompleteExport if the body saved at `path` is not whole."""
+        """Raise IncompleteDownload if the body saved at `path` is not whole."""
 
 
 @dataclass
@@ -151,7 +232,7 @@ def download(
     again with backoff, up to `attempts` in all. A body is whole when its stream ended cleanly,
     it is as long as its Content-Length says, and `check` (built from the response headers:
     gzip complete, zip readable, ...) finds nothing missing. After the last attempt a cut body
-    raises IncompleteExport naming `window`; `dest` then does not exist. Any other final status
+    raises IncompleteDownload naming `window`; `dest` then does not exist. Any other final status
     is returned (body not saved) for the caller to interpret. Every attempt, the retries
     included, first takes a slot of `budget` (a vendor's queries per hour).
     """
@@ -165,7 +246,7 @@ def download(
             resp = session.request("GET", url, stream=True, **kwargs)
         except requests.ConnectionError as e:
             if last:
-                raise ExportError(f"cannot reach {shown} for {window}: {e}") from e
+                raise HttpError(f"cannot reach {shown} for {window}: {e}") from e
             faults.append(f"cannot reach the server: {_short(e)}")
             sleep(backoff(attempt, None))
             continue
@@ -181,11 +262,11 @@ def download(
                 return Download(status, resp.headers, resp.text[:500], 0, attempt, faults)
             try:
                 size = _save(resp, dest, check(resp.headers) if check else None)
-            except IncompleteExport as e:
+            except IncompleteDownload as e:
                 dest.unlink(missing_ok=True)
                 faults.append(str(e))
                 if last:
-                    raise IncompleteExport(
+                    raise IncompleteDownload(
                         f"{window}: the download from {shown} did not arrive whole in "
                         f"{attempts} attempts ({'; '.join(faults)}). Nothing was written for "
                         "this window; run it again once the network or proxy is healthy."
@@ -211,10 +292,10 @@ def _save(resp: requests.Response, dest: Path, check: BodyCheck | None) -> int:
                 if check:
                     check.feed(chunk)
     except _CUT as e:
-        raise IncompleteExport(f"the body was cut after {written:,} bytes ({_short(e)})") from e
+        raise IncompleteDownload(f"the body was cut after {written:,} bytes ({_short(e)})") from e
     expected = resp.headers.get("Content-Length", "")
     if expected.isdigit() and written != int(expected):
-        raise IncompleteExport(f"{written:,} of the {int(expected):,} bytes announced arrived")
+        raise IncompleteDownload(f"{written:,} of the {int(expected):,} bytes announced arrived")
     if check:
         check.finish(dest)
     return written
@@ -248,11 +329,11 @@ class GzipCheck:
             try:
                 out = self._d.decompress(chunk)
             except isal_zlib.error as e:
-                raise IncompleteExport(f"the gzip stream is corrupt ({e})") from e
+                raise IncompleteDownload(f"the gzip stream is corrupt ({e})") from e
             if out:
                 self.tail = (self.tail + out[-self.TAIL :])[-self.TAIL :]
             chunk = self._d.unused_data if self._d.eof else b""
 
     def finish(self, path: Path) -> None:
         if self.started and not self._d.eof:
-            raise IncompleteExport("the gzip stream ends before its last member does")
+            raise IncompleteDownload("the gzip stream ends before its last member does")

@@ -18,8 +18,8 @@ from pql.config import Config
 from pql.crm import hubspot as crm_hubspot
 from pql.enrich import company_api, firmographics
 from pql.events import amplitude, mixpanel, profiles
+from pql.http import Budget
 from pql.lake import Lake
-from pql.ratelimit import Budget
 from pql.report import metrics, outcomes, weekly
 from pql.scoring import datacheck, predictive, snapshots
 

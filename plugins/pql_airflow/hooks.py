@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from hubspot import HubSpot
     from simple_salesforce import Salesforce
 
-    from pql.report.delivery import Email
+    from pql.notify import Email
 
 
 class ExportHook(HttpHook):
@@ -145,7 +145,7 @@ class SlackWebhookHook(BaseHook):
 
 
 def smtp_sender(conn_id: str = "smtp_default") -> Callable[[Email], None]:
-    """A function that sends a pql.report.delivery.Email through the SMTP provider's SmtpHook.
+    """A function that sends a pql.notify.Email through the SMTP provider's SmtpHook.
 
     Connection (type smtp): host, port, login/password (when the server wants them) and extras
     from_email (the sender, required), disable_tls / disable_ssl, timeout, retry_limit.

@@ -10,8 +10,8 @@ import pandas as pd
 
 from pql.crm import hubspot as crm_hubspot
 from pql.crm import hubspot_outcomes, salesforce_outcomes
+from pql.http import Budget
 from pql.lake import Lake
-from pql.ratelimit import Budget
 from pql.report import health, outcomes
 from sandbox import seed, world
 from sandbox.hubspot import HubSpotStore

@@ -22,10 +22,10 @@ from click.testing import CliRunner
 
 from pql import cli
 from pql.config import AmplitudeSource, MixpanelSource
+from pql.events import ExportError, IncompleteExport, profiles
 from pql.events import amplitude as amp
 from pql.events import mixpanel as mp
-from pql.events import profiles
-from pql.http import CredentialsError, ExportError, IncompleteExport
+from pql.http import CredentialsError
 from pql.lake import Lake, sweep
 from sandbox import amplitude as sbx_amp
 from sandbox.mixpanel import DayWriter, upsert_profiles

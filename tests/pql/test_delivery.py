@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from pql.config import Outcomes
+from pql.http import HttpError
 from pql.lake import Lake
 from pql.report import delivery
 from sandbox import slack
@@ -137,7 +138,7 @@ def test_a_failed_channel_keeps_the_ones_already_sent(lake, sandbox):
     sent = []
     wrong = (requests.Session(), sandbox.base_url + "/slack/services/T0/B0/nope")
     rule = Outcomes(email_to=["cro@acme.io"], slack=True)
-    with pytest.raises(RuntimeError, match="Slack webhook answered 404"):
+    with pytest.raises(HttpError, match="Slack webhook answered 404"):
         delivery.deliver(lake, rule, WEEK, send_email=sent.append, slack=wrong)
     assert len(sent) == 1
     ok = (requests.Session(), sandbox.base_url + slack.webhook_path(sandbox))

@@ -154,7 +154,7 @@ def test_answers_are_kept_when_a_run_fails_half_way(sandbox, accounts, api, tmp_
     domains = sorted(a.domain for a in accounts[:3])
     fetch(api, domains[:2], lake)
     sandbox.queue_fault("enrichment", 500, count=company_api.ATTEMPTS)
-    with pytest.raises(http.ExportError, match="answered 500"):
+    with pytest.raises(http.HttpError, match="answered 500"):
         fetch(api, domains, lake, now=NOW + timedelta(days=40), sleep=Sleeps())
     assert set(company_api.read_cache(lake)["domain"]) == set(domains[:2])
     fetch(api, ["gmail.com", domains[2]], lake, now=NOW + timedelta(days=40))

@@ -12,6 +12,7 @@ import requests
 from pql.config import Routing, SalesforceTarget
 from pql.crm import hubspot as crm
 from pql.crm import routing
+from pql.http import HttpError
 from pql.lake import Lake
 from sandbox import slack
 from sandbox.hubspot import HubSpotStore
@@ -110,7 +111,7 @@ def test_slack_rate_limit_is_retried_and_a_bad_webhook_is_named(sandbox, webhook
     )
     assert got == {"slack_leads": 1} and "dee@acme.io" in slack.messages(sandbox)[-1]["text"]
     wrong = (requests.Session(), sandbox.base_url + "/slack/services/T0/B0/nope")
-    with pytest.raises(RuntimeError, match="Slack webhook answered 404: no_service"):
+    with pytest.raises(HttpError, match="Slack webhook answered 404: no_service"):
         routing.route(
             Lake(tmp_path / "x"), only_slack, _scores([("eve@acme.io", 90, "2026-11-01")]),
             slack=wrong,
@@ -189,7 +190,7 @@ def test_salesforce_task_once_per_lead_and_qualification_on_the_owners_record(
     assert t["Subject"] == "Product-qualified lead: follow up with ana@acme.io (score 80)"
     assert t["Description"] == "PQL score 80: invited 4 teammates in 30 days"
     assert (t["ActivityDate"], t["Status"], t["Priority"]) == ("2026-11-03", "Not Started", "High")
-    done = routing.ledger(lake).set_index("email")
+    done = routing.ledger(lake).done.set_index("email")
     assert done.loc["ana@acme.io", "detail"] == t["Id"]  # the task's id, per lead
 
     again = routing.route(lake, TASK_ONLY, day1, crm=sf_login(), target=SF, now=NOW)
@@ -226,7 +227,7 @@ def test_a_refused_salesforce_task_is_retried_next_run(sandbox, sf_login, tmp_pa
     first = routing.route(lake, TASK_ONLY, scores, crm=sf_login(), target=SF, now=NOW)
     assert first == {"crm_tasks": 1}
     assert [t["WhoId"] for t in _sf_tasks(store)] == [ok]
-    assert set(routing.ledger(lake)["email"]) == {"ok@acme.io"}  # the refused one is not kept
+    assert set(routing.ledger(lake).done["email"]) == {"ok@acme.io"}  # the refused one is not kept
     assert routing.route(lake, TASK_ONLY, scores, crm=sf_login(), target=SF, now=NOW) == {
         "crm_tasks": 0
     }
@@ -245,10 +246,10 @@ def test_a_failure_after_some_salesforce_tasks_keeps_them_in_the_ledger(
     scores = _scores([("a@acme.io", 80, "2026-11-01")])
     both = Routing(crm_task=True, slack=True)
     wrong = (requests.Session(), sandbox.base_url + "/slack/services/T0/B0/nope")
-    with pytest.raises(RuntimeError, match="Slack webhook answered 404"):
+    with pytest.raises(HttpError, match="Slack webhook answered 404"):
         routing.route(lake, both, scores, crm=sf_login(), target=SF, slack=wrong, now=NOW)
     # The Airflow retry must not create the task again.
-    assert set(routing.ledger(lake)["channel"]) == {"crm_task"}
+    assert set(routing.ledger(lake).done["channel"]) == {"crm_task"}
     assert routing.route(lake, TASK_ONLY, scores, crm=sf_login(), target=SF, now=NOW) == {
         "crm_tasks": 0
     }

@@ -13,7 +13,7 @@ import requests
 
 from pql import alerts, config
 from pql.config import Alerts
-from pql.http import ExportError, send
+from pql.http import HttpError, send
 from pql_airflow.hooks import smtp_sender
 
 FAILURE = alerts.Failure("pql_score_sync", "sync", "manual__2026-11-23", 3, 3, None, "")
@@ -37,7 +37,7 @@ def test_an_unreachable_webhook_is_named_without_its_secret_path():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/slack/services/T0/B0/secretpart"
-    with pytest.raises(ExportError) as err:
+    with pytest.raises(HttpError) as err:
         send(requests.Session(), "POST", url, attempts=1, secret_url=True, json={"text": "x"})
     assert "secretpart" not in str(err.value) and err.value.__cause__ is None
     assert f"127.0.0.1:{port}/…" in str(err.value)

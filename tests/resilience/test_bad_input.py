@@ -31,10 +31,10 @@ from pql import cli, config
 from pql.config import AmplitudeSource, HubSpotTarget, MixpanelSource, SalesforceTarget
 from pql.crm import hubspot as crm_hubspot
 from pql.crm import salesforce as crm_salesforce
+from pql.events import ExportError
 from pql.events import amplitude as amp
 from pql.events import mixpanel as mp
 from pql.events.mixpanel_lines import TRUNCATED_MARKER
-from pql.http import ExportError
 from pql.lake import Lake
 from sandbox import amplitude as sbx_amplitude
 from sandbox.hubspot import HubSpotStore

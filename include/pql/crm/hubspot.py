@@ -17,8 +17,8 @@ from hubspot.crm.contacts import (
 )
 from hubspot.crm.objects import Filter, FilterGroup, PublicObjectSearchRequest
 from hubspot.crm.properties import PropertyCreate, PropertyGroupCreate
-from urllib3.util.retry import Retry
 
+from pql import http
 from pql.config import HubSpotTarget
 from pql.crm.ledger import (
     MERGED,
@@ -41,8 +41,8 @@ from pql.crm.ledger import (
     verify_rest,
 )
 from pql.frames import among
+from pql.http import Budget
 from pql.lake import Lake, atomic_dir
-from pql.ratelimit import Budget
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +57,6 @@ WORKERS = 4  # batch calls in flight at once (HubSpot limits the rate, not concu
 API_HOST = "https://api.hubapi.com"
 
 
-class _CappedRetry(Retry):
-    """urllib3 Retry that never sleeps longer than a minute on a Retry-After header.
-
-    A DAILY-limit 429 can ask to wait until midnight: better to fail the task with HubSpot's
-    message than to hold a worker slot for hours.
-    """
-
-    def get_retry_after(self, response):
-        after = super().get_retry_after(response)
-        return None if after is None else min(after, 60.0)
-
-
 def client(access_token: str, host: str | None = None, requests_per_10s: int = 100) -> HubSpot:
     """A HubSpot client that retries 429 and 5xx with backoff (POSTs included).
 
@@ -76,15 +64,8 @@ def client(access_token: str, host: str | None = None, requests_per_10s: int = 1
     `requests_per_10s` in any rolling 10 seconds (100 for most private apps, 190 on
     Professional/Enterprise) and 5 searches a second, so 429s are the exception, not the pacing.
     """
-    retry = _CappedRetry(
-        total=8,
-        backoff_factor=0.5,
-        status_forcelist=(429, 500, 502, 503, 504),
-        allowed_methods=None,
-        raise_on_status=False,
-        respect_retry_after_header=True,
-    )
-    hs = HubSpot(access_token=access_token, host=(host or API_HOST).rstrip("/"), retry=retry)
+    hs = HubSpot(access_token=access_token, host=(host or API_HOST).rstrip("/"),
+                 retry=http.sdk_retry())  # fmt: skip
     hs._pql_budgets = {  # read by limited(); an attribute so every holder of hs shares it
         "api": Budget([(requests_per_10s, WINDOW_S)]),
         "search": Budget([(5, SEARCH_WINDOW_S)]),

@@ -13,30 +13,31 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import requests
 
+from pql import notify
 from pql.config import HubSpotTarget, Routing, SalesforceTarget
-from pql.lake import Lake, atomic_dir
-from pql.ratelimit import Budget
+from pql.http import Budget
+from pql.lake import Lake
+from pql.notify import SentOnce
 
 log = logging.getLogger(__name__)
 
-LEDGER_COLUMNS = ["email", "qualified_at", "channel", "done_at", "detail"]
 SLACK_LEADS_PER_MESSAGE = 20
 SUBJECT_MAX, DESCRIPTION_MAX = 255, 32000  # Task.Subject and Task.Description lengths
 USER_PREFIX = "005"  # User ids; a Lead's owner may also be a queue (00G)
 
 
-def ledger(lake: Lake) -> pd.DataFrame:
-    path = lake.sync("routing") / "ledger.parquet"
-    return pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=LEDGER_COLUMNS)
+def ledger(lake: Lake) -> SentOnce:
+    """What routing already did: (email, qualified_at) per channel."""
+    return SentOnce(lake, "routing", ["email", "qualified_at"])
 
 
-def pending(scores: pd.DataFrame, done: pd.DataFrame, channel: str) -> pd.DataFrame:
+def pending(scores: pd.DataFrame, done: SentOnce, channel: str) -> pd.DataFrame:
     """Flagged leads with an email whose current qualification was not routed on `channel`."""
     q = scores[
         scores["flag"].astype(bool) & scores["email"].notna() & scores["qualified_at"].notna()
     ]
     q = q.assign(qualified_at=pd.to_datetime(q["qualified_at"], utc=True))
-    seen = done[done["channel"] == channel]
+    seen = done.sent(channel)
     keys = set(zip(seen["email"], pd.to_datetime(seen["qualified_at"], utc=True), strict=True))
     mask = [(e, t) not in keys for e, t in zip(q["email"], q["qualified_at"], strict=True)]
     return q[mask]
@@ -86,14 +87,9 @@ def route(
     finally:
         # Also when a later batch, message or channel fails: what was done is not done twice
         # by the retry.
-        new_rows = [(e, q, "crm_task", now, d) for e, q, d in made]
-        new_rows += [(e, q, "slack", now, "") for e, q in posted]
-        if new_rows:
-            fresh = pd.DataFrame(new_rows, columns=LEDGER_COLUMNS)
-            with atomic_dir(lake.sync("routing")) as tmp:
-                pd.concat([done, fresh], ignore_index=True).to_parquet(
-                    tmp / "ledger.parquet", index=False
-                )
+        for e, q, d in made:
+            done.record([(e, q)], "crm_task", now, d)
+        done.record(posted, "slack", now)
     log.info("routing: %s", counts or "off")
     return counts
 
@@ -231,19 +227,14 @@ def post_slack(
 
     Returns (email, qualified_at) per lead posted, also appended to `posted` message by message.
     """
-    from pql.http import send
-
     budget = Budget([(1, 1.0)])
     posted = [] if posted is None else posted
     rows = list(todo.itertuples())
     for start in range(0, len(rows), SLACK_LEADS_PER_MESSAGE):
         chunk = rows[start : start + SLACK_LEADS_PER_MESSAGE]
         lines = [f"• {r.email} — score {r.score}: {r.reasons}" for r in chunk]
-        text = f"{len(chunk)} new product-qualified lead(s):\n" + "\n".join(lines)
         budget.acquire()
-        resp = send(session, "POST", url, attempts=4, json={"text": text}, timeout=30,
-                    secret_url=True)  # fmt: skip
-        if resp.status_code != 200:
-            raise RuntimeError(f"Slack webhook answered {resp.status_code}: {resp.text[:200]}")
+        notify.post_slack(session, url, f"{len(chunk)} new product-qualified lead(s):\n"
+                          + "\n".join(lines))  # fmt: skip
         posted += [(r.email, r.qualified_at) for r in chunk]
     return posted

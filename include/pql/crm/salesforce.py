@@ -21,6 +21,7 @@ from simple_salesforce import Salesforce
 from simple_salesforce.api import DEFAULT_API_VERSION
 from simple_salesforce.exceptions import SalesforceExpiredSession
 
+from pql import http
 from pql.config import SalesforceTarget
 from pql.crm.ledger import (
     SyncError,
@@ -306,7 +307,7 @@ def _collections(call: _Session, writes: list[dict]) -> list[dict]:
     pending = list(range(len(writes)))
     for attempt in range(LOCK_RETRIES + 1):
         if attempt:
-            time.sleep(LOCK_BACKOFF_S * 2 ** (attempt - 1))
+            time.sleep(http.doubling(attempt, LOCK_BACKOFF_S))
             log.info("retrying %s records locked by Salesforce (attempt %s)", len(pending), attempt)
         locked = []
         for method in ("PATCH", "POST"):  # updates (with id), then creates

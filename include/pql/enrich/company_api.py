@@ -20,8 +20,8 @@ import requests
 from pql import http
 from pql.enrich import firmographics
 from pql.frames import among
+from pql.http import Budget
 from pql.lake import Lake, atomic_file
-from pql.ratelimit import Budget
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def _lookup(
             f"the enrichment API at {url} rejected the API key of connection "
             f"{connection_id!r} ({status}): put a valid key in its password"
         )
-    raise http.ExportError(
+    raise http.HttpError(
         f"the enrichment API at {url} answered {status} for {domain} "
         f"after {ATTEMPTS} attempts: {resp.text[:200]}"
     )

@@ -23,10 +23,10 @@ import requests
 
 from pql import http
 from pql.config import AmplitudeSource
+from pql.events import ExportError, IncompleteExport
 from pql.events.canonical import Counts, Quarantine, RowBuffer, finish, first_value, split_by_day
-from pql.http import CredentialsError, ExportError, IncompleteExport, transient
+from pql.http import Budget, CredentialsError, transient
 from pql.lake import Lake, atomic_dir
-from pql.ratelimit import Budget
 
 log = logging.getLogger(__name__)
 

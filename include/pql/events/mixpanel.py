@@ -16,12 +16,11 @@ import requests
 
 from pql import http
 from pql.config import MixpanelSource
-from pql.events import mixpanel_duckdb
+from pql.events import ExportError, IncompleteExport, mixpanel_duckdb
 from pql.events.canonical import Counts, split_by_day
 from pql.events.mixpanel_lines import TRUNCATED_MARKER
-from pql.http import CredentialsError, ExportError, IncompleteExport, transient
+from pql.http import Budget, CredentialsError, transient
 from pql.lake import Lake, atomic_dir
-from pql.ratelimit import Budget
 
 __all__ = ["CredentialsError", "ExportError", "IncompleteExport", "extract_window"]
 

@@ -46,9 +46,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from isal import igzip_threaded
 
-from pql.events import mixpanel_lines
+from pql.events import IncompleteExport, mixpanel_lines
 from pql.events.canonical import SCHEMA, Counts
-from pql.http import IncompleteExport
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pql.events import IncompleteExport
 from pql.events.canonical import Counts, Quarantine, RowBuffer, finish, first_value
-from pql.http import IncompleteExport
 
 # Mixpanel's own deduplication key (event, distinct_id, time, $insert_id).
 DEDUP_KEY = ["event_name", "user_key", "ts", "event_id"]

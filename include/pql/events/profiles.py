@@ -12,7 +12,8 @@ import duckdb
 import pandas as pd
 import requests
 
-from pql.http import CredentialsError, ExportError, send
+from pql.events import ExportError
+from pql.http import CredentialsError, send
 from pql.lake import Lake, atomic_dir
 
 log = logging.getLogger(__name__)

@@ -2,8 +2,8 @@
 
 The summary comes from the report's own summary.json (written with the page), so every channel
 says what the page says. Each channel sends once per week: a ledger in the lake
-(sync/delivery/ledger.parquet) records (week, channel) once done, so a retried task or a re-run
-of the DAG never mails the same week twice (force=True sends again).
+(sync/delivery/ledger.parquet, pql.notify.SentOnce) records (week, channel) once done, so a
+retried task or a re-run of the DAG never mails the same week twice (force=True sends again).
 """
 
 from __future__ import annotations
@@ -16,15 +16,13 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-import pandas as pd
 import requests
 
 from pql.config import Outcomes
-from pql.lake import Lake, atomic_dir
+from pql.lake import Lake
+from pql.notify import Email, SentOnce, post_slack
 
 log = logging.getLogger(__name__)
-
-LEDGER_COLUMNS = ["week", "channel", "done_at", "detail"]
 
 
 @dataclass(frozen=True)
@@ -39,14 +37,6 @@ class Headline:
     rates: dict  # pql_meeting, pql_won, non_pql_meeting, non_pql_won: k, n, rate, low, high, text
     failing: tuple[str, ...] = ()  # health checks that failed
     warning: tuple[str, ...] = ()  # health checks that warned
-
-
-@dataclass(frozen=True)
-class Email:
-    to: tuple[str, ...]
-    subject: str
-    html: str
-    attachments: tuple[tuple[str, Path], ...]  # (file name in the email, file in the lake)
 
 
 def headline(report_dir: Path, week: date) -> Headline:
@@ -110,20 +100,6 @@ def attachments(report_dir: Path, week: date) -> tuple[tuple[str, Path], ...]:
     return tuple(files)
 
 
-def ledger(lake: Lake) -> pd.DataFrame:
-    path = lake.sync("delivery") / "ledger.parquet"
-    return pd.read_parquet(path) if path.exists() else pd.DataFrame(columns=LEDGER_COLUMNS)
-
-
-def post_slack(session: requests.Session, url: str, text: str) -> None:
-    """One message to a Slack incoming webhook (rate limits and 5xx retried with backoff)."""
-    from pql.http import send
-
-    resp = send(session, "POST", url, attempts=4, json={"text": text}, timeout=30, secret_url=True)
-    if resp.status_code != 200:
-        raise RuntimeError(f"Slack webhook answered {resp.status_code}: {resp.text[:200]}")
-
-
 def deliver(
     lake: Lake,
     rule: Outcomes,
@@ -139,16 +115,16 @@ def deliver(
     report_dir = lake.reports(week)
     h = headline(report_dir, week)
     url = link(rule.report_url, week)
-    done = ledger(lake)
-    sent_before = set(done.loc[done["week"] == week.isoformat(), "channel"]) if not force else set()
+    done = SentOnce(lake, "delivery", ["week"])
+    sent_before = (
+        {c for c in ("email", "slack") if week.isoformat() in set(done.sent(c)["week"])}
+        if not force
+        else set()
+    )
     got: dict = {"week": week.isoformat(), "email": 0, "slack": 0, "already_sent": []}
 
     def record(channel: str, detail: str) -> None:  # at once: a later failure keeps this one
-        nonlocal done
-        row = pd.DataFrame([(week.isoformat(), channel, now, detail)], columns=LEDGER_COLUMNS)
-        done = pd.concat([done, row], ignore_index=True) if len(done) else row
-        with atomic_dir(lake.sync("delivery")) as tmp:
-            done.to_parquet(tmp / "ledger.parquet", index=False)
+        done.record([(week.isoformat(),)], channel, now, detail)
 
     if rule.email_to:
         if "email" in sent_before:

@@ -1,6 +1,6 @@
 """The client-side budget spreads calls to stay inside every window."""
 
-from pql.ratelimit import Budget
+from pql.http import Budget
 
 
 class FakeClock:
