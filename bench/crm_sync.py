@@ -117,7 +117,7 @@ def main() -> None:
     ap.add_argument("--naive-sample", type=int, default=300)
     args = ap.parse_args()
     n, changed = args.contacts, int(args.contacts * args.changed_share)
-    target = HubSpotTarget(kind="hubspot", verify="sample")
+    target = HubSpotTarget(kind="hubspot", verify="sample", requests_per_10s=LIMIT)
     with tempfile.TemporaryDirectory(prefix="bench-crm-") as tmp:
         # The sandbox in its own process, as in the demo: in this one it would share the GIL.
         root = Path(tmp) / "sandbox"
@@ -126,7 +126,7 @@ def main() -> None:
         (root / "settings.json").write_text(json.dumps(settings))
         base = server.start(root)["base_url"]
         try:
-            hs = crm.client(state.credentials["hubspot"]["access_token"], base, LIMIT)
+            hs = crm.client(state.credentials["hubspot"]["access_token"], base, target)
             lake = Lake(Path(tmp) / "lake")
             t = time.perf_counter()
             seed(state, hs, lake, target, scores(n))

@@ -34,7 +34,7 @@ def build(source_name: str, kind: str, schedule: str, conn_id: str):
             from pql_airflow.hooks import ExportHook
 
             day = pipeline.day_before(data_interval_end)
-            session, host = ExportHook(conn_id).session_and_host()
+            session, host = ExportHook(conn_id).get_conn()
             result = pipeline.extract(load(), source_name, day, session, host)
             outlet_events[CANONICAL_EVENTS].extra = {"source": source_name, "day": result["last"]}
             return result

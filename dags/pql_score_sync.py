@@ -36,23 +36,13 @@ def pql_score_sync():
     @task(pool=CRM)  # reads CRM companies or an enrichment API: shares the CRM budget
     def enrich() -> dict:
         from pql import pipeline
-        from pql_airflow.hooks import EnrichmentHook, HubSpotHook, salesforce_login
+        from pql_airflow.hooks import CrmHook, EnrichmentHook
 
         cfg = load()
         provider = cfg.enrichment.provider
-        hs = None
-        if provider == "crm":  # HubSpot companies or Salesforce Accounts
-            hs = (
-                salesforce_login(cfg.crm.connection_id)()
-                if cfg.crm.kind == "salesforce"
-                else HubSpotHook(cfg.crm.connection_id).get_conn()
-            )
-        api = (
-            EnrichmentHook(cfg.enrichment.connection_id).session_and_host()
-            if provider == "api"
-            else None
-        )
-        return pipeline.refresh_accounts(cfg, hs, api)
+        crm = CrmHook(cfg).get_conn() if provider == "crm" else None  # companies / Accounts
+        api = EnrichmentHook(cfg.enrichment.connection_id).get_conn() if provider == "api" else None
+        return pipeline.refresh_accounts(cfg, crm, api)
 
     @task(outlets=[SCORES])
     def score(enriched: dict, params=None, triggering_asset_events=None) -> dict:
@@ -85,15 +75,10 @@ def pql_score_sync():
         from datetime import date
 
         from pql import pipeline
-        from pql_airflow.hooks import HubSpotHook, salesforce_login
+        from pql_airflow.hooks import CrmHook
 
         cfg = load()
-        day = date.fromisoformat(scored["day"])
-        if cfg.crm.kind == "salesforce":
-            login = salesforce_login(cfg.crm.connection_id)
-            return pipeline.sync(cfg, day, login(), login=login)
-        hs = HubSpotHook(cfg.crm.connection_id).get_conn()
-        return pipeline.sync(cfg, day, hs)
+        return pipeline.sync(cfg, date.fromisoformat(scored["day"]), CrmHook(cfg).get_conn())
 
     @task(pool=CRM)
     def route(scored: dict, synced: dict) -> dict:
@@ -101,23 +86,15 @@ def pql_score_sync():
         from datetime import date
 
         from pql import pipeline
-        from pql_airflow.hooks import HubSpotHook, SlackWebhookHook, salesforce_login
+        from pql_airflow.hooks import CrmHook, SlackWebhookHook
 
         cfg = load()
-        if not (cfg.routing.crm_task or cfg.routing.slack):
+        rule = cfg.routing
+        if not (rule.crm_task or rule.slack):
             return {"routing": "off"}
-        crm = login = None
-        if cfg.routing.crm_task and cfg.crm.kind == "salesforce":
-            login = salesforce_login(cfg.crm.connection_id)
-            crm = login()
-        elif cfg.routing.crm_task:
-            crm = HubSpotHook(cfg.crm.connection_id).get_conn()
-        slack = (
-            SlackWebhookHook(cfg.routing.slack_connection_id).session_and_url()
-            if cfg.routing.slack
-            else None
-        )
-        return pipeline.route(cfg, date.fromisoformat(scored["day"]), crm, slack, login=login)
+        crm = CrmHook(cfg).get_conn() if rule.crm_task else None
+        slack = SlackWebhookHook(rule.slack_connection_id).get_conn() if rule.slack else None
+        return pipeline.route(cfg, date.fromisoformat(scored["day"]), crm, slack)
 
     scored = score(enrich())
     route(scored, sync(scored))

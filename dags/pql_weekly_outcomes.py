@@ -1,5 +1,5 @@
-"""Weekly outcomes: meetings, won deals and sales tasks from the CRM (HubSpot or Salesforce,
-only what changed since the last run) → PQL→meeting and PQL→won report."""
+"""Weekly outcomes: meetings, won deals and sales tasks from the CRM (only what changed since
+the last run) → PQL→meeting and PQL→won report."""
 
 from __future__ import annotations
 
@@ -30,14 +30,11 @@ def pql_weekly_outcomes():
         """Pull what the CRM changed since the last run, then report the week before."""
         from pql import pipeline
         from pql.report import outcomes
-        from pql_airflow.hooks import HubSpotHook, salesforce_login
+        from pql_airflow.hooks import CrmHook
 
         cfg = load()
         week = outcomes.week_start(pipeline.day_before(data_interval_end))
-        if cfg.crm.kind == "salesforce":
-            login = salesforce_login(cfg.crm.connection_id)
-            return pipeline.weekly_report(cfg, week, login(), login=login)
-        return pipeline.weekly_report(cfg, week, HubSpotHook(cfg.crm.connection_id).get_conn())
+        return pipeline.weekly_report(cfg, week, CrmHook(cfg).get_conn())
 
     @task
     def retrain(reported: dict) -> dict:
@@ -61,7 +58,7 @@ def pql_weekly_outcomes():
         cfg = load()
         rule = cfg.outcomes
         send_email = smtp_sender(rule.smtp_connection_id) if rule.email_to else None
-        slack = SlackWebhookHook(rule.slack_connection_id).session_and_url() if rule.slack else None
+        slack = SlackWebhookHook(rule.slack_connection_id).get_conn() if rule.slack else None
         week = date.fromisoformat(reported["week"])
         return delivery.deliver(Lake(cfg.lake.root), rule, week, send_email=send_email, slack=slack)
 

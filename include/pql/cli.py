@@ -1,4 +1,7 @@
-"""The `pql` command: validate config, run the sandbox, run the demo."""
+"""The `pql` command: one short function per pipeline step (parse, call the step, print).
+
+Long because it is the whole command line in one place (validate, init, extract, score,
+backtest, train, sync, report, events stats); each command stays a few lines."""
 
 from __future__ import annotations
 
@@ -119,18 +122,14 @@ def extract(config_path, source_name, first, last, window_days) -> None:
 
     Credentials come from AIRFLOW_CONN_<CONNECTION_ID> (see `pql-sandbox env`).
     """
-    import requests
-
-    from pql import connections, pipeline
+    from pql import connections, events, pipeline
 
     cfg = _load(config_path)
     src = cfg.source(source_name) if source_name else cfg.sources[0]
     try:
-        conn = connections.from_env(src.connection_id)
+        session, host = events.session(connections.from_env(src.connection_id))
     except LookupError as e:
         raise click.ClickException(str(e)) from None
-    session = requests.Session()
-    session.auth = (conn.login or "", conn.password or "")
     first, last = first.date(), last.date()
     with Progress(console=console) as bar:
         job = bar.add_task(f"{src.name} {first}..{last}", total=(last - first).days + 1)
@@ -141,7 +140,7 @@ def extract(config_path, source_name, first, last, window_days) -> None:
                 first,
                 last,
                 session,
-                conn.host,
+                host,
                 window_days=window_days,
                 progress=lambda n: bar.advance(job, n),
             )
@@ -360,20 +359,12 @@ def train(config_path, until) -> None:
                + str(result["comparison"].get("reason", "")))  # fmt: skip
 
 
-def _crm_client(cfg):
-    """The configured CRM's client from its AIRFLOW_CONN_* variable, and a re-login function
-    (Salesforce; None for HubSpot, whose private-app token does not expire)."""
-    from pql import connections
+def _crm(cfg):
+    """The configured CRM's adapter, from its AIRFLOW_CONN_* variable."""
+    from pql import connections, crm
 
     conn = connections.from_env(cfg.crm.connection_id)
-    if cfg.crm.kind == "salesforce":
-        from pql.crm import salesforce as crm_salesforce
-
-        login = crm_salesforce.login_from(conn)
-        return login(), login
-    from pql.crm import hubspot as crm_hubspot
-
-    return crm_hubspot.client(conn.password or "", conn.host or None), None
+    return crm.connect(cfg.crm, conn, outcomes=cfg.outcomes)
 
 
 @main.command()
@@ -387,14 +378,13 @@ def sync(config_path, day, dry_run) -> None:
     Failed records from earlier runs are never in the ledger, so a run sends them again.
     """
     from pql import pipeline
-    from pql.crm.ledger import SyncError
+    from pql.crm import SyncError
 
     cfg = _load(config_path)
     day = day.date() if day else pipeline.newest_events_day(cfg)
     try:
-        client, login = _crm_client(cfg)
-        result = pipeline.sync(cfg, day, client, dry_run=dry_run, login=login)
-    except (LookupError, FileNotFoundError, SyncError) as e:
+        result = pipeline.sync(cfg, day, _crm(cfg), dry_run=dry_run)
+    except (LookupError, FileNotFoundError, ValueError, SyncError) as e:
         raise click.ClickException(str(e)) from None
     if not dry_run:
         click.echo(f"{day}: {result['written']:,} written, {result['unchanged']:,} unchanged, "
@@ -422,15 +412,14 @@ def report(config_path, week, full_pull) -> None:
     """Pull what the CRM changed (HubSpot or Salesforce) and write the week's conversion report
     (as the DAG does)."""
     from pql import pipeline
-    from pql.crm.ledger import SyncError
+    from pql.crm import SyncError
     from pql.report import outcomes
 
     cfg = _load(config_path)
     start = outcomes.week_start(week.date())
     try:
-        client, login = _crm_client(cfg)
-        result = pipeline.weekly_report(cfg, start, client, login=login, full_pull=full_pull)
-    except (LookupError, FileNotFoundError, SyncError) as e:
+        result = pipeline.weekly_report(cfg, start, _crm(cfg), full_pull=full_pull)
+    except (LookupError, FileNotFoundError, ValueError, SyncError) as e:
         raise click.ClickException(str(e)) from None
 
     for line in result["summary"]:

@@ -36,6 +36,22 @@ def shown_url(url: str, secret: bool = False) -> str:
     return f"{u.scheme}://{u.netloc}" + ("/…" if secret else u.path)
 
 
+def session(conn=None, *, auth=None, bearer: str | None = None) -> requests.Session:
+    """A requests session for a connection (pql.connections.Conn): Basic `auth` or a `bearer`
+    token, and the connection's optional `ca_bundle` extra as the CA file TLS is verified with
+    (for a proxy or a sandbox with its own certificate authority)."""
+    s = requests.Session()
+    if auth is not None:
+        s.auth = auth
+    if bearer is not None:
+        s.headers["Authorization"] = f"Bearer {bearer}"
+    ca = (conn.extra.get("ca_bundle") if conn is not None else None) or None
+    if ca:
+        s.trust_env = False  # REQUESTS_CA_BUNDLE would override verify
+        s.verify = ca
+    return s
+
+
 class HttpError(Exception):
     """A call or download failed after its retries; the message says why and what to do."""
 

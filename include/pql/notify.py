@@ -29,6 +29,18 @@ class Email:
     attachments: tuple[tuple[str, Path], ...]  # (file name in the email, file in the lake)
 
 
+def slack_webhook(conn) -> tuple[requests.Session, str]:
+    """The Slack poster's (session, webhook URL) for a connection (pql.connections.Conn) whose
+    password holds the incoming-webhook URL (the URL is the secret)."""
+    url = conn.password or ""
+    if not url.startswith(("https://", "http://")):
+        raise ValueError(
+            f"connection {conn.conn_id!r}: put the Slack incoming-webhook URL "
+            "(https://hooks.slack.com/services/...) in its password"
+        )
+    return http.session(conn), url
+
+
 def post_slack(session: requests.Session, url: str, text: str) -> None:
     """One message to a Slack incoming webhook (rate limits and 5xx retried with backoff; the
     URL is a secret: never shown in messages)."""

@@ -12,10 +12,9 @@ from datetime import UTC, date, datetime, timedelta
 import duckdb
 import pandas as pd
 import requests
-from hubspot import HubSpot
 
 from pql.config import Config
-from pql.crm import hubspot as crm_hubspot
+from pql.crm import Crm
 from pql.enrich import company_api, firmographics
 from pql.events import amplitude, mixpanel, profiles
 from pql.http import Budget
@@ -127,23 +126,21 @@ def newest_events_day(cfg: Config) -> date:
 
 def refresh_accounts(
     cfg: Config,
-    hs: HubSpot | None,
+    crm: Crm | None,
     enrichment: tuple[requests.Session, str | None] | None = None,
 ) -> dict:
     """Fetch firmographics from the configured provider and keep them in the lake.
 
-    `hs` is the CRM's client for provider 'crm' (HubSpot, or simple_salesforce for Salesforce
-    Accounts); `enrichment` is the API's (session, base URL) for provider 'api'.
+    `crm` is the CRM's adapter (provider 'crm': its companies or Accounts); `enrichment` is
+    the API's (session, base URL) for provider 'api'.
     """
     lake = Lake(cfg.lake.root)
     provider = cfg.enrichment.provider
     stats = {}
-    if provider == "crm" and cfg.crm.kind == "salesforce":
-        from pql.crm import salesforce as crm_salesforce
-
-        accounts = crm_salesforce.read_accounts(hs)
-    elif provider == "crm":
-        accounts = crm_hubspot.read_companies(hs)
+    if provider == "crm":
+        if crm is None:
+            raise ValueError("enrichment provider 'crm' needs the CRM's adapter")
+        accounts = crm.read_accounts()
     elif provider == "file":
         accounts = firmographics.from_file(cfg.enrichment.file)
     elif provider == "api":
@@ -239,12 +236,8 @@ def new_pqls(cfg: Config, day: date, sample: int = 10) -> tuple[int, pd.DataFram
     return len(new), new.sort_values("score", ascending=False)[cols].head(sample)
 
 
-def sync(cfg: Config, day: date, hs, *, dry_run: bool = False, login=None) -> dict:
-    """Write the day's changed scores into the CRM.
-
-    `hs` is the configured CRM's client: a HubSpot client, or a simple_salesforce.Salesforce
-    (then `login`, if given, builds a fresh one when the session expires).
-    """
+def sync(cfg: Config, day: date, crm: Crm, *, dry_run: bool = False) -> dict:
+    """Write the day's changed scores into the CRM (`crm`: its adapter, pql.crm.connect)."""
     path = Lake(cfg.lake.root).scores(day) / "scores.parquet"
     if not path.exists():
         raise FileNotFoundError(
@@ -252,31 +245,17 @@ def sync(cfg: Config, day: date, hs, *, dry_run: bool = False, login=None) -> di
         )
     lake = Lake(cfg.lake.root)
     accounts = path.parent / "accounts.parquet"
-    if cfg.crm.kind == "salesforce":
-        from pql.crm import salesforce as crm_salesforce
-
-        result = crm_salesforce.sync(
-            hs, lake, cfg.crm, pd.read_parquet(path), dry_run=dry_run, login=login
-        )
-        if cfg.crm.sync_accounts and accounts.exists() and not dry_run:
-            result["accounts"] = crm_salesforce.sync_accounts(
-                hs, lake, cfg.crm, pd.read_parquet(accounts), login=login
-            )
-        return result
-    crm_hubspot.set_rate(hs, cfg.crm.requests_per_10s)
-    result = crm_hubspot.sync(hs, lake, cfg.crm, pd.read_parquet(path), dry_run=dry_run)
+    result = crm.sync(lake, pd.read_parquet(path), dry_run=dry_run)
     if cfg.crm.sync_accounts and accounts.exists() and not dry_run:
-        result["companies"] = crm_hubspot.sync_accounts(
-            hs, lake, cfg.crm, pd.read_parquet(accounts)
-        )
+        result["accounts"] = crm.sync_accounts(lake, pd.read_parquet(accounts))
     return result
 
 
-def route(cfg: Config, day: date, crm, slack=None, *, login=None) -> dict:
+def route(cfg: Config, day: date, crm: Crm | None, slack=None) -> dict:
     """Follow-ups for leads that newly qualified in the day's scores (each once per lead).
 
-    `crm` is the configured CRM's client (None when no CRM task is routed): a HubSpot client,
-    or a simple_salesforce.Salesforce (then `login`, if given, refreshes an expired session).
+    `crm` is the configured CRM's adapter (None when no CRM task is routed); `slack` the
+    webhook's (session, URL).
     """
     from pql.crm import routing
 
@@ -286,9 +265,8 @@ def route(cfg: Config, day: date, crm, slack=None, *, login=None) -> dict:
             f"no scores for {day} at {path}: run `pql score --day {day}` (or the score DAG) first"
         )
     return routing.route(
-        Lake(cfg.lake.root), cfg.routing, pd.read_parquet(path), crm=crm, target=cfg.crm,
-        login=login, slack=slack,
-    )  # fmt: skip
+        Lake(cfg.lake.root), cfg.routing, pd.read_parquet(path), crm=crm, slack=slack
+    )
 
 
 def retrain(cfg: Config, day: date) -> dict:
@@ -307,48 +285,27 @@ def retrain(cfg: Config, day: date) -> dict:
     }
 
 
-def pull_outcomes(cfg: Config, crm, *, login=None, full: bool = False) -> tuple[dict, dict]:
+def pull_outcomes(cfg: Config, crm: Crm, *, full: bool = False) -> tuple[dict, dict]:
     """Bring the lake's store of the CRM's meetings, won deals and tasks up to date.
 
-    `crm` is the configured CRM's client: a HubSpot client, or a simple_salesforce.Salesforce
-    (then `login`, if given, builds a fresh one when the session expires). Only records
-    modified since the previous pull are asked for, unless a full pull is due or `full`.
-    Returns the store's frames by kind and what the pull did.
+    `crm` is the configured CRM's adapter. Only records modified since the previous pull are
+    asked for, unless a full pull is due or `full`. Returns the store's frames by kind and
+    what the pull did.
     """
-    if cfg.crm.kind == "salesforce":
-        from pql.crm import salesforce_outcomes
-
-        def pull(since):
-            return salesforce_outcomes.pull(
-                crm, since, login=login, outcome_field=cfg.outcomes.salesforce_meeting_outcome_field
-            )
-    else:
-        from pql.crm import hubspot_outcomes
-
-        if getattr(crm, "_pql_budgets", None):  # built by crm_hubspot.client
-            crm_hubspot.set_rate(crm, cfg.crm.requests_per_10s)
-
-        def pull(since):
-            return hubspot_outcomes.pull(crm, since)
-
     rule = cfg.outcomes
     return outcomes.refresh(
         Lake(cfg.lake.root),
-        cfg.crm.kind,
-        pull,
+        crm.kind,
+        crm.pull_outcomes,
         margin=timedelta(minutes=rule.pull_margin_minutes),
         full_every=timedelta(days=rule.full_pull_days) if rule.full_pull_days else None,
         full=full,
     )
 
 
-def weekly_report(cfg: Config, week: date, crm, *, login=None, full_pull: bool = False) -> dict:
-    """Pull what changed in the CRM and write the conversion report for `week` from all
-    outcomes up to its end.
-
-    `crm` is the configured CRM's client (HubSpot, or simple_salesforce.Salesforce with an
-    optional `login` that refreshes an expired session); `full_pull` re-reads everything.
-    """
+def weekly_report(cfg: Config, week: date, crm: Crm, *, full_pull: bool = False) -> dict:
+    """Pull what changed in the CRM (`crm`: its adapter) and write the conversion report for
+    `week` from all outcomes up to its end; `full_pull` re-reads everything."""
     lake = Lake(cfg.lake.root)
     until = datetime.combine(week + timedelta(days=7), datetime.min.time(), UTC)
     if week + timedelta(days=6) < cfg.first_day():
@@ -356,7 +313,7 @@ def weekly_report(cfg: Config, week: date, crm, *, login=None, full_pull: bool =
             f"the week of {week} ends before the first day the config covers "
             f"({cfg.first_day()}, the earliest sources[].start_date): no report for it"
         )
-    store, pulled = pull_outcomes(cfg, crm, login=login, full=full_pull)
+    store, pulled = pull_outcomes(cfg, crm, full=full_pull)
     upto = outcomes.as_of(store, until)
     meetings, won, tasks = upto["meetings"], upto["won"], upto["tasks"]
     outcomes.save(lake, week, meetings, won, tasks)

@@ -48,7 +48,7 @@ def _alert(context) -> None:
     slack = None
     if rule.slack:
         try:
-            slack = SlackWebhookHook(rule.slack_connection_id).session_and_url()
+            slack = SlackWebhookHook(rule.slack_connection_id).get_conn()
         except Exception as e:
             log.error("alerts.slack: connection %r unusable: %s", rule.slack_connection_id,
                       alerts.error_line(e))  # fmt: skip

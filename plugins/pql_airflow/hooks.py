@@ -1,147 +1,114 @@
-"""Hooks: Airflow connections → the vendor clients that include/pql works with."""
+"""Hooks: Airflow connections → the plain clients include/pql works with.
+
+Each hook reads its stored connection, turns it into typed credentials (pql.connections.Conn)
+and hands them to the vendor's one factory (the same the CLI calls); the client is made once
+per hook and kept, as the providers' hooks do.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from airflow.providers.http.hooks.http import HttpHook
 from airflow.sdk import BaseHook
 
-if TYPE_CHECKING:
-    import requests
-    from hubspot import HubSpot
-    from simple_salesforce import Salesforce
+from pql import connections
 
+if TYPE_CHECKING:
+    from pql.config import Config
+    from pql.crm import Crm
     from pql.notify import Email
 
 
-class ExportHook(HttpHook):
-    """Event exports (Mixpanel, Amplitude) over the HTTP provider: Basic auth from a connection.
+class _ClientHook(BaseHook):
+    """A connection id → the client `make` builds from its Conn, built once per hook."""
+
+    conn_name_attr = "conn_id"
+    conn_type = "http"
+
+    def __init__(self, conn_id: str | None = None):
+        super().__init__()
+        self.conn_id = conn_id or self.default_conn_name
+        self._client: Any = None
+
+    def connection(self) -> connections.Conn:
+        """The stored connection as typed credentials (URL scheme, port and path kept)."""
+        c = self.get_connection(self.conn_id)
+        return connections.from_fields(
+            self.conn_id, host=c.host, schema=c.schema, port=c.port, login=c.login,
+            password=c.password, extra=c.extra_dejson,
+        )  # fmt: skip
+
+    def make(self, conn: connections.Conn) -> Any:
+        raise NotImplementedError
+
+    def get_conn(self) -> Any:
+        if self._client is None:
+            self._client = self.make(self.connection())
+        return self._client
+
+
+class ExportHook(_ClientHook):
+    """Event exports (Mixpanel, Amplitude): (session with Basic auth, base URL or None).
 
     Connection: login/password = Mixpanel service-account username/secret or Amplitude API
     key/secret key; host = optional base URL (leave empty for the vendor's own host, chosen by
     the source's residency in config).
     """
 
-    conn_name_attr = "http_conn_id"
     default_conn_name = "mixpanel_default"
-    conn_type = "http"
     hook_name = "Event export"
 
-    def __init__(self, http_conn_id: str = default_conn_name, **kwargs):
-        super().__init__(method="GET", http_conn_id=http_conn_id, **kwargs)
+    def make(self, conn):
+        from pql import events
 
-    def session_and_host(self) -> tuple[requests.Session, str | None]:
-        session = self.get_conn()
-        return session, (self.base_url or None)
+        return events.session(conn)
 
 
-class HubSpotHook(BaseHook):
-    """HubSpot private-app token from a connection (password), optional host (sandbox, proxy)."""
+class EnrichmentHook(_ClientHook):
+    """A firmographic enrichment API (Clearbit-style company lookup): (session with the key as
+    a Bearer token, base URL or None). Connection: password = the API key; host = optional
+    base URL (leave empty for the vendor's own host, https://company.clearbit.com)."""
 
-    conn_name_attr = "hubspot_conn_id"
-    default_conn_name = "hubspot_default"
-    conn_type = "http"
-    hook_name = "HubSpot"
-
-    def __init__(self, hubspot_conn_id: str = default_conn_name):
-        super().__init__()
-        self.hubspot_conn_id = hubspot_conn_id
-
-    def get_conn(self) -> HubSpot:
-        from pql.crm.hubspot import client
-
-        conn = self.get_connection(self.hubspot_conn_id)
-        if not conn.password:
-            raise ValueError(
-                f"connection {self.hubspot_conn_id!r} has no password: put the "
-                "HubSpot private-app access token there"
-            )
-        host = conn.host or None
-        if host and "://" not in host:
-            host = f"{conn.schema or 'https'}://{host}" + (f":{conn.port}" if conn.port else "")
-        return client(conn.password, host)
-
-
-def salesforce_login(conn_id: str = "salesforce_default") -> Callable[[], Salesforce]:
-    """A function that logs in to Salesforce afresh from a connection, via the provider's hook.
-
-    The provider's SalesforceHook (conn_type salesforce: login/password + security token, or
-    consumer_key/consumer_secret, domain, instance_url in extras) caches its client per hook, so
-    each call builds a new hook: the sync calls it again once when a session expires. An optional
-    extra `ca_bundle` (ignored by the provider) is the CA file requests verifies TLS with.
-    """
-
-    def login() -> Salesforce:
-        import requests
-        from airflow.providers.salesforce.hooks.salesforce import SalesforceHook
-
-        session = requests.Session()
-        hook = SalesforceHook(salesforce_conn_id=conn_id, session=session)
-        ca = hook.get_connection(conn_id).extra_dejson.get("ca_bundle")
-        if ca:
-            session.trust_env = False  # REQUESTS_CA_BUNDLE would override verify
-            session.verify = ca
-        return hook.get_conn()
-
-    return login
-
-
-class EnrichmentHook(HttpHook):
-    """A firmographic enrichment API (Clearbit-style company lookup): Bearer token auth.
-
-    Connection: password = the API key; host = optional base URL (leave empty for the vendor's
-    own host, https://company.clearbit.com).
-    """
-
-    conn_name_attr = "http_conn_id"
     default_conn_name = "enrichment_default"
-    conn_type = "http"
     hook_name = "Enrichment API"
 
-    def __init__(self, http_conn_id: str = default_conn_name, **kwargs):
-        super().__init__(method="GET", http_conn_id=http_conn_id, **kwargs)
+    def make(self, conn):
+        from pql.enrich import company_api
 
-    def _configure_session_from_auth(self, session, connection):
-        if not connection.password:
-            raise ValueError(
-                f"connection {self.http_conn_id!r} has no password: "
-                "put the enrichment API key there"
-            )
-        session.auth = None
-        session.headers["Authorization"] = f"Bearer {connection.password}"
-        return session
-
-    def session_and_host(self) -> tuple[requests.Session, str | None]:
-        session = self.get_conn()
-        conn = self.get_connection(self.http_conn_id)
-        return session, (self.base_url if conn.host else None)
+        return company_api.session(conn)
 
 
-class SlackWebhookHook(BaseHook):
-    """A Slack incoming-webhook URL from a connection: its password (the URL is a secret)."""
+class SlackWebhookHook(_ClientHook):
+    """A Slack incoming webhook: (session, URL); the URL is its connection's password."""
 
-    conn_name_attr = "slack_conn_id"
     default_conn_name = "slack_pql"
-    conn_type = "http"
     hook_name = "Slack webhook"
 
-    def __init__(self, slack_conn_id: str = default_conn_name):
-        super().__init__()
-        self.slack_conn_id = slack_conn_id
+    def make(self, conn):
+        from pql import notify
 
-    def session_and_url(self) -> tuple[requests.Session, str]:
-        import requests
+        return notify.slack_webhook(conn)
 
-        conn = self.get_connection(self.slack_conn_id)
-        url = conn.password or ""
-        if not url.startswith("https://") and not url.startswith("http://"):
-            raise ValueError(
-                f"connection {self.slack_conn_id!r}: put the Slack incoming-webhook URL "
-                "(https://hooks.slack.com/services/...) in its password"
-            )
-        return requests.Session(), url
+
+class CrmHook(_ClientHook):
+    """The configured CRM's adapter (pql.crm.connect) from its connection `crm.connection_id`.
+
+    HubSpot: password = the private-app access token, host = optional base URL. Salesforce
+    (conn_type salesforce, the provider's fields): login/password (+ extra security_token), or
+    extras consumer_key/consumer_secret, domain, instance_url, version; optional `ca_bundle`.
+    """
+
+    hook_name = "CRM"
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        super().__init__(cfg.crm.connection_id)
+
+    def make(self, conn) -> Crm:
+        from pql import crm
+
+        return crm.connect(self.cfg.crm, conn, outcomes=self.cfg.outcomes)
 
 
 def smtp_sender(conn_id: str = "smtp_default") -> Callable[[Email], None]:

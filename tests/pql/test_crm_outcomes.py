@@ -23,7 +23,7 @@ SPEC = world.WorldSpec(seed=11, start=date.today() - timedelta(days=61), days=60
 
 def _hubspot(sandbox):
     hs = crm_hubspot.client(sandbox.credentials["hubspot"]["access_token"], sandbox.base_url)
-    hs._pql_budgets["search"] = Budget([(1000, 1.0)])  # the sandbox's limits are raised too
+    hs.budgets["search"] = Budget([(1000, 1.0)])  # the sandbox's limits are raised too
     return hs
 
 

@@ -12,6 +12,7 @@ import requests
 from pql.config import Routing, SalesforceTarget
 from pql.crm import hubspot as crm
 from pql.crm import routing
+from pql.crm.salesforce import SalesforceCrm
 from pql.http import HttpError
 from pql.lake import Lake
 from sandbox import slack
@@ -174,7 +175,7 @@ def test_salesforce_task_once_per_lead_and_qualification_on_the_owners_record(
             ("cy@new.io", 70, "2026-11-01"),  # not in Salesforce yet
         ]
     )
-    first = routing.route(lake, TASK_ONLY, day1, crm=sf_login(), target=SF, now=NOW)
+    first = routing.route(lake, TASK_ONLY, day1, crm=SalesforceCrm(sf_login, SF), now=NOW)
     assert first == {"crm_tasks": 3}
     tasks = {t["WhoId"]: t for t in _sf_tasks(store)}
     assert set(tasks) == {ana, kim_contact, lee}  # a converted Lead's task is on its Contact
@@ -193,7 +194,7 @@ def test_salesforce_task_once_per_lead_and_qualification_on_the_owners_record(
     done = routing.ledger(lake).done.set_index("email")
     assert done.loc["ana@acme.io", "detail"] == t["Id"]  # the task's id, per lead
 
-    again = routing.route(lake, TASK_ONLY, day1, crm=sf_login(), target=SF, now=NOW)
+    again = routing.route(lake, TASK_ONLY, day1, crm=SalesforceCrm(sf_login, SF), now=NOW)
     assert again == {"crm_tasks": 0} and store.count("Task") == 3
 
     [cy] = store.create("Lead", [{"LastName": "Cy", "Company": "New", "Email": "cy@new.io"}])
@@ -205,7 +206,7 @@ def test_salesforce_task_once_per_lead_and_qualification_on_the_owners_record(
             ("cy@new.io", 70, "2026-11-01"),
         ]
     )
-    later = routing.route(lake, TASK_ONLY, day2, crm=sf_login(), target=SF, now=NOW)
+    later = routing.route(lake, TASK_ONLY, day2, crm=SalesforceCrm(sf_login, SF), now=NOW)
     assert later == {"crm_tasks": 2}
     whos = [t["WhoId"] for t in _sf_tasks(store)]
     assert sorted(whos) == sorted([ana, kim_contact, lee, ana, cy])
@@ -224,15 +225,15 @@ def test_a_refused_salesforce_task_is_retried_next_run(sandbox, sf_login, tmp_pa
     store.update("User", gone, {"IsActive": False})  # the rep left; the Lead was not reassigned
     scores = _scores([("ok@acme.io", 80, "2026-11-01"), ("or@acme.io", 80, "2026-11-01")])
     sandbox.queue_fault("salesforce_lock", 400, count=1)  # transient: retried within the run
-    first = routing.route(lake, TASK_ONLY, scores, crm=sf_login(), target=SF, now=NOW)
+    first = routing.route(lake, TASK_ONLY, scores, crm=SalesforceCrm(sf_login, SF), now=NOW)
     assert first == {"crm_tasks": 1}
     assert [t["WhoId"] for t in _sf_tasks(store)] == [ok]
     assert set(routing.ledger(lake).done["email"]) == {"ok@acme.io"}  # the refused one is not kept
-    assert routing.route(lake, TASK_ONLY, scores, crm=sf_login(), target=SF, now=NOW) == {
+    assert routing.route(lake, TASK_ONLY, scores, crm=SalesforceCrm(sf_login, SF), now=NOW) == {
         "crm_tasks": 0
     }
     store.update("Lead", orphan, {"OwnerId": rep})  # reassigned: next run routes it
-    third = routing.route(lake, TASK_ONLY, scores, crm=sf_login(), target=SF, now=NOW)
+    third = routing.route(lake, TASK_ONLY, scores, crm=SalesforceCrm(sf_login, SF), now=NOW)
     assert third == {"crm_tasks": 1}
     tasks = _sf_tasks(store)
     assert [(t["WhoId"], t["OwnerId"]) for t in tasks] == [(ok, rep), (orphan, rep)]
@@ -247,10 +248,10 @@ def test_a_failure_after_some_salesforce_tasks_keeps_them_in_the_ledger(
     both = Routing(crm_task=True, slack=True)
     wrong = (requests.Session(), sandbox.base_url + "/slack/services/T0/B0/nope")
     with pytest.raises(HttpError, match="Slack webhook answered 404"):
-        routing.route(lake, both, scores, crm=sf_login(), target=SF, slack=wrong, now=NOW)
+        routing.route(lake, both, scores, crm=SalesforceCrm(sf_login, SF), slack=wrong, now=NOW)
     # The Airflow retry must not create the task again.
     assert set(routing.ledger(lake).done["channel"]) == {"crm_task"}
-    assert routing.route(lake, TASK_ONLY, scores, crm=sf_login(), target=SF, now=NOW) == {
+    assert routing.route(lake, TASK_ONLY, scores, crm=SalesforceCrm(sf_login, SF), now=NOW) == {
         "crm_tasks": 0
     }
     assert store.count("Task") == 1
@@ -262,7 +263,7 @@ def test_jobs_route_goes_to_salesforce_through_the_hook_and_relogs_in(
     from datetime import date
 
     from pql import config, pipeline
-    from pql_airflow.hooks import salesforce_login
+    from pql_airflow.hooks import CrmHook
     from sandbox.salesforce import connection_env
 
     for name, value in connection_env(sandbox, sandbox.base_url).items():
@@ -276,9 +277,9 @@ def test_jobs_route_goes_to_salesforce_through_the_hook_and_relogs_in(
     _scores([("ana@acme.io", 80, "2026-11-01")]).to_parquet(folder / "scores.parquet")
     store = SalesforceStore(sandbox)
     [lead] = store.create("Lead", [{"LastName": "Ng", "Company": "Acme", "Email": "ana@acme.io"}])
-    login = salesforce_login(cfg.crm.connection_id)
-    sf = login()
+    crm = CrmHook(cfg).get_conn()
+    crm(lambda sf: sf.query("SELECT Id FROM Lead LIMIT 1"))  # logged in
     store.expire_sessions()  # e.g. a long sync before: the route logs in again
-    assert pipeline.route(cfg, day, sf, login=login) == {"crm_tasks": 1}
+    assert pipeline.route(cfg, day, crm) == {"crm_tasks": 1}
     [task] = _sf_tasks(store)
     assert task["WhoId"] == lead

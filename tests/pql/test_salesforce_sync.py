@@ -186,7 +186,7 @@ def test_dag_path_hook_login_and_jobs_dispatch(sandbox, tmp_path, monkeypatch):
     from datetime import date
 
     from pql import config, pipeline
-    from pql_airflow.hooks import salesforce_login
+    from pql_airflow.hooks import CrmHook
     from sandbox.salesforce import connection_env
 
     for name, value in connection_env(sandbox, sandbox.base_url).items():
@@ -196,8 +196,7 @@ def test_dag_path_hook_login_and_jobs_dispatch(sandbox, tmp_path, monkeypatch):
     folder = Lake(tmp_path).scores(day)
     folder.mkdir(parents=True)
     _scores(["ana@acme.io", "bo@beta.dev"]).to_parquet(folder / "scores.parquet")
-    login = salesforce_login(cfg.crm.connection_id)
-    result = pipeline.sync(cfg, day, login(), login=login)
+    result = pipeline.sync(cfg, day, CrmHook(cfg).get_conn())
     assert (result["written"], result["created"]) == (2, 2)
     assert SalesforceStore(sandbox).count("Lead") == 2
 
@@ -223,7 +222,7 @@ def test_salesforce_accounts_are_an_enrichment_provider(sandbox, sf, tmp_path, m
             "enrichment": config.Enrichment(provider="crm"),
         }
     )
-    assert pipeline.refresh_accounts(cfg, sf)["accounts"] == 1
+    assert pipeline.refresh_accounts(cfg, crm_salesforce.adapter(sf))["accounts"] == 1
     kept = firmographics.read(Lake(tmp_path)).set_index("domain")
     assert kept.loc["acme.io", "employees"] == 250 and kept.loc["acme.io", "revenue_band"] == (
         "$10M-$50M"

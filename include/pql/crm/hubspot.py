@@ -1,4 +1,8 @@
-"""HubSpot through hubspot-api-client: provisioning, diff-based contact upserts, reads."""
+"""HubSpot through hubspot-api-client: provisioning, diff-based contact upserts, reads.
+
+Long because it is the whole HubSpot adapter: client, budgets, properties, batch upserts,
+search past the 10,000 cap, merges, companies.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,6 @@ from hubspot.crm.objects import Filter, FilterGroup, PublicObjectSearchRequest
 from hubspot.crm.properties import PropertyCreate, PropertyGroupCreate
 
 from pql import http
-from pql.config import HubSpotTarget
 from pql.crm.ledger import (
     MERGED,
     SyncError,
@@ -40,6 +43,7 @@ from pql.crm.ledger import (
     update_ledger,
     verify_rest,
 )
+from pql.crm.targets import HubSpotTarget
 from pql.frames import among
 from pql.http import Budget
 from pql.lake import Lake, atomic_dir
@@ -57,36 +61,75 @@ WORKERS = 4  # batch calls in flight at once (HubSpot limits the rate, not concu
 API_HOST = "https://api.hubapi.com"
 
 
-def client(access_token: str, host: str | None = None, requests_per_10s: int = 100) -> HubSpot:
-    """A HubSpot client that retries 429 and 5xx with backoff (POSTs included).
+class HubSpotCrm:
+    """The HubSpot adapter (pql.crm.Crm): the SDK client with its budgets and the daily calls
+    HubSpot last said were left. The SDK's APIs are its attributes (`hs.crm.contacts...`).
 
-    Every call this module (and outcomes) makes first waits for the client's budget: at most
-    `requests_per_10s` in any rolling 10 seconds (100 for most private apps, 190 on
-    Professional/Enterprise) and 5 searches a second, so 429s are the exception, not the pacing.
+    Every call this package makes first waits for the budget: at most `requests_per_10s` in
+    any rolling 10 seconds (100 for most private apps, 190 on Professional/Enterprise) and 5
+    searches a second, so 429s are the exception, not the pacing.
     """
-    hs = HubSpot(access_token=access_token, host=(host or API_HOST).rstrip("/"),
-                 retry=http.sdk_retry())  # fmt: skip
-    hs._pql_budgets = {  # read by limited(); an attribute so every holder of hs shares it
-        "api": Budget([(requests_per_10s, WINDOW_S)]),
-        "search": Budget([(5, SEARCH_WINDOW_S)]),
-    }
-    return hs
+
+    kind = "hubspot"
+    label = "HubSpot"
+
+    def __init__(self, sdk: HubSpot, target: HubSpotTarget | None = None):
+        self.sdk = sdk
+        self.target = target or HubSpotTarget(kind="hubspot")
+        self.budgets = {
+            "api": Budget([(self.target.requests_per_10s, WINDOW_S)]),
+            "search": Budget([(5, SEARCH_WINDOW_S)]),
+        }
+        self.daily_remaining: int | None = None  # from the last answer that said it
+
+    def __getattr__(self, name: str):
+        return getattr(self.sdk, name)
+
+    def sync(self, lake: Lake, scores: pd.DataFrame, *, dry_run: bool = False) -> dict:
+        return sync(self, lake, self.target, scores, dry_run=dry_run)
+
+    def sync_accounts(self, lake: Lake, accounts: pd.DataFrame) -> dict:
+        return sync_accounts(self, lake, self.target, accounts)
+
+    def read_accounts(self) -> pd.DataFrame:
+        return read_companies(self)
+
+    def pull_outcomes(self, since: datetime | None) -> dict:
+        from pql.crm import hubspot_outcomes
+
+        return hubspot_outcomes.pull(self, since)
+
+    def create_tasks(self, leads: pd.DataFrame, rule, now: datetime, made: list) -> list:
+        from pql.crm.hubspot_tasks import create_tasks
+
+        return create_tasks(self, leads, rule, now, made=made)
 
 
-def set_rate(hs: HubSpot, requests_per_10s: int) -> HubSpot:
-    """Set the client's rolling 10-second budget (the app's tier: 100, 190 or 250)."""
-    hs._pql_budgets["api"] = Budget([(requests_per_10s, WINDOW_S)])
-    return hs
+def client(
+    access_token: str, host: str | None = None, target: HubSpotTarget | None = None
+) -> HubSpotCrm:
+    """A HubSpot adapter for a private-app token; 429 and 5xx retried by the SDK with the HTTP
+    layer's backoff (POSTs included). `host`: a proxy or the sandbox instead of HubSpot."""
+    sdk = HubSpot(access_token=access_token, host=(host or API_HOST).rstrip("/"),
+                  retry=http.sdk_retry())  # fmt: skip
+    return HubSpotCrm(sdk, target)
 
 
-def limited(hs: HubSpot, kind: str = "api") -> None:
+def connect(target: HubSpotTarget, conn, **_options) -> HubSpotCrm:
+    """The adapter for a connection (pql.connections.Conn): the private-app token in its
+    password, its host (optional) instead of HubSpot's."""
+    return client(conn.secret("the HubSpot private-app access token"), conn.host, target)
+
+
+def limited(hs, kind: str = "api") -> None:
     """Wait until one more call of `kind` (api, search) fits HubSpot's rolling limits; count
-    it against the daily calls HubSpot last said were left (an estimate between answers)."""
-    budgets = getattr(hs, "_pql_budgets", None)
+    it against the daily calls HubSpot last said were left (an estimate between answers).
+    A bare SDK client (a test's) is not paced."""
+    budgets = getattr(hs, "budgets", None)
     if budgets:
         budgets[kind].acquire()
-    if getattr(hs, "_pql_daily_remaining", None) is not None:
-        hs._pql_daily_remaining -= 1
+    if getattr(hs, "daily_remaining", None) is not None:
+        hs.daily_remaining -= 1
 
 
 def property_specs(target: HubSpotTarget) -> list[dict]:
@@ -130,7 +173,7 @@ def ensure_properties(
     groups = {g["name"] for g in json.loads(resp.data).get("results") or []}
     daily = resp.headers.get("X-HubSpot-RateLimit-Daily-Remaining")
     if daily is not None:  # private-app tokens only: OAuth apps are not sent it
-        hs._pql_daily_remaining = int(daily)
+        hs.daily_remaining = int(daily)
     if target.property_group not in groups:
         limited(hs)
         hs.crm.properties.groups_api.create(
@@ -404,7 +447,7 @@ def _within_daily_limit(
 ) -> tuple[pd.DataFrame, int]:
     """The records this run can write without taking HubSpot's daily budget below
     `daily_reserve` (the rest stay out of the ledger: the next run sends them)."""
-    remaining = getattr(hs, "_pql_daily_remaining", None)
+    remaining = getattr(hs, "daily_remaining", None)
     if remaining is None or todo.empty:
         return todo, 0
     reads = 1 + math.ceil(min(len(todo), target.verify_sample) / BATCH)  # read-back and a spare

@@ -11,6 +11,9 @@ run looks for records edited by hand, converted or merged.
 A person's values belong to a record, not to an email: when the record an email resolves to
 changes (a Lead converted to a Contact, a Contact created for the email, two contacts merged),
 the full current values are written to the new record in that run, whatever the score did.
+
+Long because it is every CRM-neutral rule of the sync (plan, hand edits, moves, verification,
+the ledger's format and its upgrade), kept apart from the adapters that call the CRM.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pandas as pd
 
-from pql.config import HubSpotTarget, SalesforceTarget
+from pql.crm import SyncError  # noqa: F401 (the sync's error, raised by the adapters)
+from pql.crm.targets import HubSpotTarget, SalesforceTarget
 from pql.frames import among
 from pql.lake import Lake, atomic_dir
 
@@ -33,10 +37,6 @@ META = ("digest", "synced_at", "record")  # the ledger's columns besides the key
 MERGED = "merged:"  # record prefix of an email whose contact was merged into another's record
 
 log = logging.getLogger(__name__)
-
-
-class SyncError(Exception):
-    """Too many records were rejected, or the CRM could not be reached."""
 
 
 def desired_values(scores: pd.DataFrame, target: HubSpotTarget | SalesforceTarget) -> pd.DataFrame:

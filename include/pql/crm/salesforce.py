@@ -4,6 +4,9 @@ Same shape as the HubSpot sync (pql.crm.hubspot): desired values per email, diff
 ledger in the lake, only changed records written, per-record results kept under the run folder,
 only successes recorded in the ledger. Records are found by email: a Contact wins, a converted
 Lead writes to its Contact, else the Lead; unknown emails become Leads (create_missing).
+
+Long because it is the whole Salesforce adapter: login, field check, lookups, Collections and
+Bulk API 2.0 writes with lock retries, conversions, Accounts.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from simple_salesforce.api import DEFAULT_API_VERSION
 from simple_salesforce.exceptions import SalesforceExpiredSession
 
 from pql import http
-from pql.config import SalesforceTarget
 from pql.crm.ledger import (
     SyncError,
     apply_manual_edits,
@@ -42,6 +44,7 @@ from pql.crm.ledger import (
     update_ledger,
     verify_rest,
 )
+from pql.crm.targets import SalesforceTarget
 from pql.frames import among
 from pql.lake import Lake, atomic_dir
 
@@ -73,13 +76,29 @@ LEVELS = {
 RESULT_COLUMNS = ["email", "status", "object", "record_id", "status_code", "message", "transient"]
 
 
-class _Session:
-    """The client plus one re-login: an expired session is refreshed once, then fails clearly."""
+class SalesforceCrm:
+    """The Salesforce adapter (pql.crm.Crm): the login that makes a simple-salesforce client,
+    the client, and one re-login per operation. Calls go through it, `crm(lambda sf: ...)`: an
+    expired session is refreshed once, then the operation fails clearly."""
 
-    def __init__(self, sf: Salesforce, login: Callable[[], Salesforce] | None):
-        self.sf, self.login, self.refreshed = sf, login, False
+    kind = "salesforce"
+    label = "Salesforce"
+
+    def __init__(
+        self,
+        login: Callable[[], Salesforce] | None,
+        target: SalesforceTarget | None = None,
+        *,
+        sf: Salesforce | None = None,
+        outcome_field: str | None = None,
+    ):
+        self.login, self.sf, self.refreshed = login, sf, False
+        self.target = target or SalesforceTarget(kind="salesforce")
+        self.outcome_field = outcome_field  # a custom Event field holding a meeting's outcome
 
     def __call__(self, fn: Callable[[Salesforce], object]):
+        if self.sf is None:
+            self.sf = self.login()
         try:
             return fn(self.sf)
         except SalesforceExpiredSession as e:
@@ -94,33 +113,73 @@ class _Session:
             self.sf = self.login()
             return self(fn)
 
+    def operation(self) -> SalesforceCrm:
+        """The adapter at the start of an operation: it may log in again once."""
+        self.refreshed = False
+        return self
 
-def login_from(conn) -> Callable[[], Salesforce]:
-    """A fresh-login function from a pql.connections.Conn of conn_type salesforce (the CLI's
-    path; inside Airflow the provider's SalesforceHook reads the same connection fields)."""
-    import requests
+    def sync(self, lake: Lake, scores: pd.DataFrame, *, dry_run: bool = False) -> dict:
+        return sync(self, lake, self.target, scores, dry_run=dry_run)
 
+    def sync_accounts(self, lake: Lake, accounts: pd.DataFrame) -> dict:
+        return sync_accounts(self, lake, self.target, accounts)
+
+    def read_accounts(self) -> pd.DataFrame:
+        return read_accounts(self)
+
+    def pull_outcomes(self, since: datetime | None) -> dict:
+        from pql.crm import salesforce_outcomes
+
+        return salesforce_outcomes.pull(self, since, outcome_field=self.outcome_field)
+
+    def create_tasks(self, leads: pd.DataFrame, rule, now: datetime, made: list) -> list:
+        from pql.crm.salesforce_tasks import create_tasks
+
+        return create_tasks(self, leads, rule, now, made=made)
+
+
+def adapter(sf, login: Callable[[], Salesforce] | None = None, target=None) -> SalesforceCrm:
+    """`sf` as an adapter at the start of an operation: itself, or a client (and its login)."""
+    if isinstance(sf, SalesforceCrm):
+        return sf.operation()
+    return SalesforceCrm(login, target, sf=sf)
+
+
+def _extra(x: dict, key: str):
+    # The Salesforce provider's form once stored its fields prefixed; both are read.
+    return x.get(key) or x.get(f"extra__salesforce__{key}") or None
+
+
+def login(conn) -> Callable[[], Salesforce]:
+    """A function logging in to Salesforce afresh from a connection (pql.connections.Conn of
+    conn_type salesforce, the fields the Salesforce provider's hook reads): login/password (+
+    extra security_token), or consumer_key/consumer_secret (client credentials, with login/
+    password: the username-password flow), or a private_key_file_path (JWT); domain
+    (login/test or a My Domain), instance_url, version; `ca_bundle` for TLS verification."""
     x = conn.extra
 
     def login() -> Salesforce:
-        session = requests.Session()
-        if x.get("ca_bundle"):
-            session.trust_env = False  # REQUESTS_CA_BUNDLE would override verify
-            session.verify = x["ca_bundle"]
         return Salesforce(
             username=conn.login,
             password=conn.password,
-            security_token=x.get("security_token") or None,
-            domain=x.get("domain") or None,
-            instance_url=x.get("instance_url") or None,
-            version=x.get("version") or DEFAULT_API_VERSION,
-            consumer_key=x.get("consumer_key") or None,
-            consumer_secret=x.get("consumer_secret") or None,
-            privatekey_file=x.get("private_key_file_path") or None,
-            session=session,
+            security_token=_extra(x, "security_token"),
+            domain=_extra(x, "domain"),
+            instance_url=_extra(x, "instance_url"),
+            version=_extra(x, "version") or DEFAULT_API_VERSION,
+            consumer_key=_extra(x, "consumer_key"),
+            consumer_secret=_extra(x, "consumer_secret"),
+            privatekey_file=_extra(x, "private_key_file_path"),
+            session=http.session(conn),
         )
 
     return login
+
+
+def connect(target: SalesforceTarget, conn, *, outcomes=None) -> SalesforceCrm:
+    """The adapter for a connection; `outcomes` (config outcomes) may name the Event field
+    holding a meeting's outcome (salesforce_meeting_outcome_field)."""
+    field = getattr(outcomes, "salesforce_meeting_outcome_field", None)
+    return SalesforceCrm(login(conn), target, outcome_field=field)
 
 
 def check_fields(sf: Salesforce, target: SalesforceTarget, objects=OBJECTS) -> None:
@@ -175,7 +234,7 @@ def _values(record: dict, fields: list[str]) -> dict:
     return {f: lower.get(f.lower()) for f in fields}
 
 
-def _in_chunks(call: _Session, soql: str, values: list[str]) -> list[dict]:
+def in_chunks(call: SalesforceCrm, soql: str, values: list[str]) -> list[dict]:
     """Records of `soql` (with `{in}` for a quoted IN list), LOOKUP values per statement."""
     out = []
     for i in range(0, len(values), LOOKUP):
@@ -185,13 +244,15 @@ def _in_chunks(call: _Session, soql: str, values: list[str]) -> list[dict]:
     return out
 
 
-def find_records(call: _Session, keys: list[str], target: SalesforceTarget) -> dict[str, Found]:
+def find_records(
+    call: SalesforceCrm, keys: list[str], target: SalesforceTarget
+) -> dict[str, Found]:
     """match key (lower-cased) → the record to write, for users that exist: a Contact wins,
     a converted Lead gives its Contact, else the open Lead."""
     key, fields = target.match_on, _mapped(target)
     cols = ", ".join(fields)
     contacts: dict[str, Found] = {}
-    for r in _in_chunks(call, f"SELECT Id, {key}, AccountId, OwnerId, {cols} FROM Contact "
+    for r in in_chunks(call, f"SELECT Id, {key}, AccountId, OwnerId, {cols} FROM Contact "
                         f"WHERE {key} IN ({{in}}) ORDER BY Id", keys):  # fmt: skip
         k = str(_values(r, [key])[key]).lower()
         contacts.setdefault(
@@ -200,7 +261,7 @@ def find_records(call: _Session, keys: list[str], target: SalesforceTarget) -> d
     leads: dict[str, Found] = {}
     converted: dict[str, str] = {}  # key → converted Contact id
     rest = [k for k in keys if k.lower() not in contacts]
-    for r in _in_chunks(call, f"SELECT Id, {key}, OwnerId, IsConverted, ConvertedContactId, "
+    for r in in_chunks(call, f"SELECT Id, {key}, OwnerId, IsConverted, ConvertedContactId, "
                         f"{cols} FROM Lead WHERE {key} IN ({{in}}) ORDER BY Id", rest):  # fmt: skip
         k = str(_values(r, [key])[key]).lower()
         if r.get("IsConverted") and r.get("ConvertedContactId"):
@@ -210,13 +271,15 @@ def find_records(call: _Session, keys: list[str], target: SalesforceTarget) -> d
     by_id = {
         r["Id"]: Found("Contact", r["Id"], r.get("AccountId"), r.get("OwnerId"),
                        _values(r, fields))
-        for r in _in_chunks(call, f"SELECT Id, AccountId, OwnerId, {cols} FROM Contact "
+        for r in in_chunks(call, f"SELECT Id, AccountId, OwnerId, {cols} FROM Contact "
                             "WHERE Id IN ({in})", sorted(set(converted.values())))
     }  # fmt: skip
     return {**leads, **{k: by_id[i] for k, i in converted.items() if i in by_id}, **contacts}
 
 
-def modified_records(call: _Session, since: datetime, target: SalesforceTarget) -> dict[str, dict]:
+def modified_records(
+    call: SalesforceCrm, since: datetime, target: SalesforceTarget
+) -> dict[str, dict]:
     """match key (lower-cased) → mapped values of the Contacts and open Leads holding a PQL
     value that Salesforce changed since `since` (a Contact wins over a Lead). A record holding
     any of score, qualification time or model version counts, so one whose score a rep
@@ -238,7 +301,7 @@ def modified_records(call: _Session, since: datetime, target: SalesforceTarget) 
     return out
 
 
-def new_holders(call: _Session, since: datetime, target: SalesforceTarget) -> dict[str, str]:
+def new_holders(call: SalesforceCrm, since: datetime, target: SalesforceTarget) -> dict[str, str]:
     """match key (lower-cased) → "Contact/<id>" for people whose values may have moved to a
     Contact since `since`: Leads converted then (to their Contact) and Contacts created then
     (by hand, or by a conversion). Only candidates: `find_records` decides where they live."""
@@ -257,14 +320,14 @@ def new_holders(call: _Session, since: datetime, target: SalesforceTarget) -> di
     return out
 
 
-def read_back(call: _Session, written: dict[str, tuple[str, str]], target: SalesforceTarget):
+def read_back(call: SalesforceCrm, written: dict[str, tuple[str, str]], target: SalesforceTarget):
     """email → mapped values held now, for written records given as email → (object, id)."""
     fields = _mapped(target)
     email_of = {rid[:15]: email for email, (_, rid) in written.items()}  # 15 or 18 chars
     out = {}
     for obj in sorted({o for o, _ in written.values()}):
         ids = sorted(rid for o, rid in written.values() if o == obj)
-        for r in _in_chunks(call, f"SELECT Id, {', '.join(fields)} FROM {obj} WHERE Id IN ({{in}})",
+        for r in in_chunks(call, f"SELECT Id, {', '.join(fields)} FROM {obj} WHERE Id IN ({{in}})",
                             ids):  # fmt: skip
             out[email_of[r["Id"][:15]]] = _values(r, fields)
     return out
@@ -301,7 +364,7 @@ def _result(email, status, obj, rid, code="", message="", transient=False) -> di
     )
 
 
-def _collections(call: _Session, writes: list[dict]) -> list[dict]:
+def write_collections(call: SalesforceCrm, writes: list[dict]) -> list[dict]:
     """Write via sObject Collections (200 a call, allOrNone false); lock failures retried."""
     results: dict[int, dict] = {}
     pending = list(range(len(writes)))
@@ -340,7 +403,7 @@ def _collections(call: _Session, writes: list[dict]) -> list[dict]:
     return [results[i] for i in range(len(writes))]
 
 
-def _bulk(call: _Session, writes: list[dict]) -> list[dict]:
+def _bulk(call: SalesforceCrm, writes: list[dict]) -> list[dict]:
     """Write via Bulk API 2.0 (one job per object and operation); lock failures go again
     through Collections (with its retries)."""
     results: dict[int, dict] = {}
@@ -401,7 +464,7 @@ def _bulk(call: _Session, writes: list[dict]) -> list[dict]:
                     )  # fmt: skip
     locked = [i for i, r in results.items() if r["status_code"] == "UNABLE_TO_LOCK_ROW"]
     if locked:
-        for i, r in zip(locked, _collections(call, [writes[i] for i in locked]), strict=True):
+        for i, r in zip(locked, write_collections(call, [writes[i] for i in locked]), strict=True):
             results[i] = r
     return [
         results.get(i)
@@ -438,9 +501,9 @@ def sync(
     desired, ledger, todo, counts = plan(scores, lake, target, CRM)
     if dry_run:
         return {**counts, "would_write": len(todo), "sample": diff_sample(todo, ledger)}
-    key_of = _match_keys(scores, target)
+    key_of = match_keys(scores, target)
     email_of = {k: e for e, k in key_of.items()}
-    call = _Session(sf, login)
+    call = adapter(sf, login, target)
     call(lambda s: check_fields(s, target))
     since = edits_since(lake, crm=CRM)
     if ledger is not None and target.on_manual_edit == "overwrite" and since:
@@ -501,7 +564,8 @@ def sync(
     writes.sort(key=lambda w: (w["account"] or "", w["object"], w["id"] or ""))
     bulk = len(writes) >= target.bulk_threshold
     results = pd.DataFrame(
-        (_bulk if bulk else _collections)(call, writes) if writes else [], columns=RESULT_COLUMNS
+        (_bulk if bulk else write_collections)(call, writes) if writes else [],
+        columns=RESULT_COLUMNS,
     )
     ok = results[results["status"] == "written"]
     checked = to_verify(ok["email"], target.verify, target.verify_sample)
@@ -548,7 +612,7 @@ def sync(
     return counts
 
 
-def _match_keys(scores: pd.DataFrame, target: SalesforceTarget) -> dict[str, str]:
+def match_keys(scores: pd.DataFrame, target: SalesforceTarget) -> dict[str, str]:
     """email → the lower-cased value users are matched on (the email, or the user id)."""
     emails = normal_emails(scores["email"])
     s, emails = scores[emails.notna()], emails[emails.notna()]
@@ -580,7 +644,7 @@ def sync_accounts(
     ledger = load_ledger(lake, "accounts_ledger", crm=CRM)
     todo = changed(desired, ledger, key="domain")
     counts = {"accounts": len(desired), "unchanged": len(desired) - len(todo)}
-    call = _Session(sf, login)
+    call = adapter(sf, login, target)
     # An Account whose Website changed since the last run may now hold a domain (or no
     # longer hold one): those domains are written whole to the Account that holds them now.
     since = edits_since(lake, "accounts_ledger", crm=CRM)
@@ -625,7 +689,9 @@ def sync_accounts(
         # `email` is the results' key column: here it holds the domain.
         writes.append({"email": row["domain"], "object": "Account", "id": rid, "account": rid,
                        "record": record})  # fmt: skip
-    results = pd.DataFrame(_collections(call, writes) if writes else [], columns=RESULT_COLUMNS)
+    results = pd.DataFrame(
+        write_collections(call, writes) if writes else [], columns=RESULT_COLUMNS
+    )
     written = results.loc[results["status"] == "written", "email"]
     update_ledger(lake, ledger, todo[among(todo["domain"], written)], key="domain",
                   name="accounts_ledger", crm=CRM, run_started=started,
@@ -658,11 +724,11 @@ def domain_of(website: str | None) -> str | None:
     return host or None
 
 
-def read_accounts(sf: Salesforce) -> pd.DataFrame:
+def read_accounts(sf) -> pd.DataFrame:
     """Firmographics of every Account with a website, by its domain (enrichment provider crm)."""
-    rows = sf.query_all(
+    rows = adapter(sf)(lambda s: s.query_all(
         "SELECT Website, NumberOfEmployees, Industry, BillingCountry, AnnualRevenue FROM Account"
-    )["records"]
+    ))["records"]  # fmt: skip
     frame = pd.DataFrame(
         {
             "domain": [domain_of(r.get("Website")) for r in rows],

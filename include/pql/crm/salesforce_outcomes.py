@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 import pandas as pd
 from simple_salesforce import Salesforce
 
-from pql.crm.salesforce import LOOKUP, _in_chunks, _Session, soql_quote
+from pql.crm.salesforce import LOOKUP, SalesforceCrm, adapter, in_chunks, soql_quote
 from pql.report.outcomes import KINDS, Changes
 
 log = logging.getLogger(__name__)
@@ -38,12 +38,12 @@ def soql_datetime(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _all(call: _Session, soql: str) -> list[dict]:
+def _all(call: SalesforceCrm, soql: str) -> list[dict]:
     """Every record of `soql` from queryAll (deleted and archived ones included)."""
     return call(lambda sf: sf.query_all(soql, include_deleted=True))["records"]
 
 
-def _all_in(call: _Session, soql: str, values: list[str]) -> list[dict]:
+def _all_in(call: SalesforceCrm, soql: str, values: list[str]) -> list[dict]:
     """queryAll of `soql` with `{in}` for a quoted IN list, LOOKUP values per statement."""
     out = []
     for i in range(0, len(values), LOOKUP):
@@ -73,7 +73,7 @@ def pull(
     `login`, if given, builds a fresh client when the session expires (once). Events carry no
     outcome in a standard org; `outcome_field` names a custom field that holds one (its values
     are compared with config `outcomes.excluded_meeting_outcomes`)."""
-    call = _Session(sf, login)
+    call = adapter(sf, login)
     where = f"SystemModstamp >= {soql_datetime(since)}" if since is not None else None
 
     def when(first: str) -> str:
@@ -111,11 +111,11 @@ def pull(
     won = {i: r for i, r in won.items() if r.get("CloseDate")}
     people: dict[str, set[str]] = {}
     ids = sorted(won)
-    for r in _in_chunks(call, "SELECT OpportunityId, Contact.Email FROM OpportunityContactRole "
+    for r in in_chunks(call, "SELECT OpportunityId, Contact.Email FROM OpportunityContactRole "
                         "WHERE OpportunityId IN ({in})", ids):  # fmt: skip
         if email := _email(r, "Contact"):
             people.setdefault(r["OpportunityId"], set()).add(email)
-    for r in _in_chunks(call, "SELECT ConvertedOpportunityId, Email FROM Lead "
+    for r in in_chunks(call, "SELECT ConvertedOpportunityId, Email FROM Lead "
                         "WHERE ConvertedOpportunityId IN ({in})", ids):  # fmt: skip
         if r.get("Email"):
             people.setdefault(r["ConvertedOpportunityId"], set()).add(r["Email"].lower())

@@ -41,6 +41,12 @@ CACHE_COLUMNS = [
 ]
 
 
+def session(conn) -> tuple[requests.Session, str | None]:
+    """The API client for a connection (pql.connections.Conn): the key (its password) as a
+    Bearer token, and the base URL (None: the vendor's own host)."""
+    return http.session(conn, bearer=conn.secret("the enrichment API key")), conn.host
+
+
 def cache_path(lake: Lake) -> Path:
     return lake.root / "enrichment" / "cache" / "companies.parquet"
 

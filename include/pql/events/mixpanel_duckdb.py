@@ -26,6 +26,8 @@ whole before they reach the lake, so a raw file that breaks here was damaged sin
 
 Where this path deliberately differs from the old one, always on input Mixpanel does not send,
 is listed in `DIFFERENCES`.
+
+Long because the SQL, the line reader feeding it and the parity notes belong together.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ One query, written once (`feature_sql`), in two SQL dialects: DuckDB over the Pa
 holds the few spellings that differ; `output_schema` is the frame both engines return. The same
 query also gives only some users' rows (`users`), or theirs at many moments at once (`as_of` a
 frame of (user_key, as_of) pairs), exactly as the whole frame at each moment would hold them.
+
+Long because the one query for both engines is the point: split, the two dialects would drift.
 """
 
 from __future__ import annotations

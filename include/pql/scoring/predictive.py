@@ -3,6 +3,8 @@
 Trained on (user, moment) rows labelled "converted within the horizon", evaluated on the latest
 moments only (held out in time), saved as versions under the models folder and promoted only when
 it beats the current version on the same held-out rows.
+
+Long because training, calibration, evaluation and the version store share one row shape.
 """
 
 from __future__ import annotations
