@@ -12,6 +12,8 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
     && rm -rf /var/lib/apt/lists/*
 USER airflow
+# The production lock only (every package pinned, with hashes: pip checks them); the test and
+# sandbox tools of requirements-dev.txt never enter the image.
 COPY --chown=airflow:root requirements.txt pyproject.toml /opt/pql/
 RUN pip install --no-cache-dir -r /opt/pql/requirements.txt
 COPY --chown=airflow:root . /opt/pql

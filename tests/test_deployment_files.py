@@ -1,6 +1,10 @@
-"""docker-compose.yaml, the Dockerfile and .env.example agree with each other and with the pinned
+"""docker-compose.yaml, the Dockerfile and .env.example agree with each other and with the locked
 requirements (Docker does not run on build machines: this is what can be checked statically;
-tests/deploy/test_local_topology.py runs the same topology as local processes)."""
+tests/deploy/test_local_topology.py runs the same topology as local processes).
+
+requirements.in / requirements-dev.in name the direct dependencies; requirements.txt (production,
+what the image installs) and requirements-dev.txt (the same plus the dev tools, what ./dev.sh
+installs) are the locks `./dev.sh lock` makes from them."""
 
 from __future__ import annotations
 
@@ -13,13 +17,28 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPONENTS = {"api-server", "scheduler", "dag-processor", "triggerer", "celery worker"}
 
 
-def _pins() -> dict[str, str]:
+DEV_TOOLS = {"pytest", "hypothesis", "selenium", "aiosmtpd", "ruff", "mixpanel-utils"}
+_PIN = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;]+)$")
+
+
+def _requirements(name: str) -> list[str]:
+    """The requirement lines of a requirements file: comments dropped, continuations joined."""
+    text = (ROOT / name).read_text().replace("\\\n", " ")
+    return [x.split("#")[0].strip() for x in text.splitlines() if x.split("#")[0].strip()]
+
+
+def _pins(name: str = "requirements.txt") -> dict[str, str]:
+    """Normalised package name -> pinned version. Option lines (-c, -r) are skipped, and so are
+    unpinned names in an .in file (requirements-dev.in takes their versions from the lock)."""
     pins = {}
-    for line in (ROOT / "requirements.txt").read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if line:
-            name, version = line.split("==")
-            pins[name.lower()] = version
+    for line in _requirements(name):
+        if line.startswith("-") or (name.endswith(".in") and "==" not in line):
+            continue
+        pin = _PIN.match(line.split(" --hash=")[0].strip())
+        assert pin, f"{name}: not pinned with ==: {line}"
+        key, version = re.sub(r"[-_.]+", "-", pin.group(1)).lower(), pin.group(3)
+        assert pins.get(key, version) == version, f"{name}: two versions of {key}"
+        pins[key] = version
     return pins
 
 
@@ -31,9 +50,31 @@ def _airflow_services() -> dict[str, dict]:
     return {n: s for n, s in _compose()["services"].items() if n.startswith("airflow")}
 
 
-def test_every_requirement_is_pinned():
-    lines = [x.split("#")[0].strip() for x in (ROOT / "requirements.txt").read_text().splitlines()]
-    assert all("==" in x for x in lines if x)
+def test_every_requirement_is_locked_with_hashes():
+    for lock in ("requirements.txt", "requirements-dev.txt"):
+        lines = _requirements(lock)
+        assert lines and _pins(lock), lock
+        for line in lines:
+            assert not line.startswith("-") and " --hash=sha256:" in line, f"{lock}: {line}"
+        # pip before 23.3, in hash-checking mode, needs name==v beside each name[extra]==v.
+        pins = {x.split(" ")[0] for x in lines}
+        for pin in pins:
+            assert re.sub(r"\[.*\]", "", pin) in pins, f"{lock}: {pin} without its bare pin"
+        header = (ROOT / lock).read_text().split("\n", 8)[:8]
+        assert any("`./dev.sh lock`" in x for x in header), f"{lock}: say how to regenerate it"
+
+
+def test_locks_hold_the_direct_pins_and_agree():
+    production, dev = _pins("requirements.txt"), _pins("requirements-dev.txt")
+    direct = _pins("requirements.in")
+    assert all("==" in x for x in _requirements("requirements.in")), "pin every direct dependency"
+    assert {k: production.get(k) for k in direct} == direct
+    assert {k: dev.get(k) for k in _pins("requirements-dev.in")} == _pins("requirements-dev.in")
+    # The dev lock is the production lock plus the dev tools, at the same versions.
+    assert {k: dev.get(k) for k in production} == production
+    assert set(dev) >= DEV_TOOLS and not DEV_TOOLS & set(production)
+    dev_in = _requirements("requirements-dev.in")
+    assert "-c requirements.txt" in dev_in and "-r requirements.in" in dev_in
 
 
 def test_celery_executor_stack_is_pinned():
@@ -55,7 +96,8 @@ def test_image_matches_pinned_airflow():
     dockerfile = (ROOT / "Dockerfile").read_text()
     base = re.search(r"FROM apache/airflow:(\S+)-python3\.11", dockerfile)
     assert base and base.group(1) == _pins()["apache-airflow"]
-    assert "-r /opt/pql/requirements.txt" in dockerfile
+    # The production lock only: the dev tools never reach the image.
+    assert re.findall(r"-r (\S+)", dockerfile) == ["/opt/pql/requirements.txt"]
     # Mount points of named volumes exist in the image, owned by airflow, so they start writable.
     for path in ("/data/lake", "/opt/airflow/auth"):
         assert path in dockerfile and "chown airflow:root" in dockerfile

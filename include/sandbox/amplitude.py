@@ -1,6 +1,6 @@
 """Amplitude emulator: the Export API (``GET /api/2/export``) and the storage it serves.
 
-Follows ../shared/reference/amplitude-export.md. Storage, owned by this module:
+Follows docs/amplitude.md. Storage, owned by this module:
 
 * Credentials: ``credentials(state)``, kept under ``"amplitude"`` in the sandbox's
   credentials.json (added on first use, so older sandboxes gain them too).

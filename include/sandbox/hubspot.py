@@ -1,4 +1,4 @@
-"""HubSpot CRM v3/v4 emulator (shared/reference/hubspot-crm.md, cited as §n).
+"""HubSpot CRM v3/v4 emulator, following docs/hubspot.md (cited by section).
 
 Every request passes a gate before its endpoint: queued fault injection, Bearer auth, then the
 rate limits (rolling 10 s window and daily budget; search has its own per-second limit and sends
@@ -56,10 +56,10 @@ from sandbox.state import SandboxState
 
 __all__ = ["HubSpotStore", "router"]
 
-BATCH_LIMIT = 100  # batch upsert/create/update/read inputs (§3, §4)
-ASSOCIATION_BATCH_LIMIT = 1000  # v4 associations batch read inputs (§7)
+BATCH_LIMIT = 100  # batch upsert/create/update/read inputs (docs/hubspot.md §3, §4)
+ASSOCIATION_BATCH_LIMIT = 1000  # v4 associations batch read inputs (docs/hubspot.md §7)
 LIST_MAX_LIMIT = 100
-SEARCH_BODY_LIMIT = 3000  # characters (§5)
+SEARCH_BODY_LIMIT = 3000  # characters (docs/hubspot.md §5)
 JsonBody = Annotated[dict[str, Any], Body()]  # invalid JSON -> 400 in HubSpot's shape (see _Gate)
 
 _RATE_MESSAGES = {
@@ -174,7 +174,7 @@ class _Gate:
         return None
 
     def _admit(self, correlation_id: str) -> _Admission:
-        """Rolling window then daily budget; headers report what is left (§8)."""
+        """Rolling window then daily budget; headers report what is left (docs/hubspot.md §8)."""
         settings = self.state.settings
         # The window is 10 s as at HubSpot; tests may shorten it to exercise client retries fast.
         window_s = float(settings["hubspot_rate_window_s"])
@@ -200,7 +200,8 @@ class _Gate:
         return _Admission(refusal, headers)
 
     def _admit_search(self, correlation_id: str) -> _Admission:
-        """Search: its own per-second limit, counts toward the daily budget, no headers (§5)."""
+        """Search: its own per-second limit, counts toward the daily budget, no headers
+        (docs/hubspot.md §5)."""
         settings = self.state.settings
         limiter = self.state.limiter(
             "hubspot_search", int(settings["hubspot_search_per_second"]), 1.0
@@ -250,7 +251,7 @@ def _fault_response(status: int, correlation_id: str) -> Response:
     category = _FAULT_CATEGORIES.get(status, "INTERNAL_ERROR" if status >= 500 else "ERROR")
     message = "internal error" if status >= 500 else f"injected fault {status}"
     response = _error(HubSpotError(status, message, category), correlation_id)
-    if status == 477:  # migration in progress: HubSpot sends Retry-After (§9)
+    if status == 477:  # migration in progress: HubSpot sends Retry-After (docs/hubspot.md §9)
         response.headers["Retry-After"] = "1"
     return response
 
@@ -267,7 +268,8 @@ def _invalid_request(invalid: RequestValidationError) -> HubSpotError:
 
 
 def _batch(started: str, results: list, errors: list, ok_status: int) -> JSONResponse:
-    """Batch response: ok_status when all applied, 207 with numErrors/errors otherwise (§3)."""
+    """Batch response: ok_status when all applied, 207 with numErrors/errors otherwise
+    (docs/hubspot.md §3)."""
     body: dict[str, Any] = {"status": "COMPLETE", "results": results}
     body |= {"startedAt": started, "completedAt": now_iso()}
     if errors:
@@ -398,7 +400,8 @@ def _check_schema(tx: StoreTx, object_type: str, property_maps: list[dict]) -> N
 
 
 def _upsert(tx: StoreTx, object_type: str, inputs: list[dict]) -> tuple[list, list]:
-    """Batch upsert (§3): validation failures per record (207), the rest created or updated."""
+    """Batch upsert (docs/hubspot.md §3): validation failures per record (207), the rest
+    created or updated."""
     keyed = _keyed_inputs(tx, object_type, inputs)
     _check_schema(tx, object_type, [k.properties for k in keyed])
     written: dict[int, Record] = {}  # so two inputs reaching one record see each other's writes
@@ -491,7 +494,8 @@ def _inline_associations(object_type: str, raw: Any) -> list[tuple[str, int, int
 
 
 def _read(tx: StoreTx, object_type: str, body: dict) -> tuple[list, list]:
-    """Batch read (§4): found records in input order; one OBJECT_NOT_FOUND error for the rest."""
+    """Batch read (docs/hubspot.md §4): found records in input order; one OBJECT_NOT_FOUND
+    error for the rest."""
     keyed = _keyed_inputs(tx, object_type, _inputs(body, BATCH_LIMIT), body.get("idProperty"))
     requested = body.get("properties") or None
     results, missing, shown = [], [], set()
@@ -623,7 +627,7 @@ def _object_routes(api: APIRouter, store: HubSpotStore) -> None:
             return record.to_api(tx.view(record, _query_list(request, "properties")))
 
 
-# ---------------------------------------------------------------- properties (§6)
+# ---------------------------------------------------------------- properties (docs/hubspot.md §6)
 
 
 def _property_routes(api: APIRouter, store: HubSpotStore) -> None:
@@ -668,7 +672,7 @@ def _property_routes(api: APIRouter, store: HubSpotStore) -> None:
         return defn.to_api()
 
 
-# ---------------------------------------------------------------- associations v4 (§7)
+# ------------------------------------------------------------- associations v4 (docs/hubspot.md §7)
 
 
 def _association_page(from_id: str, linked: dict[int, list[int]], after: str | None) -> dict:

@@ -3,7 +3,7 @@
 The HTTP emulator (sandbox.hubspot) and the seeding/inspection API (HubSpotStore, used without
 HTTP by the world generator and the CLI) share this module, so both apply the same rules. All data
 lives in the sandbox SQLite file, in tables prefixed `hubspot_`. Behaviour follows
-shared/reference/hubspot-crm.md; section numbers below (§n) refer to it.
+docs/hubspot.md, cited below by section.
 
 Merges (StoreTx.merge, behind both the HTTP route and HubSpotStore.merge) follow HubSpot's current
 behaviour for contacts and companies (deals too): a NEW record with a new id, above every id so
@@ -38,7 +38,7 @@ from typing import Any
 
 from sandbox.state import SandboxState
 
-# Canonical object type names and the ids HubSpot also accepts in paths (§7).
+# Canonical object type names and the ids HubSpot also accepts in paths (docs/hubspot.md §7).
 OBJECT_TYPE_IDS = {
     "contacts": "0-1",
     "companies": "0-2",
@@ -87,7 +87,8 @@ _QUERY_PROPERTIES = {
 }
 _REQUIRED_ON_CREATE = {"meetings": ["hs_timestamp"], "tasks": ["hs_timestamp"]}
 
-# Association type ids (SDK AssociationType, §7): type id -> (from, to, inverse type id).
+# Association type ids (SDK AssociationType, docs/hubspot.md §7):
+# type id -> (from, to, inverse type id).
 ASSOCIATION_TYPES = {
     1: ("contacts", "companies", 2),
     2: ("companies", "contacts", 1),
@@ -164,7 +165,8 @@ ASSOCIATIONS_PAGE = 500  # to-objects per from-object in one v4 batch read
 
 
 class HubSpotError(Exception):
-    """A HubSpot-style error answer (§9); the HTTP layer renders it, Python callers may catch it."""
+    """A HubSpot-style error answer (docs/hubspot.md §9); the HTTP layer renders it, Python
+    callers may catch it."""
 
     def __init__(
         self,
@@ -279,7 +281,7 @@ class PropertyDef:
     updated_at: str = ""
 
     def to_api(self) -> dict:
-        """The ModelProperty shape (§6)."""
+        """The ModelProperty shape (docs/hubspot.md §6)."""
         return {
             "name": self.name,
             "label": self.label,
@@ -386,7 +388,8 @@ BUILTIN_PROPERTIES = {
         [
             _p("dealname", "Deal Name", "string", "text"),
             _p("amount", "Amount", "number", "number"),
-            # Stage and pipeline ids come from pipelines (numeric in custom ones, §7).
+            # Stage and pipeline ids come from pipelines (numeric in custom ones):
+            # docs/hubspot.md §7.
             _p("dealstage", "Deal Stage", "enumeration", "radio", external_options=True),
             _p("pipeline", "Pipeline", "enumeration", "select", external_options=True),
             _p("closedate", "Close Date", "datetime", "date"),
@@ -724,7 +727,8 @@ class StoreTx:
         return self.group(object_type, name)
 
     def create_property(self, object_type: str, spec: Mapping) -> PropertyDef:
-        """PropertyCreate (camelCase) -> PropertyDef; 400 invalid, 409 existing (§6)."""
+        """PropertyCreate (camelCase) -> PropertyDef; 400 invalid, 409 existing
+        (docs/hubspot.md §6)."""
         _require(spec, ["name", "label", "type", "fieldType", "groupName"])
         defn = _property_from_spec(spec)
         if defn.name in self.defs(object_type):
@@ -1057,7 +1061,8 @@ class StoreTx:
     # ---- search
 
     def search(self, object_type: str, body: Mapping) -> tuple[int, list[Record], int | None]:
-        """Run a CRM search request (§5): (total, this page, next offset or None)."""
+        """Run a CRM search request (docs/hubspot.md §5): (total, this page, next offset or
+        None)."""
         query = SearchQuery.parse(body, self.defs(object_type), object_type)
         rows = self._slim_records(object_type, query.property_names(), query.prefilter())
         matches = query.order([(rid, props) for rid, props in rows if query.matches(props)])
@@ -1180,8 +1185,8 @@ def _spec_options(type_: str, raw: Any) -> tuple[dict, ...]:
 
 
 def _derive(record: Record, written: Mapping, inserting: bool) -> None:
-    """Deal booleans follow the default pipeline's stage ids unless given (§7); a task's
-    completion date follows its status."""
+    """Deal booleans follow the default pipeline's stage ids unless given; a task's completion
+    date follows its status (docs/hubspot.md §7)."""
     if record.object_type == "tasks" and "hs_task_status" in written:
         done = record.properties.get("hs_task_status") == "COMPLETED"
         if not done:

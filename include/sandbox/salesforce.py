@@ -1,8 +1,8 @@
 """Salesforce emulator: OAuth, REST (describe, SOQL, sObjects, Collections), Bulk API 2.0, limits,
 and the SOAP partner API's login and convertLead.
 
-Follows shared/reference/salesforce.md (cited as §n). simple-salesforce always builds https://
-URLs (§9, STACK.md), so the sandbox server also listens with TLS on a second port
+Follows docs/salesforce.md (cited by section). simple-salesforce always builds https://
+URLs (docs/salesforce.md §9), so the sandbox server also listens with TLS on a second port
 (`state.salesforce_url`, certificate from `tls_files`); every route is served on both ports.
 
 Every /services/data/vXX.X request passes a gate: queued fault (target "salesforce"), Bearer
@@ -115,7 +115,8 @@ __all__ = [
 DATA = "/services/data/{version}"
 JsonBody = Annotated[Any, Body()]
 DAILY_BULK_BATCHES, DAILY_BULK_QUERY_JOBS = 15_000, 10_000
-BULK_BATCH_RECORDS = 10_000  # Salesforce splits uploads into batches of about this size (§5)
+# Salesforce splits uploads into batches of about this size (docs/salesforce.md §5).
+BULK_BATCH_RECORDS = 10_000
 _TLS_LOCK = threading.Lock()
 
 
@@ -271,7 +272,8 @@ def _error(error: SalesforceError) -> JSONResponse:
 
 
 def _save_errors(result: SaveResult) -> SalesforceError:
-    """Single-record writes answer 400 with every save error as a top-level item (§3, §6)."""
+    """Single-record writes answer 400 with every save error as a top-level item
+    (docs/salesforce.md §3, §6)."""
     first, *rest = result.errors
     more = [{"message": e.message, "errorCode": e.code, "fields": list(e.fields)} for e in rest]
     return SalesforceError(400, first.code, first.message, list(first.fields), more)
@@ -286,7 +288,8 @@ def _limit_error(which: str = "TotalRequests") -> SalesforceError:
 
 
 def _fault_response(status: int) -> Response:
-    """An injected failure in Salesforce's own shape for that status (§6, §7: no 429 exists)."""
+    """An injected failure in Salesforce's own shape for that status
+    (docs/salesforce.md §6, §7: no 429 exists)."""
     error = _injected(status)
     return _gateway_page(status) if error is None else _error(error)
 
@@ -354,7 +357,8 @@ def _csv_response(text: str, headers: dict[str, str] | None = None) -> Response:
 
 
 class _Gate:
-    """Faults, session, limits, then the endpoint; adds Sforce-Limit-Info (§7)."""
+    """Faults, session, limits, then the endpoint; adds Sforce-Limit-Info
+    (docs/salesforce.md §7)."""
 
     def __init__(self, state: SandboxState, store: SalesforceStore):
         self.state, self.store = state, store
@@ -728,7 +732,7 @@ def _login_routes(api: APIRouter, state: SandboxState, store: SalesforceStore, s
 
     @api.post("/services/oauth2/token")
     async def token(request: Request) -> Response:
-        """Username-password and client-credentials flows (§1)."""
+        """Username-password and client-credentials flows (docs/salesforce.md §1)."""
         state.count("salesforce")
         state.count("salesforce.oauth_token")
         fault = state.take_fault("salesforce_oauth")
@@ -791,7 +795,8 @@ def _login_routes(api: APIRouter, state: SandboxState, store: SalesforceStore, s
         return _soap_fault(_CLIENT, f"No operation available for request {operation.tag}")
 
     def soap_login(version: str, text: str, request: Request) -> Response:
-        """SOAP login (username + password + security token, no consumer key; §1)."""
+        """SOAP login (username + password + security token, no consumer key;
+        docs/salesforce.md §1)."""
         state.count("salesforce")
         state.count("salesforce.soap_login")
 
@@ -1002,7 +1007,7 @@ class _Org:
         obj = self.store.schema.require(type_name)
         return {"objectDescribe": obj.summary(version[1:]), "recentItems": []}
 
-    # -- single records (§3)
+    # -- single records (docs/salesforce.md §3)
 
     def sobject_create(self, version: str, type_name: str, body: JsonBody = None) -> JSONResponse:
         obj = self.store.schema.require(type_name)
@@ -1112,7 +1117,7 @@ class _Org:
             raise _save_errors(result)
         return JSONResponse(result.to_api(upsert=True), status_code=201 if result.created else 200)
 
-    # -- SOQL (§2)
+    # -- SOQL (docs/salesforce.md §2)
 
     def _query(self, version: str, request: Request, include_deleted: bool) -> dict:
         soql = request.query_params.get("q")
@@ -1136,7 +1141,7 @@ class _Org:
             raise SalesforceError(400, "INVALID_QUERY_LOCATOR", "invalid query locator")
         return self.cursors.page(cursor, int(offset), key)
 
-    # -- sObject Collections (§4)
+    # -- sObject Collections (docs/salesforce.md §4)
 
     def _collection(
         self, tx: Tx, work: list[tuple[Callable[[], SaveResult], bool]], all_or_none: bool
@@ -1287,7 +1292,7 @@ def _fields_param(request: Request) -> list[str] | None:
     return [f.strip() for f in raw.split(",") if f.strip()] if raw else None
 
 
-# ---------------------------------------------------------------- Bulk API 2.0 (§5)
+# ------------------------------------------------------------- Bulk API 2.0 (docs/salesforce.md §5)
 
 
 class _Jobs:
@@ -1398,7 +1403,8 @@ class _Jobs:
             }
             if self.kind == "query" and delay <= 0:
                 self._settle(tx, job)
-                job["info"]["state"] = "UploadComplete"  # the creation answer (§5)
+                # The creation answer (docs/salesforce.md §5).
+                job["info"]["state"] = "UploadComplete"
         return self._public(job, counts=False)
 
     def _query_spec(self, body: Any) -> dict:

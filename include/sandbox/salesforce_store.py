@@ -3,7 +3,7 @@
 The HTTP emulator (sandbox.salesforce) and the seeding/inspection API (SalesforceStore, used
 without HTTP by seeds and tests) share this module, so both apply the same rules. Data lives in the
 sandbox SQLite file in tables prefixed `salesforce_`. Behaviour follows
-shared/reference/salesforce.md; section numbers below (§n) refer to it.
+docs/salesforce.md, cited below by section.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from typing import Any
 
 from sandbox.state import SandboxState
 
-API_VERSION = "59.0"  # simple-salesforce 1.12.10's default (§9)
+API_VERSION = "59.0"  # simple-salesforce 1.12.10's default (docs/salesforce.md §9)
 MIN_VERSION, MAX_VERSION = 20, 66
-QUERY_BATCH = 2000  # records per query page (§2)
+QUERY_BATCH = 2000  # records per query page (docs/salesforce.md §2)
 MIN_QUERY_BATCH = 200
-COLLECTION_LIMIT = 200  # sObject Collections create/update/upsert/delete (§4)
+COLLECTION_LIMIT = 200  # sObject Collections create/update/upsert/delete (docs/salesforce.md §4)
 RETRIEVE_LIMIT = 2000  # sObject Collections retrieve
 CONVERT_LIMIT = 100  # leads per SOAP convertLead call
 SOQL_MAX_LENGTH = 100_000
@@ -47,11 +47,12 @@ KEY_PREFIXES = {
 JOB_PREFIX, LOCATOR_PREFIX, ORG_PREFIX = "750", "01g", "00D"
 
 
-# ---------------------------------------------------------------- errors (§6)
+# ---------------------------------------------------------------- errors (docs/salesforce.md §6)
 
 
 class SalesforceError(Exception):
-    """A whole-request error: HTTP status and Salesforce's JSON-array body (§6)."""
+    """A whole-request error: HTTP status and Salesforce's JSON-array body
+    (docs/salesforce.md §6)."""
 
     def __init__(
         self,
@@ -78,7 +79,8 @@ def not_found() -> SalesforceError:
 
 @dataclass(frozen=True)
 class SaveError:
-    """One per-record save error (collections, Bulk, single-record writes): `statusCode` (§4)."""
+    """One per-record save error (collections, Bulk, single-record writes): `statusCode`
+    (docs/salesforce.md §4)."""
 
     code: str
     message: str
@@ -88,7 +90,7 @@ class SaveError:
         return {"statusCode": self.code, "message": self.message, "fields": list(self.fields)}
 
     def to_csv(self) -> str:
-        """Bulk 2.0 `sf__Error`: `<STATUS_CODE>:<message>:<fields> --` (§5)."""
+        """Bulk 2.0 `sf__Error`: `<STATUS_CODE>:<message>:<fields> --` (docs/salesforce.md §5)."""
         return f"{self.code}:{self.message}:{','.join(self.fields)} --".replace(": --", ":--")
 
     def to_error(self) -> SalesforceError:
@@ -154,7 +156,7 @@ INTEGRATION_USER_ID = make_id(KEY_PREFIXES["User"], 1)  # the first id the store
 
 
 def fmt_datetime(moment: datetime) -> str:
-    """Salesforce's JSON datetime: `2026-11-20T08:12:55.000+0000` (UTC, §2)."""
+    """Salesforce's JSON datetime: `2026-11-20T08:12:55.000+0000` (UTC, docs/salesforce.md §2)."""
     moment = moment.astimezone(UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}+0000"
 
@@ -177,7 +179,7 @@ def now_utc() -> datetime:
 
 
 def bulk_datetime(value: str) -> str:
-    """Bulk query CSV datetimes are `...000Z` rather than `...000+0000` (§5)."""
+    """Bulk query CSV datetimes are `...000Z` rather than `...000+0000` (docs/salesforce.md §5)."""
     return value[:-5] + "Z" if value.endswith("+0000") else value
 
 
@@ -360,7 +362,8 @@ LEAD_SOURCES = (
     "Product Sign-up",
     "Other",
 )
-# StageName -> (IsClosed, IsWon, default Probability): the org's OpportunityStage settings (§8).
+# StageName -> (IsClosed, IsWon, default Probability): the org's OpportunityStage settings
+# (docs/salesforce.md §8).
 STAGES = {
     "Prospecting": (False, False, 10),
     "Qualification": (False, False, 10),
@@ -563,7 +566,8 @@ _LABELS = {
     "OpportunityContactRole": ("Opportunity Contact Role", "Opportunity Contact Role"),
 }
 
-# Custom fields a PQL sync writes (§3 upsert key, §8); `salesforce_custom_fields` overrides them.
+# Custom fields a PQL sync writes (docs/salesforce.md §8; the upsert key: §3);
+# `salesforce_custom_fields` overrides them.
 _PQL_FIELDS = {
     "PQL_Key__c": {
         "type": "string",
@@ -1144,7 +1148,7 @@ class Tx:
             if name == "attributes" or (name.lower() == "id" and not new):
                 continue
             if mode == "csv" and raw == "":
-                continue  # Bulk: an empty cell leaves the field as it is (§5)
+                continue  # Bulk: an empty cell leaves the field as it is (docs/salesforce.md §5)
             fd = obj.field(name)
             if fd is None:
                 message = f"No such column '{name}' on sobject of type {obj.name}"
@@ -1603,7 +1607,7 @@ def _missing(obj: ObjectDef, rec: dict, clean: dict, new: bool) -> list[SaveErro
     ]
 
 
-# ---------------------------------------------------------------- SOQL (§2)
+# ---------------------------------------------------------------- SOQL (docs/salesforce.md §2)
 
 _TOKEN_RE = re.compile(
     r"""
@@ -2138,7 +2142,7 @@ class _Evaluator:
         return target.get(path.name)
 
     def archived(self, rec: dict) -> bool:
-        """Events and closed Tasks older than the archive age (§2 queryAll)."""
+        """Events and closed Tasks older than the archive age (docs/salesforce.md §2 queryAll)."""
         if rec["_type"] not in ("Event", "Task"):
             return False
         if rec["_type"] == "Task" and not rec.get("IsClosed"):
@@ -2247,7 +2251,8 @@ def record_url(version: str, type_name: str, record_id: str) -> str:
 
 
 def render(result: QueryResult, rec: dict, version: str) -> dict:
-    """One query record as JSON: attributes, then the selected fields (lookups nested, §2)."""
+    """One query record as JSON: attributes, then the selected fields (lookups nested)
+    (docs/salesforce.md §2)."""
     ev = result.evaluator
     out: dict[str, Any] = {"attributes": _attributes(rec, version)}
     for path in result.soql.fields:
@@ -2305,7 +2310,7 @@ def render_csv_row(result: QueryResult, rec: dict) -> list[str]:
     return [csv_value(ev.raw(rec, path)) for path in result.soql.fields]
 
 
-# ---------------------------------------------------------------- Bulk API 2.0 (§5)
+# ------------------------------------------------------------- Bulk API 2.0 (docs/salesforce.md §5)
 
 DELIMITERS = {
     "COMMA": ",",

@@ -1,8 +1,8 @@
 """Conformance of the Amplitude Export API emulator, driven through Airflow's HttpHook.
 
-Follows ../shared/reference/amplitude-export.md: zip of per-upload-hour gzip JSON-lines members,
-selection by `server_upload_time` with both ends inclusive, the availability delay, and the
-documented status codes. Data is small and written with the emulator's own storage helpers.
+Follows docs/amplitude.md: zip of per-upload-hour gzip JSON-lines members (§5), selection by
+`server_upload_time` with both ends inclusive (§3), the availability delay (§4), and the
+documented status codes (§8). Data is small and written with the emulator's own storage helpers.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Conformance of the sandbox HubSpot emulator, driven through the official hubspot-api-client.
 
 Assertions are on returned fields, never only on "no exception": the SDK deserializes unexpected
-statuses and empty bodies to empty objects silently (shared/reference/hubspot-crm.md §10).
+statuses and empty bodies to empty objects silently (docs/hubspot.md §10).
 
 Rate-limit tests send POSTs when they expect a 429 to surface: the SDK leaves urllib3's default
 Retry(3) in place, which retries idempotent methods (GET, PUT, DELETE) on 429/503 whenever a
@@ -74,7 +74,7 @@ def filt(name: str, operator: str, value=None, values=None) -> contacts.Filter:
 
 
 def define_pql_properties(hs: HubSpot) -> None:
-    """The custom properties a PQL sync creates (reference §6 table)."""
+    """The custom properties a PQL sync creates (docs/hubspot.md §6 table)."""
     hs.crm.properties.groups_api.create(
         object_type="contacts",
         property_group_create=properties.PropertyGroupCreate(name="pql", label="PQL"),

@@ -3,7 +3,7 @@ Bulk 2.0, its own OAuth/SOAP logins) and the Airflow provider's SalesforceHook.
 
 simple-salesforce only speaks https: the sandbox serves the same app with TLS at
 `sandbox.salesforce_url`, and clients trust its CA through a requests session (trust_env off,
-since this machine exports REQUESTS_CA_BUNDLE). shared/reference/salesforce.md is cited as §n.
+since this machine exports REQUESTS_CA_BUNDLE). docs/salesforce.md is cited by section.
 """
 
 from __future__ import annotations
@@ -70,7 +70,8 @@ def get_token(sandbox, http, grant: str = "client_credentials", **overrides) -> 
 
 @pytest.fixture
 def sf(sandbox, http) -> Salesforce:
-    """simple-salesforce in direct-session mode (§9), with a client-credentials token."""
+    """simple-salesforce in direct-session mode, with a client-credentials token
+    (docs/salesforce.md §9)."""
     token = get_token(sandbox, http).json()["access_token"]
     return Salesforce(instance_url=sandbox.salesforce_url, session_id=token, session=http)
 
@@ -112,7 +113,7 @@ def csv_rows(text: str) -> list[dict]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
-# ---------------------------------------------------------------- OAuth and sessions (§1)
+# ------------------------------------------------------- OAuth and sessions (docs/salesforce.md §1)
 
 
 def test_token_endpoint_grants_password_and_client_credentials(sandbox, http):
@@ -197,7 +198,8 @@ def test_simple_salesforce_relogs_in_after_the_session_expires(sandbox, http):
     sf = login_sf(sandbox, http)
     assert sf.query("SELECT Id FROM Lead")["totalSize"] == 0
     assert SalesforceStore(sandbox).expire_sessions() == 1
-    # The 401 INVALID_SESSION_ID body is a JSON array, so simple-salesforce re-logs in (§9).
+    # The 401 INVALID_SESSION_ID body is a JSON array, so simple-salesforce re-logs in
+    # (docs/salesforce.md §9).
     assert sf.Lead.create(lead())["success"] is True
     assert sf.query("SELECT Id FROM Lead")["totalSize"] == 1
     assert sandbox.counters["salesforce.oauth_token"] == 2
@@ -276,7 +278,7 @@ def test_custom_fields_are_configurable_so_a_field_can_be_missing(sandbox, sf):
     assert result["success"] is True
 
 
-# ---------------------------------------------------------------- SOQL (§2)
+# ---------------------------------------------------------------- SOQL (docs/salesforce.md §2)
 
 
 def test_query_all_follows_next_records_url_pages(sandbox, sf):
@@ -291,7 +293,7 @@ def test_query_all_follows_next_records_url_pages(sandbox, sf):
     assert len(set(emails)) == 2101
     assert sandbox.counters["salesforce.query"] == 2
     assert sandbox.counters["salesforce.query_more"] == 1
-    # A smaller batch size is honoured (200..2000, §2).
+    # A smaller batch size is honoured (200..2000, docs/salesforce.md §2).
     pages = sf.query_all("SELECT Id FROM Lead", headers={"Sforce-Query-Options": "batchSize=500"})
     assert len(pages["records"]) == 2101
     assert sandbox.counters["salesforce.query_more"] == 1 + 4
@@ -488,7 +490,7 @@ def test_soql_relationships_conversion_fields_and_contact_roles(sf, crm):
     assert events[0]["AccountId"] == crm["accounts"][0]  # derived from the contact
     assert events[0]["StartDateTime"] == "2026-03-02T09:00:00.000+0000"
     assert events[0]["EndDateTime"] == "2026-03-02T09:30:00.000+0000"
-    # Events older than a year are archived: only queryAll returns them (§2).
+    # Events older than a year are archived: only queryAll returns them (docs/salesforce.md §2).
     archived = sf.query_all("SELECT Subject, IsArchived FROM Event", include_deleted=True)
     assert {e["Subject"]: e["IsArchived"] for e in archived["records"]} == {
         "Intro": False,
@@ -540,7 +542,7 @@ def test_soql_quotes_escapes_and_injection_attempts(sf, crm):
     assert sf.query("select lastname from LEAD where lastname = 'Bo'")["records"][0]["LastName"]
 
 
-# ---------------------------------------------------------------- single records (§3)
+# ----------------------------------------------------------- single records (docs/salesforce.md §3)
 
 
 def test_sobject_create_get_update_upsert_delete(sf):
@@ -573,7 +575,7 @@ def test_sobject_create_get_update_upsert_delete(sf):
     assert sf.query_all("SELECT Id FROM Lead")["totalSize"] == 1
 
 
-# ---------------------------------------------------------------- collections (§4)
+# -------------------------------------------------------------- collections (docs/salesforce.md §4)
 
 
 def test_collections_report_per_record_errors_in_request_order(sf):
@@ -775,7 +777,7 @@ def test_lock_faults_fail_some_records_until_retried(sandbox, sf):
     assert all(e.startswith("UNABLE_TO_LOCK_ROW:") for e in errors)
 
 
-# ---------------------------------------------------------------- Bulk API 2.0 (§5)
+# ------------------------------------------------------------- Bulk API 2.0 (docs/salesforce.md §5)
 
 
 def test_bulk2_ingest_job_end_to_end_with_failed_results(sandbox, sf):
@@ -808,7 +810,8 @@ def test_bulk2_ingest_job_end_to_end_with_failed_results(sandbox, sf):
     everything = sf.bulk2.Lead.get_all_ingest_records(job["job_id"])
     assert len(everything["successfulRecords"]) == 2 and len(everything["failedRecords"]) == 2
     assert everything["unprocessedRecords"] == []
-    # An empty cell left Company/Email as they were; #N/A would have cleared them (§5).
+    # An empty cell left Company/Email as they were; #N/A would have cleared them
+    # (docs/salesforce.md §5).
     [kept] = sf.query("SELECT LastName, Company, Email FROM Lead WHERE PQL_Key__c = 'u_0'")[
         "records"
     ]
@@ -885,14 +888,15 @@ def test_bulk2_query_pages_with_locator(sandbox, sf, crm):
     assert len(pages) == 3
     rows = [r for page in pages for r in csv_rows(page)]
     assert len(rows) == 9 and set(rows[0]) == {"Id", "Email", "CreatedDate", "IsConverted"}
-    assert rows[0]["CreatedDate"].endswith(".000Z")  # bulk CSV datetimes end in Z (§5)
+    # Bulk CSV datetimes end in Z (docs/salesforce.md §5).
+    assert rows[0]["CreatedDate"].endswith(".000Z")
     assert [r["Email"] for r in rows].count("") == 1  # nulls are empty cells
     assert {r["IsConverted"] for r in rows} == {"true", "false"}
     [page] = list(sf.bulk2.Event.query_all("SELECT Subject, Who.Type FROM Event", wait=0))
     assert {r["Subject"] for r in csv_rows(page)} == {"Intro", "Demo", "Ancient"}
 
 
-# ---------------------------------------------------------------- limits and faults (§6, §7)
+# ---------------------------------------------------- limits and faults (docs/salesforce.md §6, §7)
 
 
 def test_queued_faults_answer_in_salesforce_shapes(sandbox, sf, http):
@@ -986,7 +990,8 @@ def test_airflow_salesforce_hook_reads_the_env_connection(sandbox, http, monkeyp
     result = hook.make_query("SELECT Id, Name FROM Account ORDER BY Name")
     assert [r["Name"] for r in result["records"]] == ["Acme", "Beta"]
     assert "PQL_Key__c" in hook.get_available_fields("Lead")
-    # The direct-session way (STACK.md): a token fetched by the caller plus instance_url.
+    # The direct-session way (docs/salesforce.md §9): a token fetched by the caller plus
+    # instance_url.
     token = get_token(sandbox, http).json()["access_token"]
     direct = SalesforceHook(session_id=token, session=http)
     assert direct.get_conn().session_id == token
