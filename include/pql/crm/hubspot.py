@@ -6,6 +6,7 @@ search past the 10,000 cap, merges, companies.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -23,30 +24,25 @@ from hubspot.crm.objects import Filter, FilterGroup, PublicObjectSearchRequest
 from hubspot.crm.properties import PropertyCreate, PropertyGroupCreate
 
 from pql import http
+from pql.crm import SyncError
+from pql.crm import sync as engine
 from pql.crm.ledger import (
     MERGED,
-    SyncError,
-    apply_manual_edits,
     changed,
     contact_fields,
     desired_accounts,
-    diff_sample,
     edits_since,
     load_ledger,
-    merged_ledger,
-    plan,
     records,
     relocated,
     save_ledger,
-    to_verify,
-    unverified,
     update_ledger,
-    verify_rest,
 )
+from pql.crm.sync import Located, Recent
 from pql.crm.targets import HubSpotTarget
 from pql.frames import among
 from pql.http import Budget
-from pql.lake import Lake, atomic_dir
+from pql.lake import Lake
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +55,7 @@ WINDOW_S = 10.25
 SEARCH_WINDOW_S = 1.1  # the same for search's 5 a second
 WORKERS = 4  # batch calls in flight at once (HubSpot limits the rate, not concurrency)
 API_HOST = "https://api.hubapi.com"
+RESULT_COLUMNS = ["email", "status", "http_status", "message", "transient", "hubspot_id"]
 
 
 class HubSpotCrm:
@@ -72,6 +69,7 @@ class HubSpotCrm:
 
     kind = "hubspot"
     label = "HubSpot"
+    writes_by_record = False  # upserts by email
 
     def __init__(self, sdk: HubSpot, target: HubSpotTarget | None = None):
         self.sdk = sdk
@@ -83,10 +81,47 @@ class HubSpotCrm:
         self.daily_remaining: int | None = None  # from the last answer that said it
 
     def __getattr__(self, name: str):
+        if name == "sdk":  # not yet set (a copy being made)
+            raise AttributeError(name)
         return getattr(self.sdk, name)
 
+    def with_target(self, target: HubSpotTarget) -> HubSpotCrm:
+        """This client (budgets and all) writing with other settings."""
+        if target is self.target:
+            return self
+        other = copy.copy(self)
+        other.target = target
+        return other
+
+    # --- the sync engine's operations (pql.crm.sync.People) ---
+
+    def provision(self) -> None:
+        ensure_properties(self, self.target)
+
+    def recent(self, since, scores: pd.DataFrame, ledger: pd.DataFrame) -> Recent:
+        # Every contact HubSpot changed since the last run began: edits (for overwrite) and
+        # merges (a merge makes a new record), whichever the rule.
+        if since is None:
+            return Recent()
+        values, holders = modified_contacts(self, since, contact_fields(self.target))
+        return Recent(values=values, holders=holders)
+
+    def locate(self, emails: list[str], scores: pd.DataFrame) -> dict[str, Located]:
+        fields = contact_fields(self.target)
+        found = read_contacts(self, emails, [*fields, "hs_object_id"])
+        return {e: Located(f"contacts/{v['hs_object_id']}", {f: v[f] for f in fields})
+                for e, v in found.items() if v.get("hs_object_id")}  # fmt: skip
+
+    def write(self, todo: pd.DataFrame, located: dict, scores: pd.DataFrame):
+        return _write(self, todo, located)
+
+    def read(self, where: dict[str, str]) -> dict[str, dict]:
+        return read_contacts(self, list(where), contact_fields(self.target))
+
+    # --- the pipeline's operations (pql.crm.Crm) ---
+
     def sync(self, lake: Lake, scores: pd.DataFrame, *, dry_run: bool = False) -> dict:
-        return sync(self, lake, self.target, scores, dry_run=dry_run)
+        return engine.run(self, lake, scores, dry_run=dry_run)
 
     def sync_accounts(self, lake: Lake, accounts: pd.DataFrame) -> dict:
         return sync_accounts(self, lake, self.target, accounts)
@@ -328,118 +363,24 @@ def read_contacts(hs: HubSpot, emails: list[str], fields: list[str]) -> dict[str
 
 
 def sync(
-    hs: HubSpot, lake: Lake, target: HubSpotTarget, scores: pd.DataFrame, *, dry_run: bool = False
+    hs: HubSpotCrm, lake: Lake, target: HubSpotTarget, scores: pd.DataFrame, *, dry_run=False
 ) -> dict:
-    """Write changed scores to HubSpot contacts; record every result; update the ledger.
+    """Write changed scores to HubSpot contacts through the sync engine (pql.crm.sync)."""
+    return engine.run(hs.with_target(target), lake, scores, dry_run=dry_run)
 
-    Only records whose values differ from the ledger are sent, so an unchanged re-run makes
-    no write calls. Failed records stay out of the ledger and are sent again next run.
-    Records edited by hand since the last run follow `on_manual_edit`.
-    """
-    started = datetime.now(UTC)
-    fields = contact_fields(target)
-    # With overwrite, edits to records whose computed values did not change must be undone
-    # too: look at every contact HubSpot changed since the last run began (pages of 200).
-    # The search also finds merged contacts (a merge makes a new record), whichever the rule.
-    since = edits_since(lake) if not dry_run else None
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        # The provisioning check, then the edit search, run while the diff is computed: the
-        # first write goes out as soon as the diff is done.
-        provisioned = None if dry_run else pool.submit(ensure_properties, hs, target)
-        modified = pool.submit(modified_contacts, hs, since, fields) if since else None
-        desired, ledger, todo, counts = plan(scores, lake, target, "hubspot")
-        if dry_run:
-            return {**counts, "would_write": len(todo), "sample": diff_sample(todo, ledger)}
-        provisioned.result()
-        current, holders = modified.result() if modified else ({}, {})
-    where: dict[str, str] = {}
-    if ledger is not None:
-        todo, moved, where = _merges(todo, desired, ledger, holders, counts)
-        current = {e: v for e, v in current.items() if e not in moved}
-        if target.on_manual_edit == "keep":
-            # An edit made any time since we wrote a record must survive: read the records
-            # about to be written (one read per 100); a new record holds nobody's edit.
-            known = todo["email"][among(todo["email"], ledger["email"])]
-            current = read_contacts(hs, [e for e in known if e not in moved], fields)
-        todo, found = apply_manual_edits(todo, desired, ledger, current, target.on_manual_edit)
-        counts.update(found)
-    if not target.create_missing:
-        # Upserts create: look up the contacts this pipeline has not written before.
-        new = todo["email"][~among(todo["email"], ledger["email"] if ledger is not None else [])]
-        held = read_contacts(hs, list(new), ["hs_object_id"])
-        missing = among(todo["email"], set(new) - set(held))
-        todo = todo[~missing]
-        counts["not_in_crm"] = int(missing.sum())
-    todo, deferred = _within_daily_limit(hs, target, todo)
+
+def _write(
+    hs: HubSpotCrm, todo: pd.DataFrame, located: dict[str, Located]
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Upsert `todo` by email (HubSpot creates whom it does not know), within the day's
+    remaining calls."""
+    counts = {}
+    todo, deferred = _within_daily_limit(hs, hs.target, todo)
     if deferred:
         counts["deferred_daily_limit"] = deferred
-    results = pd.DataFrame(
-        list(upsert_contacts(hs, todo)),
-        columns=["email", "status", "http_status", "message", "transient", "hubspot_id"],
-    )
-    ok = results.loc[results["status"] == "written", "email"]
-    checked = to_verify(ok, target.verify, target.verify_sample)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        # The read-back waits for the rate window: the new ledger is built meanwhile.
-        held = pool.submit(read_contacts, hs, checked, fields) if checked else None
-        ids = results[results["status"] == "written"].set_index("email")["hubspot_id"]
-        where.update(("contacts/" + ids.astype(str)).to_dict())
-        merged = merged_ledger(ledger, todo[among(todo["email"], ok)], where=where)
-        if held is not None:
-            results = unverified(results, todo, held.result(), checked)
-            if rest := verify_rest(results, checked, target.verify):
-                results = unverified(results, todo, read_contacts(hs, rest, fields), rest)
-    written = results[results["status"] == "written"]
-    if len(written) < len(ok):  # the CRM did not keep some writes: they stay out
-        lost = set(ok) - set(written["email"])
-        where = {e: r for e, r in where.items() if e not in lost}
-        merged = merged_ledger(ledger, todo[among(todo["email"], written["email"])], where=where)
-    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    with atomic_dir(lake.sync("hubspot") / f"run={run_id}") as tmp:
-        results.to_parquet(tmp / "results.parquet", index=False)
-    save_ledger(lake, merged, run_started=started)
-    failed = results[results["status"] == "failed"]
-    counts.update(written=len(written), failed=len(failed), run=run_id)
-    log.info("HubSpot sync: %(written)s written, %(unchanged)s unchanged, %(failed)s failed, "
-             "%(skipped_no_email)s without an email; all counts: %(all)s",
-             {**counts, "all": counts})  # fmt: skip
-    # Measured against every record the run is responsible for, so one permanently bad
-    # record retried on a quiet day does not fail the run on its own.
-    if len(failed) and len(failed) / len(desired) > target.max_failed_share:
-        sample = "; ".join(f"{r.email}: {r.message}" for r in failed.head(5).itertuples())
-        raise SyncError(
-            f"{len(failed)} of {len(desired)} records were rejected (more than "
-            f"max_failed_share {target.max_failed_share:.0%}); e.g. {sample}. "
-            f"All results: {lake.sync('hubspot') / f'run={run_id}'}"
-        )
-    return counts
-
-
-def _merges(
-    todo: pd.DataFrame,
-    desired: pd.DataFrame,
-    ledger: pd.DataFrame,
-    holders: dict[str, str],
-    counts: dict,
-) -> tuple[pd.DataFrame, set[str], dict[str, str]]:
-    """Contacts merged since the last run: the email that is the merged record's own gets its
-    full values written there; an email the merge made secondary is never written again (an
-    upsert by it would create the person anew, undoing the merge). Returns the new todo, the
-    moved emails and the records to note in the ledger."""
-    away = {e: r for e, r in holders.items() if r.startswith(MERGED)}
-    was = records(ledger)
-    known = set(ledger["email"]) if away else set()
-    away = {e: r for e, r in away.items() if e in known and was.get(e) != r}
-    primary = {e: r for e, r in holders.items() if e not in away and not r.startswith(MERGED)}
-    todo, moved = relocated(todo, desired, ledger, primary)
-    if away:
-        log.warning("%s contacts were merged into other people's records: no longer written",
-                    len(away))  # fmt: skip
-        todo = todo[~among(todo["email"], away)]
-        counts["merged_away"] = counts.get("merged_away", 0) + len(away)
-    if moved:
-        counts["moved"] = len(moved)
-    return todo, moved, away
+    results = pd.DataFrame(list(upsert_contacts(hs, todo)), columns=RESULT_COLUMNS)
+    results["record"] = ("contacts/" + results["hubspot_id"].astype("string")).astype(object)
+    return todo, results, counts
 
 
 def _within_daily_limit(

@@ -113,11 +113,10 @@ def changed(desired: pd.DataFrame, ledger: pd.DataFrame | None, key: str = "emai
 
 
 def plan(
-    scores: pd.DataFrame, lake: Lake, target: HubSpotTarget | SalesforceTarget, crm: str
-) -> tuple[pd.DataFrame, pd.DataFrame | None, pd.DataFrame, dict]:
-    """What a sync run starts from: desired values, the ledger, the changed rows, and counts."""
+    scores: pd.DataFrame, ledger: pd.DataFrame | None, target: HubSpotTarget | SalesforceTarget
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """What a sync run starts from: desired values, the changed rows, and counts."""
     desired = desired_values(scores, target)
-    ledger = load_ledger(lake, crm=crm)
     if not target.unflag:
         desired = keep_flags(desired, ledger, target.fields.flag)
     away = merged_away(ledger)
@@ -131,7 +130,7 @@ def plan(
     }
     if away:
         counts["merged_away"] = len(away)
-    return desired, ledger, todo, counts
+    return desired, todo, counts
 
 
 def records(ledger: pd.DataFrame | None, key: str = "email") -> dict[str, str]:

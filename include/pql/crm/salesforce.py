@@ -11,6 +11,7 @@ Bulk API 2.0 writes with lock retries, conversions, Accounts.
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import logging
@@ -25,28 +26,25 @@ from simple_salesforce.api import DEFAULT_API_VERSION
 from simple_salesforce.exceptions import SalesforceExpiredSession
 
 from pql import http
+from pql.crm import SyncError
+from pql.crm import sync as engine
 from pql.crm.ledger import (
-    SyncError,
-    apply_manual_edits,
     changed,
     desired_accounts,
-    diff_sample,
+    desired_values,
     differing,
     edits_since,
     load_ledger,
     normal_emails,
-    plan,
     records,
     relocated,
     save_ledger,
-    to_verify,
-    unverified,
     update_ledger,
-    verify_rest,
 )
+from pql.crm.sync import Recent
 from pql.crm.targets import SalesforceTarget
 from pql.frames import among
-from pql.lake import Lake, atomic_dir
+from pql.lake import Lake
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +81,7 @@ class SalesforceCrm:
 
     kind = "salesforce"
     label = "Salesforce"
+    writes_by_record = True  # every write needs its record found first
 
     def __init__(
         self,
@@ -118,8 +117,39 @@ class SalesforceCrm:
         self.refreshed = False
         return self
 
+    def with_target(self, target: SalesforceTarget) -> SalesforceCrm:
+        """This client writing with other settings."""
+        if target is self.target:
+            return self
+        other = copy.copy(self)
+        other.target = target
+        return other
+
+    # --- the sync engine's operations (pql.crm.sync.People) ---
+
+    def provision(self) -> None:
+        self(lambda s: check_fields(s, self.target))
+
+    def recent(self, since, scores: pd.DataFrame, ledger: pd.DataFrame) -> Recent:
+        return _recent(self, since, scores, ledger)
+
+    def locate(self, emails: list[str], scores: pd.DataFrame) -> dict[str, Found]:
+        key_of = match_keys(scores, self.target)
+        email_of = {k: e for e, k in key_of.items()}
+        keys = sorted({key_of[e] for e in emails if key_of.get(e)})
+        found = find_records(self, keys, self.target)
+        return {email_of[k]: f for k, f in found.items() if k in email_of}
+
+    def write(self, todo: pd.DataFrame, located: dict, scores: pd.DataFrame):
+        return _write(self, todo, located, scores)
+
+    def read(self, where: dict[str, str]) -> dict[str, dict]:
+        return read_back(self, {e: tuple(r.split("/", 1)) for e, r in where.items()}, self.target)
+
+    # --- the pipeline's operations (pql.crm.Crm) ---
+
     def sync(self, lake: Lake, scores: pd.DataFrame, *, dry_run: bool = False) -> dict:
-        return sync(self, lake, self.target, scores, dry_run=dry_run)
+        return engine.run(self.operation(), lake, scores, dry_run=dry_run)
 
     def sync_accounts(self, lake: Lake, accounts: pd.DataFrame) -> dict:
         return sync_accounts(self, lake, self.target, accounts)
@@ -139,9 +169,10 @@ class SalesforceCrm:
 
 
 def adapter(sf, login: Callable[[], Salesforce] | None = None, target=None) -> SalesforceCrm:
-    """`sf` as an adapter at the start of an operation: itself, or a client (and its login)."""
+    """`sf` as an adapter at the start of an operation: itself (with `target`'s settings when
+    given), or a client (and its login)."""
     if isinstance(sf, SalesforceCrm):
-        return sf.operation()
+        return sf.operation().with_target(target) if target is not None else sf.operation()
     return SalesforceCrm(login, target, sf=sf)
 
 
@@ -221,6 +252,10 @@ class Found(NamedTuple):
     account: str | None
     owner: str | None
     values: dict  # the mapped fields' current values, by configured field name
+
+    @property
+    def record(self) -> str:
+        return f"{self.object}/{self.id}"
 
 
 def _mapped(target: SalesforceTarget) -> list[str]:
@@ -483,7 +518,7 @@ def _csv(value) -> str:
 
 
 def sync(
-    sf: Salesforce,
+    sf,
     lake: Lake,
     target: SalesforceTarget,
     scores: pd.DataFrame,
@@ -491,64 +526,56 @@ def sync(
     dry_run: bool = False,
     login: Callable[[], Salesforce] | None = None,
 ) -> dict:
-    """Write changed scores to Salesforce Leads/Contacts; record every result; update the ledger.
+    """Write changed scores to Salesforce Leads/Contacts through the sync engine
+    (pql.crm.sync). `sf`: the adapter, or a client (and `login`, making a fresh one once
+    when the session expires)."""
+    return engine.run(adapter(sf, login, target), lake, scores, dry_run=dry_run)
 
-    `login` builds a fresh client: an expired session is refreshed with it once. Records
-    edited by hand since the last run follow `on_manual_edit`; written records are read back
-    as `verify` says, and one Salesforce does not hold as sent is not marked synced.
-    """
-    started = datetime.now(UTC)
-    desired, ledger, todo, counts = plan(scores, lake, target, CRM)
-    if dry_run:
-        return {**counts, "would_write": len(todo), "sample": diff_sample(todo, ledger)}
+
+def _recent(call: SalesforceCrm, since, scores: pd.DataFrame, ledger: pd.DataFrame) -> Recent:
+    """Edits since the last run (overwrite rule) and the people whose record may have changed
+    since (Leads converted, Contacts created): found where they live now. A ledger from before
+    records were kept has everyone found once: those whose record does not hold what was
+    written are written again, the others' records only noted."""
+    target = call.target
     key_of = match_keys(scores, target)
     email_of = {k: e for e, k in key_of.items()}
-    call = adapter(sf, login, target)
-    call(lambda s: check_fields(s, target))
-    since = edits_since(lake, crm=CRM)
-    if ledger is not None and target.on_manual_edit == "overwrite" and since:
-        # Edits to records whose computed values did not change must be undone too.
-        current = {email_of[k]: v for k, v in modified_records(call, since, target).items()
-                   if k in email_of}  # fmt: skip
-        todo, found_edits = apply_manual_edits(todo, desired, ledger, current, "overwrite")
-        counts.update(found_edits)
-    # People whose record may have changed since the last run (converted, a Contact created):
-    # looked up with the changed ones, and written whole where their record did change.
+    values = {}
+    if target.on_manual_edit == "overwrite" and since:
+        values = {email_of[k]: v for k, v in modified_records(call, since, target).items()
+                  if k in email_of}  # fmt: skip
+    legacy = "record" not in ledger.columns
     held = records(ledger)
-    suspects = set()
-    if ledger is not None and "record" not in ledger.columns:
-        # A ledger from before records were kept: find every person's record once.
-        suspects = set(desired["email"][among(desired["email"], ledger["email"])])
-    elif ledger is not None and since:
+    if legacy:
+        suspects = set(key_of) & set(ledger["email"])
+    elif since:
         suspects = {email_of[k] for k, r in new_holders(call, since, target).items()
                     if k in email_of and held.get(email_of[k]) != r}  # fmt: skip
-    keys = sorted({key_of[e] for e in (*todo["email"], *suspects) if key_of.get(e)})
-    found = {email_of[k]: f for k, f in find_records(call, keys, target).items() if k in email_of}
-    where = {e: f"{found[e].object}/{found[e].id}" for e in suspects if e in found}
-    if ledger is not None and "record" not in ledger.columns:
-        want = desired.set_index("email")
-        differ = differing({e: found[e].values for e in where},
-                           {e: want.loc[e].to_dict() for e in where})  # fmt: skip
-        where = {e: r for e, r in where.items() if e in differ}
-        # The others hold what was written: only their record is noted (below).
-        adopted = {e: f"{found[e].object}/{found[e].id}" for e in suspects if e in found}
     else:
-        adopted = {}
-    todo, moved = relocated(todo, desired, ledger, where)
-    if moved:
-        counts["moved"] = len(moved)
-    if ledger is not None and target.on_manual_edit == "keep":
-        # An edit made any time since we wrote a record survives (the lookup read it anyway);
-        # a record new to a person holds nobody's edit of our values.
-        known = set(ledger["email"]) - moved
-        current = {e: f.values for e, f in found.items() if e in known}
-        todo, found_edits = apply_manual_edits(todo, desired, ledger, current, "keep")
-        counts.update(found_edits)
-    writes, not_in_crm = [], []
+        suspects = set()
+    found = call.locate(sorted(suspects), scores) if suspects else {}
+    where = {e: f.record for e, f in found.items()}
+    if not legacy:
+        return Recent(values=values, holders=where)
+    want = desired_values(scores, target).set_index("email")
+    differ = differing({e: found[e].values for e in where},
+                       {e: want.loc[e].to_dict() for e in where if e in want.index})  # fmt: skip
+    return Recent(values=values, holders={e: r for e, r in where.items() if e in differ},
+                  noted=where)  # fmt: skip
+
+
+def _write(
+    call: SalesforceCrm, todo: pd.DataFrame, located: dict[str, Found], scores: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """Update each located record; create a Lead for whom Salesforce does not have (when the
+    match key is known); Bulk API 2.0 at bulk_threshold records, else Collections."""
+    target = call.target
+    key_of = match_keys(scores, target)
+    writes, not_in_crm = [], 0
     for row in todo.to_dict("records"):
         email, values = row["email"], wire(row, target)
-        if email in found:
-            f = found[email]
+        if email in located:
+            f = located[email]
             obj, rid, account = f.object, f.id, f.account
             record = {"attributes": {"type": obj}, "id": rid, **values}
         elif target.create_missing and key_of.get(email):
@@ -556,7 +583,7 @@ def sync(
             record = {"attributes": {"type": "Lead"},
                       **_new_lead(email, key_of[email], target), **values}  # fmt: skip
         else:
-            not_in_crm.append(email)
+            not_in_crm += 1
             continue
         writes.append({"email": email, "object": obj, "id": rid, "account": account,
                        "record": record})  # fmt: skip
@@ -567,49 +594,16 @@ def sync(
         (_bulk if bulk else write_collections)(call, writes) if writes else [],
         columns=RESULT_COLUMNS,
     )
+    results["record"] = (results["object"] + "/" + results["record_id"].astype(str)).where(
+        results["record_id"].notna()
+    )
     ok = results[results["status"] == "written"]
-    checked = to_verify(ok["email"], target.verify, target.verify_sample)
-    if checked:
-        where = dict(zip(ok["email"], zip(ok["object"], ok["record_id"], strict=True),
-                         strict=True))  # fmt: skip
-        held = read_back(call, {e: where[e] for e in checked}, target)
-        results = unverified(results, todo, held, checked)
-        if rest := verify_rest(results, checked, target.verify):
-            held = read_back(call, {e: where[e] for e in rest}, target)
-            results = unverified(results, todo, held, rest)
-    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    run_dir = lake.sync(CRM) / f"run={run_id}"
-    with atomic_dir(run_dir) as tmp:
-        results.to_parquet(tmp / "results.parquet", index=False)
-    written = results[results["status"] == "written"]
-    where = {**adopted, **dict(zip(written["email"], written["object"] + "/"
-                                   + written["record_id"].astype(str), strict=True))}  # fmt: skip
-    update_ledger(lake, ledger, todo[among(todo["email"], written["email"])], crm=CRM,
-                  run_started=started, where=where)  # fmt: skip
-    failed = results[results["status"] == "failed"]
-    counts.update(
-        written=len(written),
-        failed=len(failed),
-        created=int((written["record_id"].notna() & ~among(written["email"], found)).sum()),
-        not_in_crm=len(not_in_crm),
-        api="bulk" if bulk else "collections",
-        run=run_id,
-    )
-    log.info(
-        "Salesforce sync: %(written)s written, %(unchanged)s unchanged, %(failed)s failed, "
-        "%(not_in_crm)s not in Salesforce (via %(api)s); all counts: %(all)s",
-        {**counts, "all": counts},
-    )
-    if len(failed) and len(failed) / len(desired) > target.max_failed_share:
-        sample = "; ".join(
-            f"{r.email}: {r.status_code} {r.message}" for r in failed.head(5).itertuples()
-        )
-        raise SyncError(
-            f"{len(failed)} of {len(desired)} records were rejected by Salesforce (more than "
-            f"max_failed_share {target.max_failed_share:.0%}); e.g. {sample}. "
-            f"All results: {run_dir}"
-        )
-    return counts
+    counts = {
+        "created": int((ok["record_id"].notna() & ~among(ok["email"], located)).sum()),
+        "not_in_crm": not_in_crm,
+        "api": "bulk" if bulk else "collections",
+    }
+    return todo, results, counts
 
 
 def match_keys(scores: pd.DataFrame, target: SalesforceTarget) -> dict[str, str]:
