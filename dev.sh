@@ -91,7 +91,7 @@ PY
 }
 
 browser() {
-  # tests/pql/test_report_browser.py opens the weekly report in Debian's headless Chromium.
+  # tests/pql/report/test_report_browser.py opens the weekly report in Debian's headless Chromium.
   if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
     return
   fi

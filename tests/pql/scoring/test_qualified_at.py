@@ -25,7 +25,7 @@ from pql.lake import Lake, atomic_dir
 from pql.scoring import features, snapshots, training
 from sandbox import lakegen, world
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 US, DAY = timedelta(microseconds=1), timedelta(days=1)
 FRI, SAT, SUN = date(2026, 10, 9), date(2026, 10, 10), date(2026, 10, 11)
 CORE = "Core Feature Used"

@@ -28,7 +28,7 @@ pytest.importorskip("pyspark")
 if not shutil.which("java"):
     pytest.skip("Spark needs Java (java not on the PATH)", allow_module_level=True)
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SPEC = world.WorldSpec(seed=11, start=date(2026, 3, 2), days=35, users=250, accounts=60)
 ODD = "User's \\ Report"  # a tracked event whose name needs escaping in both dialects
 AS_OF = [datetime(2026, 3, 25, tzinfo=UTC), SPEC.end]

@@ -32,7 +32,7 @@ from sandbox.mixpanel import DayWriter, upsert_profiles
 from sandbox.server import connection_env
 from sandbox.wire import FaultyProxy
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DAY = date(2026, 10, 5)
 CUTS = ["close-cut", "chunked-cut", "length-cut", "reset"]
 COUNTS = ("raw", "canonical", "duplicates", "quarantined")

@@ -18,7 +18,7 @@ from pql.lake import Lake
 from pql.scoring import backtest, labels, snapshots
 from sandbox import lakegen, world
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SPEC = world.WorldSpec(seed=2024, start=date(2026, 3, 2), days=70, users=2000, accounts=300)
 FIRST, LAST = date(2026, 4, 6), date(2026, 5, 3)
 
