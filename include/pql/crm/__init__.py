@@ -12,6 +12,7 @@ and the contract suite (tests/pql/crm/test_contract.py) run against it. No edit 
 
 from __future__ import annotations
 
+import copy
 from datetime import datetime
 from importlib import import_module
 from typing import TYPE_CHECKING, Protocol
@@ -60,6 +61,20 @@ class Crm(Protocol):
     ) -> list[tuple]:
         """A follow-up task per newly qualified lead for its owner; (email, qualified_at,
         detail) appended to `made` as each batch lands."""
+
+
+class Retargetable:
+    """An adapter that can write with other settings while sharing its client (and budgets)."""
+
+    target: object
+
+    def with_target(self, target):
+        """This adapter, or a copy of it sharing its client, writing with `target`'s settings."""
+        if target is self.target:
+            return self
+        other = copy.copy(self)
+        other.target = target
+        return other
 
 
 def connect(target: CrmTarget, conn: Conn, **options) -> Crm:

@@ -6,7 +6,6 @@ search past the 10,000 cap, merges, companies.
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -24,7 +23,7 @@ from hubspot.crm.objects import Filter, FilterGroup, PublicObjectSearchRequest
 from hubspot.crm.properties import PropertyCreate, PropertyGroupCreate
 
 from pql import http
-from pql.crm import SyncError
+from pql.crm import Retargetable, SyncError
 from pql.crm import sync as engine
 from pql.crm.ledger import (
     MERGED,
@@ -58,7 +57,7 @@ API_HOST = "https://api.hubapi.com"
 RESULT_COLUMNS = ["email", "status", "http_status", "message", "transient", "hubspot_id"]
 
 
-class HubSpotCrm:
+class HubSpotCrm(Retargetable):
     """The HubSpot adapter (pql.crm.Crm): the SDK client with its budgets and the daily calls
     HubSpot last said were left. The SDK's APIs are its attributes (`hs.crm.contacts...`).
 
@@ -84,14 +83,6 @@ class HubSpotCrm:
         if name == "sdk":  # not yet set (a copy being made)
             raise AttributeError(name)
         return getattr(self.sdk, name)
-
-    def with_target(self, target: HubSpotTarget) -> HubSpotCrm:
-        """This client (budgets and all) writing with other settings."""
-        if target is self.target:
-            return self
-        other = copy.copy(self)
-        other.target = target
-        return other
 
     # --- the sync engine's operations (pql.crm.sync.People) ---
 

@@ -11,7 +11,6 @@ Bulk API 2.0 writes with lock retries, conversions, Accounts.
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import logging
@@ -26,7 +25,7 @@ from simple_salesforce.api import DEFAULT_API_VERSION
 from simple_salesforce.exceptions import SalesforceExpiredSession
 
 from pql import http
-from pql.crm import SyncError
+from pql.crm import Retargetable, SyncError
 from pql.crm import sync as engine
 from pql.crm.ledger import (
     changed,
@@ -74,7 +73,7 @@ LEVELS = {
 RESULT_COLUMNS = ["email", "status", "object", "record_id", "status_code", "message", "transient"]
 
 
-class SalesforceCrm:
+class SalesforceCrm(Retargetable):
     """The Salesforce adapter (pql.crm.Crm): the login that makes a simple-salesforce client,
     the client, and one re-login per operation. Calls go through it, `crm(lambda sf: ...)`: an
     expired session is refreshed once, then the operation fails clearly."""
@@ -116,14 +115,6 @@ class SalesforceCrm:
         """The adapter at the start of an operation: it may log in again once."""
         self.refreshed = False
         return self
-
-    def with_target(self, target: SalesforceTarget) -> SalesforceCrm:
-        """This client writing with other settings."""
-        if target is self.target:
-            return self
-        other = copy.copy(self)
-        other.target = target
-        return other
 
     # --- the sync engine's operations (pql.crm.sync.People) ---
 
