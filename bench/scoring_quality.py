@@ -52,7 +52,7 @@ def build(cache: Path, seed: int, users: int, days: int) -> tuple[Lake, datetime
 
 
 def load(path: Path, lake: Lake) -> config.Config:
-    return config.load(path).model_copy(update={"lake": config.Lake(root=lake.root)})
+    return config.load(path).model_copy(update={"lake": config.LakeSettings(root=lake.root)})
 
 
 def holdout_rows(cfg: config.Config, lake: Lake, until: datetime) -> pd.DataFrame:

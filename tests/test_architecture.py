@@ -166,3 +166,14 @@ def test_long_product_modules_say_why():
         if lines > 400 and "long because" not in doc.lower():
             long.append(f"{p.relative_to(ROOT)} ({lines} lines)")
     assert long == []
+
+
+def test_no_two_product_classes_share_a_name():
+    seen: dict[str, list[str]] = {}
+    for m, p in _modules().items():
+        if m.split(".")[0] not in ("pql", "pql_airflow"):
+            continue
+        for node in ast.parse(p.read_text()).body:
+            if isinstance(node, ast.ClassDef):
+                seen.setdefault(node.name, []).append(m)
+    assert {name: mods for name, mods in seen.items() if len(mods) > 1} == {}

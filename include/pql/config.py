@@ -77,7 +77,7 @@ def _cron(v: str) -> str:
 Cron = Annotated[str, AfterValidator(_cron)]
 
 
-class Lake(Strict):
+class LakeSettings(Strict):
     root: Path = Path("../var/lake")
 
 
@@ -437,7 +437,9 @@ class Routing(Strict):
     slack_connection_id: str = "slack_pql"  # HTTP connection: host = the webhook URL
 
 
-Email = Annotated[str, Field(pattern=r"^[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+$", max_length=254)]
+EmailAddress = Annotated[
+    str, Field(pattern=r"^[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+$", max_length=254)
+]
 
 
 Segment = Literal[
@@ -454,7 +456,9 @@ class Outcomes(Strict):
     # size band, and any snapshot column (industry, source = where a user was first seen,
     # country, plan, revenue_band).
     segments: list[Segment] = ["model_version", "size_band", "industry", "source"]
-    email_to: list[Email] = []  # the report by email (HTML attached) to these; empty: no email
+    email_to: list[
+        EmailAddress
+    ] = []  # the report by email (HTML attached) to these; empty: no email
     smtp_connection_id: str = "smtp_default"  # SMTP connection; extra from_email = the sender
     slack: bool = False  # headline numbers and a link to a Slack incoming webhook
     slack_connection_id: str = "slack_pql"  # HTTP connection: password = the webhook URL
@@ -478,14 +482,14 @@ class Alerts(Strict):
 
     slack: bool = False  # a message to a Slack incoming webhook
     slack_connection_id: str = "slack_pql"  # HTTP connection: password = the webhook URL
-    email_to: list[Email] = []  # and/or an email to these (through the SMTP connection)
+    email_to: list[EmailAddress] = []  # and/or an email to these (through the SMTP connection)
     smtp_connection_id: str = "smtp_default"  # SMTP connection; extra from_email = the sender
 
 
 class Config(Strict):
     """The whole of config/pql.yaml."""
 
-    lake: Lake = Lake()
+    lake: LakeSettings = LakeSettings()
     sources: list[Source] = Field(min_length=1)
     identity: Identity = Identity()
     enrichment: Enrichment = Enrichment()
@@ -568,7 +572,7 @@ def load(path: str | os.PathLike | None = None) -> Config:
     enrichment = cfg.enrichment
     if enrichment.file is not None:
         enrichment = enrichment.model_copy(update={"file": (path.parent / enrichment.file)})
-    return cfg.model_copy(update={"lake": Lake(root=root), "enrichment": enrichment})
+    return cfg.model_copy(update={"lake": LakeSettings(root=root), "enrichment": enrichment})
 
 
 def _catalogue(data: dict) -> dict | None:

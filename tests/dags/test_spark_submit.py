@@ -35,7 +35,7 @@ def test_score_task_submits_the_feature_job_through_the_spark_connection(tmp_pat
     )
     cfg = cfg.model_copy(
         update={
-            "lake": config.Lake(root=tmp_path),
+            "lake": config.LakeSettings(root=tmp_path),
             "features": cfg.features.model_copy(update={"engine": "spark", "spark": spark}),
         }
     )

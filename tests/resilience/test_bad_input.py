@@ -5,7 +5,8 @@ Each gets a clear error or a quarantine, never a crash or a silent drop:
 - exports full of hostile lines (fuzzed with hypothesis) go through the real extraction path
   (the sandbox's HTTP export, gzip, DuckDB or Python parsing, partitions, manifest): every line
   becomes an event or a quarantined line with its reason and text, and the counts reconcile;
-  tests/pql/events/test_parsers_property.py and test_mixpanel_duckdb.py cover the parsers line by line;
+  tests/pql/events/test_parsers_property.py and test_mixpanel_duckdb.py cover the parsers line
+  by line;
 - emails and values built to break a CRM call (SOQL injection, quotes, unicode, control
   characters, very long values, case-only duplicates) are written exactly or refused per
   record with the CRM's reason, run after run, without touching anyone else's record;

@@ -78,7 +78,7 @@ def test_calibrated_to_plg_benchmarks(sandbox, tmp_path):
     counts = seed.build(sandbox, spec)
     assert counts["duplicates"] > 0 and counts["meetings"] > 0 and counts["won_deals"] > 0
     lake = Lake(tmp_path / "lake")
-    cfg = config.load().model_copy(update={"lake": config.Lake(root=lake.root)})
+    cfg = config.load().model_copy(update={"lake": config.LakeSettings(root=lake.root)})
     session = requests.Session()
     creds = sandbox.credentials["mixpanel"]
     session.auth = (creds["username"], creds["secret"])

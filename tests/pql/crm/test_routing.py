@@ -269,7 +269,7 @@ def test_jobs_route_goes_to_salesforce_through_the_hook_and_relogs_in(
     for name, value in connection_env(sandbox, sandbox.base_url).items():
         monkeypatch.setenv(name, value)
     cfg = config.load().model_copy(
-        update={"lake": config.Lake(root=tmp_path), "crm": SF, "routing": TASK_ONLY}
+        update={"lake": config.LakeSettings(root=tmp_path), "crm": SF, "routing": TASK_ONLY}
     )
     day = date(2026, 11, 1)
     folder = Lake(tmp_path).scores(day)

@@ -191,7 +191,9 @@ def test_dag_path_hook_login_and_jobs_dispatch(sandbox, tmp_path, monkeypatch):
 
     for name, value in connection_env(sandbox, sandbox.base_url).items():
         monkeypatch.setenv(name, value)
-    cfg = config.load().model_copy(update={"lake": config.Lake(root=tmp_path), "crm": TARGET})
+    cfg = config.load().model_copy(
+        update={"lake": config.LakeSettings(root=tmp_path), "crm": TARGET}
+    )
     day = date(2026, 11, 20)
     folder = Lake(tmp_path).scores(day)
     folder.mkdir(parents=True)
@@ -217,7 +219,7 @@ def test_salesforce_accounts_are_an_enrichment_provider(sandbox, sf, tmp_path, m
     assert got.loc["acme.io"].to_dict() == want
     cfg = config.load().model_copy(
         update={
-            "lake": config.Lake(root=tmp_path),
+            "lake": config.LakeSettings(root=tmp_path),
             "crm": TARGET,
             "enrichment": config.Enrichment(provider="crm"),
         }

@@ -175,7 +175,7 @@ def _events(lake: Lake, rows: list[dict]) -> None:
 def test_refresh_accounts_asks_for_work_domains_of_identified_users(
     sandbox, accounts, api, tmp_path
 ):
-    cfg = config.load().model_copy(update={"lake": config.Lake(root=tmp_path)})
+    cfg = config.load().model_copy(update={"lake": config.LakeSettings(root=tmp_path)})
     cfg = cfg.model_copy(
         update={"enrichment": config.Enrichment(provider="api", requests_per_second=100)}
     )

@@ -30,7 +30,7 @@ def test_anonymous_events_and_profile_emails_join_the_user(sandbox, tmp_path):
         w.write(_line("Signed Up", "u1", 9, "c", **{"$device_id": "dev1", "$user_id": "u1"}))
         w.write(_line("Signed Up", "u2", 9, "d", email="Bo@Beta.dev"))
     upsert_profiles(sandbox, [("u1", {"$email": "Ana@Acme.io"}), ("u2", {"$email": "x@y.z"})])
-    cfg = config.load().model_copy(update={"lake": config.Lake(root=tmp_path)})
+    cfg = config.load().model_copy(update={"lake": config.LakeSettings(root=tmp_path)})
     session = requests.Session()
     creds = sandbox.credentials["mixpanel"]
     session.auth = (creds["username"], creds["secret"])

@@ -33,7 +33,9 @@ def lake(tmp_path_factory) -> Lake:
 def _cfg(lake: Lake, path: Path = ROOT / "config" / "pql.yaml", window: int = 90) -> config.Config:
     cfg = config.load(path)
     outcomes = cfg.outcomes.model_copy(update={"attribution_window_days": window})
-    return cfg.model_copy(update={"lake": config.Lake(root=lake.root), "outcomes": outcomes})
+    return cfg.model_copy(
+        update={"lake": config.LakeSettings(root=lake.root), "outcomes": outcomes}
+    )
 
 
 def test_backtest_figures_follow_from_the_world(lake):

@@ -37,7 +37,7 @@ THRESHOLD = config.ThresholdModel.model_validate(
 
 def _cfg(root: Path, model=THRESHOLD) -> config.Config:
     base = config.load(ROOT / "config" / "pql.yaml")
-    return base.model_copy(update={"lake": config.Lake(root=root), "model": model})
+    return base.model_copy(update={"lake": config.LakeSettings(root=root), "model": model})
 
 
 def _t(day: date, hh: int, mm: int = 0, ss: int = 0, us: int = 0) -> datetime:

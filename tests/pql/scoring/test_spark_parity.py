@@ -224,7 +224,7 @@ def test_submitted_job_writes_the_same_frame(lake, spark, monkeypatch):
     """The cluster path: snapshots.features_at builds the job, `submit` runs spark_job.main (here
     in this process's session, as spark-submit would on a cluster), the frame is read back."""
     base = config.load(ROOT / "config" / "pql.yaml")
-    cfg = base.model_copy(update={"lake": config.Lake(root=lake.root)})
+    cfg = base.model_copy(update={"lake": config.LakeSettings(root=lake.root)})
     spark_cfg = cfg.model_copy(
         update={
             "features": cfg.features.model_copy(
