@@ -111,6 +111,14 @@ class SalesforceCrm(Retargetable):
             self.sf = self.login()
             return self(fn)
 
+    def keys(self, scores: pd.DataFrame) -> dict[str, str]:
+        """email → match key for a scores frame (kept for the frame a run works on: a run asks
+        several times and 100,000 rows take a tenth of a second)."""
+        cached = getattr(self, "_keys", None)
+        if cached is None or cached[0] is not scores or cached[1] is not self.target:
+            self._keys = (scores, self.target, match_keys(scores, self.target))
+        return self._keys[2]
+
     def operation(self) -> SalesforceCrm:
         """The adapter at the start of an operation: it may log in again once."""
         self.refreshed = False
@@ -125,7 +133,7 @@ class SalesforceCrm(Retargetable):
         return _recent(self, since, scores, ledger)
 
     def locate(self, emails: list[str], scores: pd.DataFrame) -> dict[str, Found]:
-        key_of = match_keys(scores, self.target)
+        key_of = self.keys(scores)
         email_of = {k: e for e, k in key_of.items()}
         keys = sorted({key_of[e] for e in emails if key_of.get(e)})
         found = find_records(self, keys, self.target)
@@ -529,7 +537,7 @@ def _recent(call: SalesforceCrm, since, scores: pd.DataFrame, ledger: pd.DataFra
     records were kept has everyone found once: those whose record does not hold what was
     written are written again, the others' records only noted."""
     target = call.target
-    key_of = match_keys(scores, target)
+    key_of = call.keys(scores)
     email_of = {k: e for e, k in key_of.items()}
     values = {}
     if target.on_manual_edit == "overwrite" and since:
@@ -561,7 +569,7 @@ def _write(
     """Update each located record; create a Lead for whom Salesforce does not have (when the
     match key is known); Bulk API 2.0 at bulk_threshold records, else Collections."""
     target = call.target
-    key_of = match_keys(scores, target)
+    key_of = call.keys(scores)
     writes, not_in_crm = [], 0
     for row in todo.to_dict("records"):
         email, values = row["email"], wire(row, target)
