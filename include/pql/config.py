@@ -486,6 +486,28 @@ class Alerts(Strict):
     smtp_connection_id: str = "smtp_default"  # SMTP connection; extra from_email = the sender
 
 
+class Freshness(Strict):
+    """Intraday runs (README, "Speed to lead"): every few minutes, what arrived since the last
+    run is extracted, the users it touched are rescored, and new PQLs and un-flags reach the
+    CRM and routing at once. Off (`every_minutes: 0`): only the daily runs."""
+
+    every_minutes: int = Field(0, ge=0, le=120)  # 0: off; 5-10 when on
+    # Mixpanel: each run asks again for events processed this long before the newest one it
+    # has (the export's processing order is not strictly the time events become exportable).
+    overlap_minutes: int = Field(10, ge=1, le=24 * 60)
+    # A score change that does not flip the flag waits for the daily run unless it moves the
+    # score at least this much (a fresh PQL should not cost a CRM write per event).
+    min_score_change: float = Field(10, ge=0, le=100)
+    # Alert when the newest data the intraday runs brought is older than this.
+    max_lag_minutes: int = Field(30, ge=5, le=24 * 60)
+    @property
+    def enabled(self) -> bool:
+        return self.every_minutes > 0
+
+    def runs_per_hour(self) -> int:
+        return -(-60 // self.every_minutes) if self.enabled else 0
+
+
 class Config(Strict):
     """The whole of config/pql.yaml."""
 
@@ -500,6 +522,7 @@ class Config(Strict):
     routing: Routing = Routing()
     outcomes: Outcomes = Outcomes()
     alerts: Alerts = Alerts()
+    freshness: Freshness = Freshness()
 
     @model_validator(mode="after")
     def _unique_sources(self):

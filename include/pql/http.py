@@ -8,11 +8,13 @@ are paced by `Budget`s. Errors say why and what to do, named for what failed.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -73,23 +75,47 @@ class Budget:
     """
 
     def __init__(self, limits: list[tuple[int, float]], *,
-                 clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep):  # fmt: skip
+                 clock: Callable[[], float] | None = None,
+                 sleep: Callable[[float], None] = time.sleep,
+                 shared: Path | None = None):  # fmt: skip
         self.limits = limits
-        self.clock, self.sleep = clock, sleep
+        # A budget shared between processes (`shared`: a file of the calls' times) counts on
+        # the wall clock, the one clock they have in common.
+        self.clock = clock or (time.time if shared else time.monotonic)
+        self.sleep, self.shared = sleep, shared
         self.calls: deque[float] = deque()
         self._lock = threading.Lock()  # threads of one task share the budget
 
-    def acquire(self) -> float:
-        """Wait for a free slot; returns the seconds waited."""
+    def acquire(self, max_wait: float | None = None) -> float:
+        """Wait for a free slot; returns the seconds waited. With `max_wait`, raises
+        BudgetSpent instead of waiting longer than that."""
         waited = 0.0
         while True:
-            with self._lock:
+            with self._lock, self._calls_of_all():
                 wait = self._try(self.clock())
             if wait <= 0:
                 return waited
+            if max_wait is not None and waited + wait > max_wait:
+                raise BudgetSpent(wait)
             self.sleep(wait)
             waited += wait
+
+    @contextmanager
+    def _calls_of_all(self) -> Iterator[None]:
+        """With `shared`: the calls every process made, under a lock, saved back after."""
+        if self.shared is None:
+            yield
+            return
+        self.shared.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.shared, "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            f.seek(0)
+            text = f.read()
+            self.calls = deque(float(t) for t in text.split()) if text.strip() else deque()
+            yield
+            f.seek(0)
+            f.truncate()
+            f.write("\n".join(f"{t:.3f}" for t in self.calls))
 
     def _try(self, now: float) -> float:
         """Take a slot at `now` (returns 0) or say how long until one frees up."""
@@ -104,6 +130,14 @@ class Budget:
         if wait <= 0:
             self.calls.append(now)
         return wait
+
+
+class BudgetSpent(Exception):
+    """The budget has no slot within the wait a caller allows."""
+
+    def __init__(self, wait: float):
+        super().__init__(f"the call budget frees a slot in {wait:.0f} s")
+        self.wait = wait
 
 
 def doubling(attempt: int, first: float, cap: float = 60.0) -> float:

@@ -61,6 +61,24 @@ class Lake:
     def reports(self, week: date) -> Path:
         return self.root / "reports" / f"week={week:%Y-%m-%d}"
 
+    def live(self) -> Path:
+        """The intraday state: the scores of users rescored since the last daily snapshot,
+        and each source's watermark (README, "Speed to lead")."""
+        return self.root / "live"
+
+    @contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """Hold the lake-wide lock `name` (blocking): an intraday run and a daily run never
+        write the same partition or ledger at once, whatever scheduled them."""
+        path = self.root / "locks" / f"{name}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
     def partitions(self, kind: str) -> list[tuple[date, Path]]:
         """Existing date/week partitions of a top-level area (e.g. 'scores'), oldest first."""
         base = self.root / kind

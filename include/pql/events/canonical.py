@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -193,5 +194,103 @@ def split_by_day(
                     per_day[day] = 0
             day += timedelta(days=1)
         return per_day
+    finally:
+        con.close()
+
+
+INTRADAY_PREFIX = "intraday-"
+
+
+def append_new(
+    staged: Path,
+    lake: Lake,
+    source: str,
+    first: date,
+    last: date,
+    batch: str,
+    key: list[str],
+    *,
+    day_of: str = "ts",
+    local_zone: str | None = None,
+) -> dict[date, dict[str, int]]:
+    """Add the staged events that a day's partition does not hold yet, as one more file.
+
+    An intraday run's batch overlaps what earlier batches brought (the export is asked again a
+    little before its watermark): events whose `key` the partition holds are left out, the
+    rest land in `intraday-<batch>.parquet`, renamed into place whole, so readers never see
+    half a file and the daily run can still replace the partition whole. Returns, per day,
+    the events `added` and those `held` already.
+    """
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        rel = f"read_parquet('{staged}', hive_partitioning = false)"
+        ts = f"timezone('{local_zone}', CAST(ts AS TIMESTAMP))" if local_zone else "ts"
+        on = " AND ".join(f"n.{k} IS NOT DISTINCT FROM o.{k}" for k in key)
+        out, day = {}, first
+        while day <= last:
+            part = lake.events(source, day)
+            part.mkdir(parents=True, exist_ok=True)
+            new = f"(SELECT * REPLACE ({ts} AS ts) FROM {rel} WHERE CAST({day_of} AS DATE) = ?)"
+            held = [str(p) for p in sorted(part.glob("*.parquet"))]
+            query = f"SELECT * FROM {new} n"
+            if held:
+                old = f"read_parquet({held!r}, hive_partitioning = false, union_by_name = true)"
+                query += f" WHERE NOT EXISTS (SELECT 1 FROM {old} o WHERE {on})"
+            total = con.execute(f"SELECT count(*) FROM {new}", [day]).fetchone()[0]
+            tmp = part / f".tmp-{INTRADAY_PREFIX}{batch}"
+            con.execute(
+                f"COPY ({query} ORDER BY ts) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)", [day]
+            )
+            added = pq.read_metadata(tmp).num_rows
+            if added:
+                os.replace(tmp, part / f"{INTRADAY_PREFIX}{batch}.parquet")
+            else:
+                tmp.unlink()
+            out[day] = {"added": added, "held": total - added}
+            day += timedelta(days=1)
+        return out
+    finally:
+        con.close()
+
+
+def reconcile(
+    staged: Path,
+    lake: Lake,
+    source: str,
+    day: date,
+    key: list[str],
+    *,
+    day_of: str = "ts",
+    local_zone: str | None = None,
+) -> dict | None:
+    """How a day's intraday batches compare with its daily export (`staged`, as append_new):
+    the intraday events, how many the daily export holds, and the daily events no batch
+    brought (late arrivals). None when the day had no intraday batch."""
+    files = sorted(lake.events(source, day).glob(f"{INTRADAY_PREFIX}*.parquet"))
+    if not files:
+        return None
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        fresh = f"read_parquet({[str(f) for f in files]!r}, hive_partitioning = false)"
+        ts = f"timezone('{local_zone}', CAST(ts AS TIMESTAMP))" if local_zone else "ts"
+        rel = f"read_parquet('{staged}', hive_partitioning = false)"
+        on_day = f"CAST({day_of} AS DATE) = DATE '{day}'"
+        daily = f"(SELECT * REPLACE ({ts} AS ts) FROM {rel} WHERE {on_day})"
+        on = " AND ".join(f"f.{k} IS NOT DISTINCT FROM d.{k}" for k in key)
+        found = f"EXISTS (SELECT 1 FROM {daily} d WHERE {on})"
+        n_fresh, in_daily = con.execute(
+            f"SELECT count(*), count(*) FILTER (WHERE {found}) FROM {fresh} f"
+        ).fetchone()
+        n_daily = con.execute(f"SELECT count(*) FROM {daily}").fetchone()[0]
+        return {
+            "batches": len(files),
+            "intraday_events": n_fresh,
+            "in_daily": in_daily,
+            "not_in_daily": n_fresh - in_daily,
+            "daily_events": n_daily,
+            "daily_only": n_daily - in_daily,
+        }
     finally:
         con.close()

@@ -9,18 +9,22 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute)
+import pyarrow.parquet as pq
 import requests
 
 from pql import http
 from pql.config import MixpanelSource
 from pql.events import ExportError, IncompleteExport, mixpanel_duckdb
-from pql.events.canonical import Counts, split_by_day
+from pql.events.canonical import INTRADAY_PREFIX, Counts, append_new, reconcile, split_by_day
 from pql.events.mixpanel_lines import TRUNCATED_MARKER
 from pql.http import Budget, CredentialsError, transient
-from pql.lake import Lake, atomic_dir
+from pql.lake import Lake, atomic_dir, atomic_file
 
 __all__ = ["CredentialsError", "ExportError", "IncompleteExport", "extract_window"]
 
@@ -41,13 +45,17 @@ class ExportRequest:
     first: date
     last: date
     base_url: str  # e.g. https://data.mixpanel.com, or the sandbox
+    where: str | None = None  # Mixpanel's segmentation expression (docs/mixpanel.md §3)
 
     def params(self) -> dict:
-        return {
+        params = {
             "project_id": self.project_id,
             "from_date": self.first.isoformat(),
             "to_date": self.last.isoformat(),
         }
+        if self.where:
+            params["where"] = self.where
+        return params
 
 
 def base_url(residency: str, host: str | None = None) -> str:
@@ -76,7 +84,8 @@ def download(
         session,
         f"{req.base_url}/api/2.0/export",
         dest,
-        window=f"Mixpanel export {req.first}..{req.last} of project {req.project_id}",
+        window=f"Mixpanel export {req.first}..{req.last} of project {req.project_id}"
+        + (f" where {req.where}" if req.where else ""),
         attempts=attempts,
         check=ExportBody,
         sleep=sleep,
@@ -182,7 +191,9 @@ def extract_window(
     included. Returns counts and paths (small enough for an XCom).
     """
     req = ExportRequest(project_id=src.project_id, first=first, last=last, base_url=base)
-    with atomic_dir(lake.raw(src.name, last)) as raw_dir, \
+    # An intraday run adding to one of these days waits, and so do we for one under way.
+    with lake.lock(f"events-{src.name}"), \
+         atomic_dir(lake.raw(src.name, last)) as raw_dir, \
          atomic_dir(lake.quarantine(src.name, last)) as q_dir:  # fmt: skip
         raw_path = raw_dir / f"export_{first:%Y-%m-%d}_{last:%Y-%m-%d}.jsonl.gz"
         got = download(
@@ -206,6 +217,9 @@ def extract_window(
             email_properties=email_properties,
             account_properties=account_properties,
         )
+        zone = src.project_timezone if src.local_time else None
+        # Before the partitions are replaced: what the intraday batches had, against the day.
+        intraday = _reconciled(staged / "part-0.parquet", lake, src.name, first, last, zone)
         per_day = split_by_day(
             staged / "part-0.parquet",
             lake,
@@ -213,7 +227,7 @@ def extract_window(
             first,
             last,
             day_of="ts",
-            local_zone=src.project_timezone if src.local_time else None,
+            local_zone=zone,
         )
         shutil.rmtree(staged)
         manifest = {
@@ -226,7 +240,11 @@ def extract_window(
             "fetches": [got.record(f"{first}..{last}")],
             "per_day": {d.isoformat(): n for d, n in per_day.items()},
         }
+        if intraday:
+            manifest["intraday"] = intraday
         (raw_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        for d in intraday:  # the daily export supersedes those days' intraday raw batches
+            shutil.rmtree(lake.root / "raw" / src.name / "intraday" / f"date={d}", True)
     log.info(
         "%s %s..%s: %s raw lines = %s canonical + %s duplicates + %s quarantined (%s bytes, "
         "fetched in %s attempt(s))",
@@ -252,6 +270,24 @@ def extract_window(
     }
 
 
+def _reconciled(
+    staged: Path, lake: Lake, source: str, first: date, last: date, zone: str | None
+) -> dict[str, dict]:
+    """Per day that had intraday batches: how they compare with the daily export."""
+    out, day = {}, first
+    while day <= last:
+        if staged.exists() and (got := reconcile(staged, lake, source, day, KEY, local_zone=zone)):
+            out[day.isoformat()] = got
+            if got["not_in_daily"]:
+                log.warning(
+                    "%s %s: %s of %s intraday events are not in the daily export (their "
+                    "distinct_id changed since, e.g. an identified device): the daily one holds",
+                    source, day, got["not_in_daily"], got["intraday_events"],
+                )  # fmt: skip
+        day += timedelta(days=1)
+    return out
+
+
 def _fail_if_too_bad(counts: Counts, threshold: float, q_dir: Path, day: date) -> None:
     if counts.raw and counts.quarantined / counts.raw > threshold:
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(counts.reasons.items()))
@@ -261,3 +297,132 @@ def _fail_if_too_bad(counts: Counts, threshold: float, q_dir: Path, day: date) -
             f"reasons: {reasons}. The lines are kept in {q_dir}: fix the tracking or raise the "
             "threshold, then re-run the day."
         )
+
+
+#: The dedup key of canonical Mixpanel events (docs/mixpanel.md §7), as canonical columns.
+KEY = ["event_name", "user_key", "ts", "event_id"]
+
+
+def watermark_path(lake: Lake, source: str) -> Path:
+    """Where a source's intraday watermark is kept."""
+    return lake.live() / "sources" / f"{source}.json"
+
+
+def read_watermark(lake: Lake, source: str) -> dict:
+    """The source's intraday state: watermark_ms (the newest processing time fetched),
+    fetched_at (when the last intraday export was asked for); {} before the first run."""
+    path = watermark_path(lake, source)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def extract_fresh(
+    session: requests.Session,
+    lake: Lake,
+    src: MixpanelSource,
+    *,
+    base: str,
+    now: datetime,
+    overlap: timedelta,
+    email_properties: list[str],
+    account_properties: list[str],
+    budget: Budget | None = None,
+    max_wait: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict:
+    """Bring the events Mixpanel processed since the last intraday run into today's partition.
+
+    One export of the project days from the watermark's day (at least yesterday) to today,
+    filtered with `where` on mp_processing_time_ms from the watermark minus `overlap`
+    (docs/mixpanel.md §3, §5): what earlier batches brought is left out by the dedup key, the
+    rest is added to each day's partition as one file (canonical.append_new). The first run
+    asks for all of today. Late events of older days are the daily run's look-back. Returns
+    counts, the new watermark and the batch's files (for the scoring of touched users).
+    """
+    state = read_watermark(lake, src.name)
+    zone = ZoneInfo(src.project_timezone if src.local_time else "UTC")
+    today = now.astimezone(zone).date()
+    mark = state.get("watermark_ms")
+    if mark is None:
+        first, where = today, None
+    else:
+        since = mark - int(overlap.total_seconds() * 1000)
+        since_day = datetime.fromtimestamp(since / 1000, UTC).astimezone(zone).date()
+        first = min(today, max(since_day, today - timedelta(days=1)))
+        where = f'properties["mp_processing_time_ms"] >= {since}'
+    batch = f"{int(now.timestamp() * 1000)}"
+    req = ExportRequest(src.project_id, first, today, base, where=where)
+    with lake.lock(f"events-{src.name}"):
+        if budget is not None:
+            budget.acquire(max_wait)
+        raw_dir = lake.root / "raw" / src.name / "intraday" / f"date={today:%Y-%m-%d}"
+        raw_dir.mkdir(parents=True, exist_ok=True)
+        raw_path = raw_dir / f"batch-{batch}.jsonl.gz"
+        got = download(session, req, raw_path, conn_id=src.connection_id,
+                       timezone=src.project_timezone, attempts=src.fetch_attempts,
+                       sleep=sleep, budget=budget)  # fmt: skip
+        staged = raw_dir / f"_staged-{batch}"
+        q_dir = lake.root / "quarantine" / src.name / "intraday" / f"batch-{batch}"
+        try:
+            counts = mixpanel_duckdb.to_canonical(
+                raw_path,
+                staged,
+                q_dir,
+                source=src.name,
+                email_properties=email_properties,
+                account_properties=account_properties,
+            )
+            part = staged / "part-0.parquet"
+            per_day, newest = {}, mark
+            if part.exists():
+                per_day = append_new(
+                    part, lake, src.name, first, today, batch, KEY,
+                    local_zone=src.project_timezone if src.local_time else None,
+                )  # fmt: skip
+                newest = _newest_processing_ms(part, mark)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+        if not any(q_dir.glob("*")):
+            shutil.rmtree(q_dir, ignore_errors=True)
+        _fail_if_too_bad(counts, src.bad_line_threshold, q_dir, today)
+        added = sum(d["added"] for d in per_day.values())
+        files = [
+            str(lake.events(src.name, d) / f"{INTRADAY_PREFIX}{batch}.parquet")
+            for d, n in per_day.items()
+            if n["added"]
+        ]
+        new_state = {
+            "watermark_ms": newest,
+            "fetched_at": now.astimezone(UTC).isoformat(),
+            "last_batch": batch,
+            "batches": state.get("batches", 0) + 1,
+        }
+        with atomic_file(watermark_path(lake, src.name), "w") as f:
+            f.write(json.dumps(new_state, indent=2))
+    log.info(
+        "%s intraday %s..%s%s: %s raw lines = %s canonical (%s new, %s held already) + %s "
+        "duplicates + %s quarantined; watermark %s",
+        src.name, first, today, f" where {where}" if where else "", counts.raw,
+        counts.canonical, added, counts.canonical - added, counts.duplicates,
+        counts.quarantined, newest,
+    )  # fmt: skip
+    return {
+        "source": src.name,
+        "first": first.isoformat(),
+        "last": today.isoformat(),
+        **counts.as_dict(),
+        "added": added,
+        "held_already": counts.canonical - added,
+        "fetch_retries": got.attempts - 1,
+        "watermark_ms": newest,
+        "files": files,
+    }
+
+
+def _newest_processing_ms(part: Path, mark: int | None) -> int | None:
+    """The newest received_at (Mixpanel's processing time) in a staged batch, in ms."""
+    newest = pq.read_table(part, columns=["received_at"]).column(0)
+    top = pa.compute.max(newest).as_py()
+    if top is None:
+        return mark
+    ms = int(top.timestamp() * 1000)
+    return ms if mark is None else max(ms, mark)
