@@ -500,6 +500,7 @@ class Freshness(Strict):
     min_score_change: float = Field(10, ge=0, le=100)
     # Alert when the newest data the intraday runs brought is older than this.
     max_lag_minutes: int = Field(30, ge=5, le=24 * 60)
+
     @property
     def enabled(self) -> bool:
         return self.every_minutes > 0
