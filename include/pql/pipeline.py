@@ -1,7 +1,8 @@
 """The pipeline's steps, each idempotent over its day or week. DAG tasks and the CLI call these.
 
 Each takes ready-made vendor clients (built from Airflow connections by the hooks, or from the
-environment by the CLI) and returns a small dict of counts and paths.
+environment by the CLI) and returns a small dict of counts and paths. Long because it is the
+one door to every step, daily and intraday (README, "Speed to lead"), for DAGs and CLI alike.
 """
 
 from __future__ import annotations
@@ -72,9 +73,8 @@ def extract_range(
         )
     first = max(first, src.start_date) if src.start_date else first
     # Mixpanel counts export queries per project: 60 an hour and 3 a second by default; every
-    # fetch spends the budget, retries included.
-    per_hour = getattr(src, "queries_per_hour", 3600)
-    budget = Budget([(per_hour, 3600.0), (3, 1.0)])
+    # fetch spends the budget, retries included, and the intraday runs share it.
+    budget = export_budget(cfg, src)
     totals = {"windows": 0, "fetch_retries": 0, "raw": 0, "canonical": 0, "duplicates": 0,
               "quarantined": 0}  # fmt: skip
     start = first
@@ -341,3 +341,119 @@ def weekly_report(cfg: Config, week: date, crm: Crm, *, full_pull: bool = False)
         "summary": rep.summary["lines"],
         "report": str(html),
     }
+
+
+# Speed to lead (README): the intraday steps. Each run brings what arrived since the last one,
+# rescores the users it touched, and writes new PQLs and un-flags to the CRM and routing.
+
+
+def extract_fresh(
+    cfg: Config,
+    source_name: str,
+    session: requests.Session,
+    host: str | None,
+    *,
+    now: datetime | None = None,
+) -> dict:
+    """Add to today's partition what `source_name` made exportable since its last intraday
+    run; returns counts and the new events' files (for `rescore_fresh`)."""
+    src = cfg.source(source_name)
+    now = now or datetime.now(UTC)
+    lake = Lake(cfg.lake.root)
+    fresh = cfg.freshness
+    if src.kind != "mixpanel":
+        raise ValueError(
+            f"source {source_name!r} ({src.kind}): intraday extraction is built for Mixpanel "
+            "sources only so far; set freshness.every_minutes to 0 or remove the source from "
+            "the intraday runs (README, Speed to lead)"
+        )
+    # Shared with the daily runs and backfills (pipeline.extract_range): the intraday runs
+    # never wait longer than their own cadence for a query.
+    budget = export_budget(cfg, src, intraday=True)
+    result = mixpanel.extract_fresh(
+        session,
+        lake,
+        src,
+        base=mixpanel.base_url(src.residency, host),
+        now=now,
+        overlap=timedelta(minutes=fresh.overlap_minutes),
+        email_properties=cfg.identity.email_properties,
+        account_properties=cfg.identity.account_properties,
+        budget=budget,
+        max_wait=fresh.every_minutes * 60.0,
+    )
+    return result
+
+
+def export_budget(cfg: Config, src, *, intraday: bool = False) -> Budget:
+    """A source's export budget. With intraday runs on it is shared by every process through
+    the lake (Mixpanel counts 60 queries an hour per project, whoever asks): a backfill
+    leaves the intraday runs their share."""
+    per_hour = getattr(src, "queries_per_hour", 3600)
+    if not cfg.freshness.enabled:
+        return Budget([(per_hour, 3600.0), (3, 1.0)])
+    shared = Lake(cfg.lake.root).root / "locks" / f"budget-{src.name}.log"
+    if not intraday:  # the others stop short of the queries the intraday runs need
+        per_hour = max(1, per_hour - cfg.freshness.runs_per_hour())
+    return Budget([(per_hour, 3600.0), (3, 1.0)], shared=shared)
+
+
+def rescore_fresh(cfg: Config, files: list[str], *, now: datetime | None = None) -> dict:
+    """Rescore, as of `now`, the users the new events in `files` touched."""
+    from pql.scoring import intraday
+
+    lake = Lake(cfg.lake.root)
+    now = now or datetime.now(UTC)
+    return intraday.rescore(cfg, lake, files, now, firmographics.read(lake))
+
+
+def sync_fresh(cfg: Config, crm: Crm) -> dict:
+    """Write what moved the flag (or the score by at least freshness.min_score_change) in the
+    latest scores to the CRM; smaller changes wait for the daily sync."""
+    lake = Lake(cfg.lake.root)
+    current = snapshots.view(lake)
+    if current is None:
+        raise LookupError(f"no scores in {lake.root}: run the scoring first")
+    with lake.lock(f"sync-{crm.kind}"):
+        return crm.sync(lake, current, min_score_change=cfg.freshness.min_score_change)
+
+
+def route_fresh(cfg: Config, crm: Crm | None, slack=None) -> dict:
+    """Follow-ups for the leads that qualified since they were last routed (the latest
+    scores: intraday rows over the daily snapshot), each once per qualification."""
+    from pql.crm import routing
+
+    lake = Lake(cfg.lake.root)
+    current = snapshots.view(lake)
+    if current is None:
+        raise LookupError(f"no scores in {lake.root}: run the scoring first")
+    with lake.lock("routing"):
+        return routing.route(lake, cfg.routing, current, crm=crm, slack=slack)
+
+
+def freshness_lag(cfg: Config, *, now: datetime | None = None) -> dict:
+    """How long ago each intraday source last brought data, against freshness.max_lag_minutes;
+    raises FreshnessLag naming the sources behind (the task's failure alert says so)."""
+    lake = Lake(cfg.lake.root)
+    now = now or datetime.now(UTC)
+    bound = cfg.freshness.max_lag_minutes
+    lags, behind = {}, []
+    for src in cfg.sources:
+        state = mixpanel.read_watermark(lake, src.name)
+        if "fetched_at" not in state:
+            lags[src.name] = "no intraday run yet"
+            continue
+        minutes = (now - datetime.fromisoformat(state["fetched_at"])).total_seconds() / 60
+        lags[src.name] = round(minutes, 1)
+        if minutes > bound:
+            behind.append(f"{src.name} last brought data {minutes:.0f} minutes ago")
+    if behind:
+        raise FreshnessLag(
+            f"intraday runs are behind ({'; '.join(behind)}; freshness.max_lag_minutes is "
+            f"{bound}): check the pql_fresh DAG's recent runs and the export's errors"
+        )
+    return {"lag_minutes": lags, "max_lag_minutes": bound}
+
+
+class FreshnessLag(Exception):
+    """The intraday runs fell behind their configured bound."""

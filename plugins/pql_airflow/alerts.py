@@ -78,3 +78,32 @@ def _secrets(cfg) -> set[str]:
             if isinstance(value, str) and _SECRET_KEY.search(key):
                 found.add(value)
     return {s for s in found if s}
+
+
+def run_late(context=None, **kwargs) -> None:
+    """Deadline callback of the intraday DAG: its run is still not done after
+    freshness.max_lag_minutes; the same channels as a failed task are told."""
+    try:
+        from pql import alerts
+        from pql.config import load
+        from pql_airflow.hooks import SlackWebhookHook, smtp_sender
+
+        cfg = load()
+        rule = cfg.alerts
+        run = (context or {}).get("dag_run")
+        run_id = getattr(run, "run_id", None) or (context or {}).get("run_id", "?")
+        subject = "PQL pipeline: the intraday run is late"
+        body = (
+            f"{subject}: run {run_id} of pql_fresh is not done "
+            f"{cfg.freshness.max_lag_minutes} minutes after it was queued "
+            "(freshness.max_lag_minutes): new PQLs are waiting. What to do: the runbook in "
+            f"{alerts.RUNBOOK}"
+        )
+        log.warning(body)
+        if not (rule.slack or rule.email_to):
+            return
+        slack = SlackWebhookHook(rule.slack_connection_id).get_conn() if rule.slack else None
+        send_email = smtp_sender(rule.smtp_connection_id) if rule.email_to else None
+        alerts.send(rule, subject, body, slack=slack, send_email=send_email)
+    except Exception:  # an alert must not add a failure of its own
+        log.exception("the PQL lateness alert could not be sent")

@@ -96,20 +96,68 @@ def features_at(
     return firmographics.join(feats, accounts)
 
 
+def live_rows(lake: Lake) -> pd.DataFrame | None:
+    """The users the intraday runs rescored since the latest snapshot (each as of its own
+    `as_of`), if any (README, "Speed to lead")."""
+    path = lake.live() / "scores.parquet"
+    return pd.read_parquet(path) if path.exists() else None
+
+
+def view(lake: Lake, before: date | None = None, *, until=None) -> pd.DataFrame | None:
+    """Every user's latest scores: the latest snapshot (strictly before `before`, if given)
+    with the rows the intraday runs rescored after it (up to `until`, if given) in place of
+    theirs. None when there is neither."""
+    snaps = [p for d, p in lake.partitions("scores") if before is None or d < before]
+    base = pd.read_parquet(snaps[-1] / "scores.parquet") if snaps else None
+    live = live_rows(lake)
+    if live is not None:
+        after = base["as_of"].max() if base is not None and len(base) else None
+        keep = pd.Series(True, index=live.index)
+        if after is not None:
+            keep &= live["as_of"] > after
+        if until is not None:
+            keep &= live["as_of"] <= pd.Timestamp(until)
+        live = live[keep]
+    if live is None or live.empty:
+        return base
+    if base is None:
+        return live.reset_index(drop=True)
+    rest = base[~base["user_key"].isin(live["user_key"])]
+    return pd.concat([rest, live[base.columns]], ignore_index=True)
+
+
+def score_users(
+    cfg: Config,
+    lake: Lake,
+    as_of,
+    accounts: pd.DataFrame,
+    previous: pd.DataFrame | None,
+    *,
+    users: Sequence[str] | None = None,
+    spark_submit=None,
+) -> pd.DataFrame:
+    """Scores as of `as_of` of every user (or of `users`: the same rows as in the whole
+    frame), with qualified_at against `previous` (each user's last scores): kept once set; a
+    new PQL's is the moment they crossed the line since their previous row's as_of."""
+    feats = features_at(cfg, lake, as_of, accounts, spark_submit=spark_submit, users=users)
+    scored = pd.concat([feats, scoring.score(feats, cfg, lake.models())], axis=1)
+    scored["as_of"] = as_of
+    moments = qualifying_moments(cfg, lake, accounts, _candidates(scored, previous, as_of))
+    scored["qualified_at"] = _qualified_at(scored, previous, as_of, moments)
+    return scored
+
+
 def score_day(cfg: Config, day: date, accounts: pd.DataFrame, *, spark_submit=None) -> dict:
     """Score all users (and accounts) as of the end of `day` (UTC) into scores/date=day.
 
-    A new PQL's qualified_at is the moment they qualified since the previous snapshot
+    A new PQL's qualified_at is the moment they qualified since their previous scores (the
+    previous snapshot, or an intraday run's row before the end of the day)
     (`qualifying_moments`), else the end of the day; once set it is kept.
     """
     lake = Lake(cfg.lake.root)
     as_of = pd.Timestamp(day + timedelta(days=1), tz="UTC").to_pydatetime()
-    feats = features_at(cfg, lake, as_of, accounts, spark_submit=spark_submit)
-    scored = pd.concat([feats, scoring.score(feats, cfg, lake.models())], axis=1)
-    scored["as_of"] = as_of
-    previous = previous_snapshot(lake, day)
-    moments = qualifying_moments(cfg, lake, accounts, _candidates(scored, previous, as_of))
-    scored["qualified_at"] = _qualified_at(scored, previous, as_of, moments)
+    previous = view(lake, day, until=as_of)
+    scored = score_users(cfg, lake, as_of, accounts, previous, spark_submit=spark_submit)
     snapshot = scored[SNAPSHOT_COLUMNS]
     rolled = pqa.rollup(scored, cfg.accounts, cfg.features.active_window_days)
     with atomic_dir(lake.scores(day)) as tmp:
@@ -137,17 +185,23 @@ def score_day(cfg: Config, day: date, accounts: pd.DataFrame, *, spark_submit=No
 
 
 def _candidates(scored: pd.DataFrame, previous: pd.DataFrame | None, as_of) -> pd.DataFrame:
-    """New PQLs (flagged, not qualified in the previous snapshot) with the span to search:
-    since the previous snapshot's as_of (NaT, the beginning of time, when there is none)."""
+    """New PQLs (flagged, not qualified in their previous row) with the span to search: since
+    their previous row's as_of, else since the previous rows' latest as_of (a user first seen
+    since), NaT (the beginning of time) when there are none."""
     new = scored["flag"].astype(bool)
-    after = pd.NaT
-    if previous is not None:
+    after = pd.Series(pd.NaT, index=scored.index, dtype="datetime64[us, UTC]")
+    if previous is not None and len(previous):
         known = previous.loc[previous["qualified_at"].notna(), "user_key"]
         new &= ~scored["user_key"].isin(known)
-        if len(previous):
-            after = previous["as_of"].max()
+        last = pd.to_datetime(previous.set_index("user_key")["as_of"], utc=True)
+        seen = scored["user_key"].map(last).astype("datetime64[us, UTC]")
+        after = seen.fillna(last.min())
     return pd.DataFrame(
-        {"user_key": scored.loc[new, "user_key"], "after": after, "before": pd.Timestamp(as_of)}
+        {
+            "user_key": scored.loc[new, "user_key"],
+            "after": after[new],
+            "before": pd.Timestamp(as_of),
+        }
     ).reset_index(drop=True)
 
 
