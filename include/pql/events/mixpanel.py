@@ -1,4 +1,8 @@
-"""Mixpanel raw export → raw file in the lake → canonical events (one UTC day per partition)."""
+"""Mixpanel raw export → raw file in the lake → canonical events (one UTC day per partition).
+
+Long because it holds both ways of asking for a project's events: the daily window, each day
+replaced whole, and the intraday batch added since a watermark (README, "Speed to lead").
+"""
 
 from __future__ import annotations
 
