@@ -93,5 +93,5 @@ if CFG.freshness.enabled:
     pql_fresh = build(
         CFG.freshness.every_minutes,
         CFG.freshness.max_lag_minutes,
-        [(s.name, s.kind, s.connection_id) for s in CFG.sources if s.kind == "mixpanel"],
+        [(s.name, s.kind, s.connection_id) for s in CFG.intraday_sources()],
     )

@@ -401,6 +401,43 @@ def sync(config_path, day, dry_run) -> None:
 
 @main.command()
 @config_option
+def fresh(config_path) -> None:
+    """One intraday run (README, "Speed to lead"): what arrived since the last run → the
+    users it touched rescored → new PQLs and un-flags to the CRM → routing."""
+    from pql import connections, events, notify, pipeline
+    from pql.crm import SyncError
+
+    cfg = _load(config_path)
+    try:
+        exports = {
+            s.name: events.session(connections.from_env(s.connection_id))
+            for s in cfg.intraday_sources()
+        }
+        rule = cfg.routing
+        slack = None
+        if rule.slack:
+            slack = notify.slack_webhook(connections.from_env(rule.slack_connection_id))
+        result = pipeline.fresh_cycle(cfg, exports, _crm(cfg), slack)
+    except (LookupError, FileNotFoundError, ValueError, SyncError) as e:
+        raise click.ClickException(str(e)) from None
+    for name, e in result["extracted"].items():
+        click.echo(f"{name}: {e['raw']:,} raw lines, {e['added']:,} new events "
+                   f"({e['held_already']:,} held already), "
+                   f"{e['quarantined']:,} quarantined")  # fmt: skip
+    r = result["rescored"]
+    click.echo(f"rescored {r['rescored']:,} of {r['touched']:,} touched users: "
+               f"{r['new_pqls']:,} new PQLs, {r['unflagged']:,} un-flagged; "
+               f"{r['pqls']:,} of {r['users']:,} users are PQLs")  # fmt: skip
+    if "synced" in result:
+        w = result["synced"]
+        click.echo(f"CRM: {w['written']:,} written, {w.get('deferred', 0):,} small changes "
+                   f"left for the daily sync, {w['failed']:,} failed")  # fmt: skip
+    if "routed" in result:
+        click.echo("routing: " + ", ".join(f"{k} {v}" for k, v in result["routed"].items()))
+
+
+@main.command()
+@config_option
 @click.option("--week", type=click.DateTime(["%Y-%m-%d"]), required=True,
               help="Any day of the week to report (weeks start on Monday).")  # fmt: skip
 @click.option(

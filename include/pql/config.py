@@ -539,6 +539,10 @@ class Config(Strict):
         days = [s.start_date for s in self.sources if s.start_date]
         return min(days) if days else EARLIEST
 
+    def intraday_sources(self) -> list[Source]:
+        """The sources the intraday runs extract: Mixpanel's (Amplitude's hours come daily)."""
+        return [s for s in self.sources if s.kind == "mixpanel"] if self.freshness.enabled else []
+
     def source(self, name: str) -> Source:
         for s in self.sources:
             if s.name == name:

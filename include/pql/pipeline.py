@@ -245,7 +245,9 @@ def sync(cfg: Config, day: date, crm: Crm, *, dry_run: bool = False) -> dict:
         )
     lake = Lake(cfg.lake.root)
     accounts = path.parent / "accounts.parquet"
-    result = crm.sync(lake, pd.read_parquet(path), dry_run=dry_run)
+    scores = _with_fresher_rows(cfg, lake, day, pd.read_parquet(path))
+    with lake.lock(f"sync-{crm.kind}"):  # an intraday sync saves the same ledger
+        result = crm.sync(lake, scores, dry_run=dry_run)
     if cfg.crm.sync_accounts and accounts.exists() and not dry_run:
         result["accounts"] = crm.sync_accounts(lake, pd.read_parquet(accounts))
     return result
@@ -264,9 +266,19 @@ def route(cfg: Config, day: date, crm: Crm | None, slack=None) -> dict:
         raise FileNotFoundError(
             f"no scores for {day} at {path}: run `pql score --day {day}` (or the score DAG) first"
         )
-    return routing.route(
-        Lake(cfg.lake.root), cfg.routing, pd.read_parquet(path), crm=crm, slack=slack
-    )
+    lake = Lake(cfg.lake.root)
+    scores = _with_fresher_rows(cfg, lake, day, pd.read_parquet(path))
+    with lake.lock("routing"):
+        return routing.route(lake, cfg.routing, scores, crm=crm, slack=slack)
+
+
+def _with_fresher_rows(cfg: Config, lake: Lake, day: date, scores: pd.DataFrame) -> pd.DataFrame:
+    """The day's snapshot, with the rows intraday runs rescored since in place of theirs when
+    it is the newest snapshot: a daily sync never writes older values over fresher ones."""
+    newest = lake.partitions("scores")
+    if not cfg.freshness.enabled or not newest or newest[-1][0] != day:
+        return scores
+    return snapshots.view(lake)
 
 
 def retrain(cfg: Config, day: date) -> dict:
@@ -457,3 +469,28 @@ def freshness_lag(cfg: Config, *, now: datetime | None = None) -> dict:
 
 class FreshnessLag(Exception):
     """The intraday runs fell behind their configured bound."""
+
+
+def fresh_cycle(
+    cfg: Config,
+    exports: dict[str, tuple[requests.Session, str | None]],
+    crm: Crm | None,
+    slack=None,
+    *,
+    now: datetime | None = None,
+) -> dict:
+    """One intraday run, as the pql_fresh DAG's tasks do it in turn (the CLI's `pql fresh`):
+    `exports` maps each Mixpanel source to its (session, host)."""
+    now = now or datetime.now(UTC)
+    extracted = {
+        name: extract_fresh(cfg, name, session, host, now=now)
+        for name, (session, host) in exports.items()
+    }
+    files = [f for e in extracted.values() for f in e["files"]]
+    out = {"extracted": extracted, "rescored": rescore_fresh(cfg, files, now=now)}
+    if crm is not None:
+        out["synced"] = sync_fresh(cfg, crm)
+    rule = cfg.routing
+    if rule.crm_task or rule.slack:
+        out["routed"] = route_fresh(cfg, crm if rule.crm_task else None, slack)
+    return out
