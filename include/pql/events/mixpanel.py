@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -353,7 +354,7 @@ def extract_fresh(
         since_day = datetime.fromtimestamp(since / 1000, UTC).astimezone(zone).date()
         first = min(today, max(since_day, today - timedelta(days=1)))
         where = f'properties["mp_processing_time_ms"] >= {since}'
-    batch = f"{int(now.timestamp() * 1000)}"
+    batch = f"{int(now.timestamp() * 1000)}-{uuid.uuid4().hex[:6]}"  # unique, in time order
     req = ExportRequest(src.project_id, first, today, base, where=where)
     with lake.lock(f"events-{src.name}"):
         if budget is not None:
