@@ -533,6 +533,19 @@ class Config(Strict):
             raise ValueError(f"source names must be unique; repeated: {', '.join(dupes)}")
         return self
 
+    @model_validator(mode="after")
+    def _export_budget_leaves_room(self):
+        runs = self.freshness.runs_per_hour()
+        for i, s in enumerate(self.sources):
+            if runs and s.kind == "mixpanel" and s.queries_per_hour <= runs:
+                raise ValueError(
+                    f"freshness.every_minutes {self.freshness.every_minutes} makes {runs} "
+                    f"export queries an hour, all of sources[{i}].queries_per_hour "
+                    f"({s.queries_per_hour}): the daily run and backfills need some; run less "
+                    "often"
+                )
+        return self
+
     def first_day(self) -> date:
         """The first day the pipeline covers: the earliest source start_date, else EARLIEST
         (so a backfill of any day with data runs its tasks)."""

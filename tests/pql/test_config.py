@@ -90,3 +90,23 @@ def test_pql_validate_command(tmp_path):
     assert res.exit_code == 1
     assert "10 problem(s)" in res.output
     assert "model.signals[0].colour: unknown key" in res.output
+
+
+def test_freshness_is_off_by_default_and_must_leave_export_queries(tmp_path):
+    shipped = (ROOT / "config" / "pql.yaml").read_text()
+    cfg = config.load(ROOT / "config" / "pql.yaml")
+    assert not cfg.freshness.enabled and cfg.intraday_sources() == []
+    on = tmp_path / "on.yaml"
+    on.write_text(shipped.replace("every_minutes: 0 ", "every_minutes: 5 "))
+    cfg = config.load(on)
+    assert cfg.freshness.runs_per_hour() == 12
+    assert [s.name for s in cfg.intraday_sources()] == ["mixpanel"]
+    greedy = tmp_path / "greedy.yaml"
+    greedy.write_text(
+        shipped.replace("every_minutes: 0 ", "every_minutes: 1 ").replace(
+            "queries_per_hour: 60", "queries_per_hour: 60"
+        )
+    )
+    with pytest.raises(config.ConfigError) as err:
+        config.load(greedy)
+    assert "freshness.every_minutes 1 makes 60 export queries an hour" in str(err.value)
