@@ -10,8 +10,10 @@ Follows docs/amplitude.md. Storage, owned by this module:
 
 The export answers a zip of ``<pid>/<pid>_<yyyy-MM-dd>_<H>#<n>.json.gz`` members (H unpadded,
 ``#n`` partitions of ``amplitude_partition_lines`` lines), selected by upload hour with both ends
-inclusive. Data becomes visible ``amplitude_delay_hours`` after upload, so a recent hour is
-partial or absent (404) exactly as the docs warn. Archives larger than ``amplitude_max_bytes``
+inclusive. Data becomes visible ``amplitude_delay_hours`` (a fraction of an hour is allowed)
+after upload on the sandbox clock (``SandboxState.now``, setting ``clock_offset_s``), so an hour
+is whole that long after it ends, and a recent hour is partial or absent (404) exactly as the
+docs warn. Archives larger than ``amplitude_max_bytes``
 (the stand-in for 4 GB) are refused with 400.
 
 Settings (read with defaults, so they may be absent from settings.json):
@@ -98,9 +100,9 @@ def _setting(state: SandboxState, key: str):
     return state.settings.get(key, SETTINGS[key])
 
 
-def _utcnow() -> datetime:
-    """The current time; tests replace it to place "now" relative to stored hours."""
-    return datetime.now(UTC)
+def _utcnow(state: SandboxState) -> datetime:
+    """The sandbox clock (`SandboxState.now`, moved by setting `clock_offset_s`)."""
+    return state.now()
 
 
 # --------------------------------------------------------------------------------------------
@@ -424,9 +426,9 @@ def export_hours(
 ) -> Iterator[tuple[datetime, Iterator[bytes]]]:
     """The window's hours in order, each with the lines visible at `now`.
 
-    An event becomes visible `amplitude_delay_hours` after its upload, so an hour that ended more
-    than the delay ago is complete, a younger one is partial, and one that started after the
-    cutoff is absent. Hours without a stored file are skipped.
+    An event becomes visible `amplitude_delay_hours` (may be fractional) after its upload, so an
+    hour that ended more than the delay ago is complete, a younger one is partial, and one that
+    started after the cutoff is absent. Hours without a stored file are skipped.
     """
     delay = timedelta(hours=float(_setting(state, "amplitude_delay_hours")))
     cutoff = now - delay
@@ -523,7 +525,7 @@ def export_response(
     tmp_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as cleanup:
         f = cleanup.enter_context(tempfile.TemporaryFile(dir=tmp_dir, suffix=".zip"))
-        if build_archive(state, window, f, now=_utcnow(), corrupt=corrupt) == 0:
+        if build_archive(state, window, f, now=_utcnow(state), corrupt=corrupt) == 0:
             raise AmplitudeError(404, "No data available for the time range requested")
         size = f.tell()
         if cut:

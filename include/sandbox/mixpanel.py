@@ -33,6 +33,8 @@ import functools
 import gzip
 import hmac
 import json
+import math
+import os
 import re
 import secrets
 import threading
@@ -45,10 +47,11 @@ from datetime import date, datetime, timedelta
 from http import HTTPStatus
 from itertools import chain, islice
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import parse_qsl
 from zoneinfo import ZoneInfo
 
+import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -86,6 +89,8 @@ class MixpanelError(Exception):
 # Event storage
 # --------------------------------------------------------------------------------------------
 
+PROCESSING_TIME = "mp_processing_time_ms"
+
 
 def event_file(state: SandboxState, day: date) -> Path:
     """The gzip JSON-lines file holding one project day of events."""
@@ -107,8 +112,47 @@ def _epoch_day(days: int) -> date:
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
+def project_zone(state: SandboxState) -> ZoneInfo | None:
+    """The zone a legacy project stores `time` in; None for UTC (every modern project)."""
+    name = state.settings.get("mixpanel_project_timezone") or "UTC"
+    return None if name in ("UTC", "Etc/UTC") else ZoneInfo(name)
+
+
+def processing_time_ms(stored_time: float, zone: ZoneInfo | None = None) -> int:
+    """`mp_processing_time_ms` for an event processed the instant it happened.
+
+    Processing time is true UTC even in a legacy project, whose stored `time` counts local
+    wall-clock seconds in `zone` (docs/mixpanel.md §5).
+    """
+    if zone is None:
+        return round(stored_time * 1000)
+    whole = math.floor(stored_time)
+    local = datetime(1970, 1, 1) + timedelta(seconds=whole)
+    return round((local.replace(tzinfo=zone).timestamp() + stored_time - whole) * 1000)
+
+
+def with_processing_time(line: dict, zone: ZoneInfo | None = None) -> dict:
+    """The line with `properties.mp_processing_time_ms` filled from its `time` when absent.
+
+    A line that has one, or has no numeric `time`, is returned as it is; the caller's dict is
+    never changed.
+    """
+    props = line.get("properties")
+    if not isinstance(props, dict) or props.get(PROCESSING_TIME) is not None:
+        return line
+    stored = props.get("time")
+    if _kind(stored) != "number" or not math.isfinite(stored):
+        return line
+    return {**line, "properties": {**props, PROCESSING_TIME: processing_time_ms(stored, zone)}}
+
+
 class DayWriter(PartitionedWriter):
-    """Export lines into per-project-day gzip files (see `PartitionedWriter`)."""
+    """Export lines into per-project-day gzip files (see `PartitionedWriter`).
+
+    `write` fills a missing `mp_processing_time_ms` (see `with_processing_time`, in the zone of
+    setting `mixpanel_project_timezone`) and notes every line's processing time, so `close()`
+    leaves each day with its catalog and exports never parse a whole day to learn them.
+    """
 
     def __init__(self, state: SandboxState, *, append: bool = False,
                  buffer_bytes: int = 32 * 2**20, day_flush_bytes: int = 2**20,
@@ -120,12 +164,46 @@ class DayWriter(PartitionedWriter):
             flush_bytes=day_flush_bytes,
             compresslevel=compresslevel,
         )
+        self._state = state
+        self._zone = project_zone(state)
+        self._codes: dict[date, list[float]] = {}
+        # Codes of the lines an appended day already had; None when they are unknown.
+        self._kept: dict[date, list[float] | None] = {}
 
     def write(self, line: dict, day: date | None = None) -> None:
         """Add one export line; its day defaults to the day of `line["properties"]["time"]`."""
+        line = with_processing_time(line, self._zone)
         if day is None:
             day = project_day(line["properties"]["time"])
-        self.write_raw(day, _dumps(line))
+        super().write_raw(day, _dumps(line))
+        self._codes.setdefault(day, []).append(_code(line))
+
+    def write_raw(self, key: date, text: str) -> None:
+        """Add verbatim text (e.g. a deliberately split record); no processing time is added."""
+        super().write_raw(key, text)
+        codes = self._codes.setdefault(key, [])
+        codes.extend(_UNKNOWN for piece in text.split("\n") if piece.encode("utf-8").strip())
+
+    def close(self) -> dict:
+        counts = super().close()
+        for day in counts:
+            kept = self._kept.get(day, [])
+            codes = None if kept is None else kept + self._codes.get(day, [])
+            _publish_catalog(self._state, day, codes)
+        self._codes.clear()
+        self._kept.clear()
+        return counts
+
+    def abort(self) -> None:
+        super().abort()
+        self._codes.clear()
+        self._kept.clear()
+
+    def _new_temp(self, key: date) -> Path:
+        if self._append and event_file(self._state, key).exists():
+            catalog = _stored_catalog(self._state, key)
+            self._kept[key] = None if catalog is None else catalog.codes.tolist()
+        return super()._new_temp(key)
 
 
 def write_events(state: SandboxState, lines: Iterable[dict], *, append: bool = False) -> dict:
@@ -136,15 +214,320 @@ def write_events(state: SandboxState, lines: Iterable[dict], *, append: bool = F
     return writer.counts
 
 
-def _day_lines(state: SandboxState, day: date) -> Iterator[bytes]:
-    """The stored lines of one project day, each ending in a newline; none if no file."""
+# --------------------------------------------------------------------------------------------
+# Processing-time catalog and index (docs/mixpanel.md §12)
+#
+# An export must hide events not yet processed, and the speed-to-lead extraction asks every few
+# minutes for one day's lines processed since a watermark. Decompressing and parsing a whole day
+# per call is far too slow for that, so each day gets two sidecars in `.index/`, both tied to
+# the day file's signature (size, mtime, inode, last bytes) and rebuilt when it changes:
+#
+# * the catalog (`<day>.codes`): one float64 per stored line, in file order: its processing
+#   time; -inf when the line is a JSON object without a numeric one (it matches no comparison
+#   on it and is always visible); NaN when unknown (not JSON, a string, a number a float cannot
+#   hold exactly), which the export then parses. DayWriter writes it; other files get it by one
+#   full parse.
+# * the index (`<day>.bypt`), built on the first processing-time query: the unknown lines, then
+#   the others with a numeric processing time ordered by it, in zlib blocks of BLOCK_LINES, plus
+#   the sorted times and each stored position's line number.
+#
+# The index only narrows what is read: every candidate goes through the same selection as the
+# full scan, and lines come out in file order, so answers are exactly the full scan's.
+# --------------------------------------------------------------------------------------------
+
+_UNKNOWN = math.nan
+_NO_PROCESSING_TIME = -math.inf
+_EXACT_INT = 2**53  # larger integers may not survive float64
+BLOCK_LINES = 256
+_INDEX_VERSION = 1
+
+
+def _code(line: Any) -> float:
+    """A parsed line's catalog code (see the section comment)."""
+    if not isinstance(line, dict):
+        return _UNKNOWN
+    props = line.get("properties") or {}
+    if not isinstance(props, dict):
+        return _UNKNOWN
+    value = props.get(PROCESSING_TIME)
+    if isinstance(value, str):
+        return _UNKNOWN  # number() may read it
+    if _kind(value) != "number":
+        return _NO_PROCESSING_TIME
+    if isinstance(value, int):
+        return float(value) if abs(value) <= _EXACT_INT else _UNKNOWN
+    return value if value == value and value != -math.inf else _UNKNOWN
+
+
+def _processing_ms(line: Any) -> float | int | None:
+    """A parsed line's numeric processing time, if it has one."""
+    props = line.get("properties") if isinstance(line, dict) else None
+    value = props.get(PROCESSING_TIME) if isinstance(props, dict) else None
+    return value if _kind(value) == "number" else None
+
+
+def _index_file(state: SandboxState, day: date, suffix: str) -> Path:
     path = event_file(state, day)
-    if not path.exists():
-        return
-    with gzip.open(path, "rb") as f:
-        for raw in f:
+    return path.parent / ".index" / f"{day:%Y-%m-%d}.{suffix}"
+
+
+def _signature(f: BinaryIO) -> list:
+    """What identifies one version of a day file: size, mtime, inode and its last 16 bytes."""
+    st = os.fstat(f.fileno())
+    f.seek(max(0, st.st_size - 16))
+    return [st.st_size, st.st_mtime_ns, st.st_ino, f.read(16).hex()]
+
+
+def _lines_of(f: BinaryIO) -> Iterator[bytes]:
+    """The stored lines of an open day file, each ending in a newline (blank lines skipped)."""
+    f.seek(0)
+    with gzip.GzipFile(fileobj=f, mode="rb") as gz:
+        for raw in gz:
             if raw.strip():
                 yield raw if raw.endswith(b"\n") else raw + b"\n"
+
+
+def _parsed_code(raw: bytes) -> float:
+    try:
+        return _code(json.loads(raw))
+    except (ValueError, RecursionError):
+        return _UNKNOWN
+
+
+def _write_sidecar(path: Path, header: dict, parts: Iterable[bytes]) -> None:
+    """Header line, then binary parts; atomic, and private to this writer until it is whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "wb") as out:
+        out.write(json.dumps(header).encode() + b"\n")
+        for part in parts:
+            out.write(part)
+    os.replace(tmp, path)
+
+
+def _read_header(f: BinaryIO) -> dict | None:
+    try:
+        header = json.loads(f.readline())
+    except ValueError:
+        return None
+    return header if isinstance(header, dict) and header.get("v") == _INDEX_VERSION else None
+
+
+@dataclass
+class _Catalog:
+    signature: list
+    codes: np.ndarray  # float64, one per stored line
+
+    @functools.cached_property
+    def latest(self) -> float:
+        """The largest numeric processing time (-inf when none)."""
+        known = self.codes[~np.isnan(self.codes)]
+        return float(known.max()) if known.size else -math.inf
+
+    @functools.cached_property
+    def has_unknown(self) -> bool:
+        return bool(np.isnan(self.codes).any())
+
+    def hides_some(self, cutoff_ms: float) -> bool:
+        """Whether a line may be too fresh for `cutoff_ms` (unknown lines may be)."""
+        return self.has_unknown or self.latest > cutoff_ms
+
+
+@dataclass
+class _SortedIndex:
+    signature: list
+    path: Path
+    unknown: int  # stored positions [0, unknown) hold the unknown lines
+    times: np.ndarray  # float64: processing times of positions unknown.. in order
+    line_numbers: np.ndarray  # int64: each stored position's line number in the day file
+    offsets: np.ndarray  # int64: where each block starts (and the last ends) after data_start
+    data_start: int
+
+    def read(self, start: int, stop: int) -> Iterator[tuple[int, bytes]]:
+        """(line number, line) of stored positions start..stop-1."""
+        if start >= stop:
+            return
+        with open(self.path, "rb") as f:
+            for block in range(start // BLOCK_LINES, (stop - 1) // BLOCK_LINES + 1):
+                f.seek(self.data_start + int(self.offsets[block]))
+                size = int(self.offsets[block + 1] - self.offsets[block])
+                lines = zlib.decompress(f.read(size)).split(b"\n")
+                first = block * BLOCK_LINES
+                for pos in range(max(start, first), min(stop, first + len(lines) - 1)):
+                    yield int(self.line_numbers[pos]), lines[pos - first] + b"\n"
+
+
+_CACHE: OrderedDict[tuple[str, str], Any] = OrderedDict()
+_CACHE_SIZE = 16
+_CACHE_LOCK = threading.Lock()
+_BUILD_LOCKS: dict[str, threading.Lock] = {}
+
+
+def _cached(kind: str, path: Path, signature: list) -> Any:
+    with _CACHE_LOCK:
+        found = _CACHE.get((kind, str(path)))
+        if found is not None and found.signature == signature:
+            _CACHE.move_to_end((kind, str(path)))
+            return found
+    return None
+
+
+def _remember(kind: str, path: Path, value: Any) -> Any:
+    with _CACHE_LOCK:
+        _CACHE[(kind, str(path))] = value
+        _CACHE.move_to_end((kind, str(path)))
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return value
+
+
+def _build_lock(path: Path) -> threading.Lock:
+    with _CACHE_LOCK:
+        return _BUILD_LOCKS.setdefault(str(path), threading.Lock())
+
+
+def _load_catalog(path: Path, signature: list) -> _Catalog | None:
+    """The stored catalog at `path` if it describes this version of the day file."""
+    found = _cached("codes", path, signature)
+    if found is not None:
+        return found
+    try:
+        with open(path, "rb") as f:
+            header = _read_header(f)
+            if header is None or header.get("source") != signature:
+                return None
+            codes = np.frombuffer(f.read(), dtype="<f8")
+    except FileNotFoundError:
+        return None
+    if codes.size != header.get("lines"):
+        return None
+    return _remember("codes", path, _Catalog(signature, codes))
+
+
+def _save_catalog(path: Path, signature: list, codes: np.ndarray) -> _Catalog:
+    codes = np.ascontiguousarray(codes, dtype="<f8")
+    header = {"v": _INDEX_VERSION, "source": signature, "lines": int(codes.size)}
+    _write_sidecar(path, header, [codes.tobytes()])
+    return _remember("codes", path, _Catalog(signature, codes))
+
+
+def _stored_catalog(state: SandboxState, day: date) -> _Catalog | None:
+    """The day's catalog if it is current (nothing is built)."""
+    try:
+        with open(event_file(state, day), "rb") as f:
+            signature = _signature(f)
+    except FileNotFoundError:
+        return None
+    return _load_catalog(_index_file(state, day, "codes"), signature)
+
+
+def _publish_catalog(state: SandboxState, day: date, codes: list[float] | None) -> None:
+    """After a writer replaced a day: its catalog (None: unknown, built on first export)."""
+    _index_file(state, day, "bypt").unlink(missing_ok=True)  # describes the old file
+    path = _index_file(state, day, "codes")
+    if codes is None:
+        path.unlink(missing_ok=True)
+        return
+    with open(event_file(state, day), "rb") as f:
+        signature = _signature(f)
+    _save_catalog(path, signature, np.array(codes, dtype="<f8"))
+
+
+def _catalog(state: SandboxState, day: date, f: BinaryIO, signature: list) -> _Catalog:
+    """The catalog of the open day file `f`, parsing the whole day when none is current."""
+    path = _index_file(state, day, "codes")
+    found = _load_catalog(path, signature)
+    if found is not None:
+        return found
+    with _build_lock(path):
+        found = _load_catalog(path, signature)
+        if found is None:
+            codes = np.fromiter((_parsed_code(raw) for raw in _lines_of(f)), dtype="<f8")
+            found = _save_catalog(path, signature, codes)
+    return found
+
+
+def _load_index(path: Path, signature: list) -> _SortedIndex | None:
+    found = _cached("bypt", path, signature)
+    if found is not None:
+        return found
+    try:
+        with open(path, "rb") as f:
+            header = _read_header(f)
+            if header is None or header.get("source") != signature:
+                return None
+            numeric, unknown, blocks = header["numeric"], header["unknown"], header["blocks"]
+            times = np.frombuffer(f.read(8 * numeric), dtype="<f8")
+            line_numbers = np.frombuffer(f.read(8 * (unknown + numeric)), dtype="<i8")
+            offsets = np.frombuffer(f.read(8 * (blocks + 1)), dtype="<i8")
+            data_start = f.tell()
+    except FileNotFoundError:
+        return None
+    index = _SortedIndex(signature, path, unknown, times, line_numbers, offsets, data_start)
+    return _remember("bypt", path, index)
+
+
+def _build_index(
+    state: SandboxState, day: date, f: BinaryIO, signature: list, catalog: _Catalog
+) -> _SortedIndex:
+    """Write the day's index (see the section comment) from the open day file `f`."""
+    f.seek(0)
+    data = gzip.decompress(f.read())
+    # The same lines as _lines_of: split on newlines, blank ones dropped.
+    lines = [raw for raw in data.split(b"\n") if raw.strip()]
+    del data
+    codes = catalog.codes
+    if codes.size != len(lines):  # cannot happen for a current catalog; never trust a wrong one
+        codes = np.array([_parsed_code(raw) for raw in lines], dtype="<f8")
+    unknown = np.flatnonzero(np.isnan(codes))
+    numeric = np.flatnonzero(~np.isnan(codes) & (codes != _NO_PROCESSING_TIME))
+    numeric = numeric[np.argsort(codes[numeric], kind="stable")]
+    line_numbers = np.concatenate([unknown, numeric]).astype("<i8")
+    times = np.ascontiguousarray(codes[numeric], dtype="<f8")
+    order = line_numbers.tolist()
+    blocks, offsets, size = [], [0], 0
+    for start in range(0, len(order), BLOCK_LINES):
+        chunk = b"".join(lines[i] + b"\n" for i in order[start : start + BLOCK_LINES])
+        block = zlib.compress(chunk, 1)
+        blocks.append(block)
+        size += len(block)
+        offsets.append(size)
+    header = {
+        "v": _INDEX_VERSION,
+        "source": signature,
+        "unknown": int(unknown.size),
+        "numeric": int(numeric.size),
+        "blocks": len(blocks),
+    }
+    offsets_array = np.array(offsets, dtype="<i8")
+    path = _index_file(state, day, "bypt")
+    _write_sidecar(
+        path, header, [times.tobytes(), line_numbers.tobytes(), offsets_array.tobytes(), *blocks]
+    )
+    return _load_index(path, signature)
+
+
+def _sorted_index(
+    state: SandboxState, day: date, f: BinaryIO, signature: list, catalog: _Catalog
+) -> _SortedIndex:
+    path = _index_file(state, day, "bypt")
+    found = _load_index(path, signature)
+    if found is not None:
+        return found
+    with _build_lock(path):
+        return _load_index(path, signature) or _build_index(state, day, f, signature, catalog)
+
+
+def index_day(state: SandboxState, day: date) -> bool:
+    """Build the day's catalog and processing-time index now rather than on the first export
+    that needs them (a benchmark calls it after writing a large day); False if no such day."""
+    try:
+        with open(event_file(state, day), "rb") as f:
+            signature = _signature(f)
+            _sorted_index(state, day, f, signature, _catalog(state, day, f, signature))
+    except FileNotFoundError:
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,8 +661,53 @@ def _tokenize(text: str) -> list[tuple[str, Any]]:
     return tokens
 
 
+Range = tuple[float, float]  # inclusive bounds on float64 values
+
+
+def _widened(value: float | int) -> Range | None:
+    """The float64 interval that surely holds `value` (a large int may fall between two)."""
+    try:
+        low = high = float(value)
+    except OverflowError:
+        return None
+    if low > value:
+        low = math.nextafter(low, -math.inf)
+    if high < value:
+        high = math.nextafter(high, math.inf)
+    return low, high
+
+
+def _comparison_range(op: str, left: Predicate, right: Predicate) -> Range | None:
+    """What `properties["mp_processing_time_ms"] <op> <number>` (either way round) implies."""
+    flipped = {">": "<", ">=": "<=", "<": ">", "<=": ">=", "==": "=="}
+    if getattr(right, "processing_time", False) and op in flipped:
+        left, right, op = right, left, flipped[op]
+    if not getattr(left, "processing_time", False):
+        return None
+    value = getattr(right, "literal", None)
+    if _kind(value) != "number" or (bounds := _widened(value)) is None:
+        return None
+    if op in (">", ">="):
+        return bounds[0], math.inf
+    if op in ("<", "<="):
+        return -math.inf, bounds[1]
+    return bounds if op == "==" else None
+
+
+def _marked(predicate: Predicate, **marks: Any) -> Predicate:
+    for name, value in marks.items():
+        setattr(predicate, name, value)
+    return predicate
+
+
 class _WhereParser:
-    """Recursive descent over: or > and > not > comparison > operand."""
+    """Recursive descent over: or > and > not > comparison > operand.
+
+    Besides the predicate, it works out `processing_range`: an interval that the numeric
+    `mp_processing_time_ms` of any matching event must lie in, when the expression implies one
+    (comparisons of it with numbers joined by `and`, or `or` of such). The export uses it to read
+    only those events from the day's index; they are then checked with the predicate itself.
+    """
 
     def __init__(self, text: str):
         self.tokens, self.i = _tokenize(text), 0
@@ -290,7 +718,10 @@ class _WhereParser:
         expr = self._or()
         if self.i < len(self.tokens):
             raise WhereError(f"unexpected {self.tokens[self.i][1]!r}")
-        return lambda props: _truthy(expr(props))
+        return _marked(
+            lambda props: _truthy(expr(props)),
+            processing_range=getattr(expr, "processing_range", None),
+        )
 
     def _peek(self) -> tuple[str, Any] | None:
         return self.tokens[self.i] if self.i < len(self.tokens) else None
@@ -310,13 +741,21 @@ class _WhereParser:
     def _or(self) -> Predicate:
         left = self._and()
         while self._accept("or"):
-            left = (lambda a, b: lambda p: _truthy(a(p)) or _truthy(b(p)))(left, self._and())
+            right = self._and()
+            ra, rb = (getattr(x, "processing_range", None) for x in (left, right))
+            either = (min(ra[0], rb[0]), max(ra[1], rb[1])) if ra and rb else None
+            left = (lambda a, b: lambda p: _truthy(a(p)) or _truthy(b(p)))(left, right)
+            left = _marked(left, processing_range=either)
         return left
 
     def _and(self) -> Predicate:
         left = self._not()
         while self._accept("and"):
-            left = (lambda a, b: lambda p: _truthy(a(p)) and _truthy(b(p)))(left, self._not())
+            right = self._not()
+            ra, rb = (getattr(x, "processing_range", None) for x in (left, right))
+            both = (max(ra[0], rb[0]), min(ra[1], rb[1])) if ra and rb else ra or rb
+            left = (lambda a, b: lambda p: _truthy(a(p)) and _truthy(b(p)))(left, right)
+            left = _marked(left, processing_range=both)
         return left
 
     def _not(self) -> Predicate:
@@ -331,7 +770,10 @@ class _WhereParser:
         if op is None:
             return left
         right = self._operand()
-        return lambda p: _compare(op, left(p), right(p))
+        return _marked(
+            lambda p: _compare(op, left(p), right(p)),
+            processing_range=_comparison_range(op, left, right),
+        )
 
     def _operand(self) -> Predicate:
         token = self._peek()
@@ -340,7 +782,7 @@ class _WhereParser:
         self.i += 1
         kind, value = token
         if kind == "literal":
-            return lambda p: value
+            return _marked(lambda p: value, literal=value)
         if value == "(":
             inner = self._or()
             self._expect(")")
@@ -352,7 +794,9 @@ class _WhereParser:
             self._expect("(")
             arg = self._or()
             self._expect(")")
-            return lambda p: func(arg(p))
+            # number() leaves a number as it is: it compares like the bare property.
+            reads_time = value == "number" and getattr(arg, "processing_time", False)
+            return _marked(lambda p: func(arg(p)), processing_time=reads_time)
         raise WhereError(f"unsupported {value!r}")
 
     def _property(self) -> Predicate:
@@ -363,14 +807,16 @@ class _WhereParser:
         self.i += 1
         self._expect("]")
         name = token[1]
-        return lambda p: p.get(name, _UNDEFINED)
+        return _marked(lambda p: p.get(name, _UNDEFINED), processing_time=name == PROCESSING_TIME)
 
 
 def compile_where(text: str) -> Predicate:
     """Compile a segmentation expression into a predicate over a properties dict.
 
     Supported: `properties["name"]`, string/number/boolean literals, `== != > >= < <= in`,
-    `and or not`, parentheses and `defined() number() string() boolean()`.
+    `and or not`, parentheses and `defined() number() string() boolean()`. The predicate's
+    `processing_range` attribute is the interval its expression confines a numeric
+    `mp_processing_time_ms` to, or None (see `_WhereParser`).
     """
     return _WhereParser(text).parse()
 
@@ -455,8 +901,12 @@ _WINDOWS = {
 
 
 def _enforce_rate_limits(state: SandboxState, api: str, windows: Iterable[str]) -> None:
-    """Count this query against the per-project windows; the per-second one is checked first."""
-    now = time.monotonic()
+    """Count this query against the per-project windows; the per-second one is checked first.
+
+    The windows run on the sandbox clock, so a replayed day spends its hourly budget as the real
+    day would.
+    """
+    now = time.monotonic() + state.clock_offset_s
     for window in windows:
         seconds, setting = _WINDOWS[window]
         limit = int(state.settings[setting])
@@ -478,7 +928,8 @@ def _raise_for_fault(state: SandboxState, status: int | None) -> None:
 
 
 def _project_today(state: SandboxState) -> date:
-    return datetime.now(ZoneInfo(state.settings["mixpanel_project_timezone"])).date()
+    """Today on the sandbox clock, in the project timezone (docs/mixpanel.md §3)."""
+    return state.now().astimezone(ZoneInfo(state.settings["mixpanel_project_timezone"])).date()
 
 
 # --------------------------------------------------------------------------------------------
@@ -496,6 +947,8 @@ class ExportQuery:
     where: Predicate | None = None
     limit: int | None = None
     time_in_ms: bool = False
+    #: Bounds that `where` puts on `mp_processing_time_ms` (see `compile_where`), if any.
+    processing_range: Range | None = None
 
     @property
     def days(self) -> Iterator[date]:
@@ -570,30 +1023,39 @@ def parse_export_query(params: dict, today: date) -> ExportQuery:
     if to_date > today:
         raise MixpanelError(400, "to_date cannot be later than today")
     events = _parse_json_strings(params, "event")
+    where = _parse_where(params)
     return ExportQuery(
         from_date=from_date,
         to_date=to_date,
         events=frozenset(events) if events is not None else None,
-        where=_parse_where(params),
+        where=where,
         limit=_parse_int(params, "limit", 1, MAX_EXPORT_LIMIT),
         time_in_ms=_parse_bool(params, "time_in_ms"),
+        processing_range=getattr(where, "processing_range", None),
     )
 
 
-def _select_line(raw: bytes, query: ExportQuery) -> bytes | None:
+def _select_line(raw: bytes, query: ExportQuery, cutoff_ms: float | None = None) -> bytes | None:
     """The line as exported, or None when filtered out.
 
-    A stored line that is not JSON (a deliberately split record) passes through verbatim,
-    because the real service breaks lines after it has selected them.
+    With `cutoff_ms`, a line processed after it is not exported yet. A stored line that is not
+    JSON (a deliberately split record) passes through verbatim, because the real service breaks
+    lines after it has selected them.
     """
-    if not query.rewrites_lines:
+    if not query.rewrites_lines and cutoff_ms is None:
         return raw
     try:
         line = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         return raw
     if not isinstance(line, dict):
         return raw
+    if cutoff_ms is not None:
+        processed = _processing_ms(line)
+        if processed is not None and processed > cutoff_ms:
+            return None
+        if not query.rewrites_lines:
+            return raw
     properties = line.get("properties") or {}
     if query.events is not None and line.get("event") not in query.events:
         return None
@@ -604,15 +1066,63 @@ def _select_line(raw: bytes, query: ExportQuery) -> bytes | None:
     return (_dumps(line) + "\n").encode("utf-8")
 
 
-def export_lines(state: SandboxState, query: ExportQuery) -> Iterator[bytes]:
-    """The export's lines, day by day, one file open at a time."""
-    lines = (
-        selected
-        for day in query.days
-        for raw in _day_lines(state, day)
-        if (selected := _select_line(raw, query)) is not None
-    )
+def export_cutoff_ms(state: SandboxState, now: datetime | None = None) -> float:
+    """The latest processing time (UTC ms) an export shows: the sandbox clock less setting
+    `mixpanel_export_delay_s`."""
+    now = now or state.now()
+    return (now.timestamp() - float(state.settings.get("mixpanel_export_delay_s") or 0)) * 1000
+
+
+def export_lines(
+    state: SandboxState, query: ExportQuery, now: datetime | None = None
+) -> Iterator[bytes]:
+    """The export's lines as of `now` (default: the sandbox clock), day by day, in file order."""
+    cutoff_ms = export_cutoff_ms(state, now)
+    lines = (line for day in query.days for line in _export_day(state, day, query, cutoff_ms))
     return islice(lines, query.limit) if query.limit else lines
+
+
+def _export_day(
+    state: SandboxState, day: date, query: ExportQuery, cutoff_ms: float
+) -> Iterator[bytes]:
+    """One day's exported lines, one file open at a time."""
+    try:
+        f = open(event_file(state, day), "rb")  # noqa: SIM115 (closed below, lines are lazy)
+    except FileNotFoundError:
+        return
+    with f:
+        signature = _signature(f)
+        catalog = _catalog(state, day, f, signature)
+        if query.processing_range is not None:
+            index = _sorted_index(state, day, f, signature, catalog)
+            yield from _indexed_lines(index, query, cutoff_ms)
+        elif not catalog.hides_some(cutoff_ms):
+            for raw in _lines_of(f):
+                if (selected := _select_line(raw, query)) is not None:
+                    yield selected
+        else:
+            for raw, code in zip(_lines_of(f), catalog.codes.tolist(), strict=False):
+                if code > cutoff_ms:
+                    continue  # processed too recently
+                check = cutoff_ms if code != code else None  # NaN: unknown, parse to learn
+                if (selected := _select_line(raw, query, check)) is not None:
+                    yield selected
+
+
+def _indexed_lines(index: _SortedIndex, query: ExportQuery, cutoff_ms: float) -> Iterator[bytes]:
+    """The full scan's answer for a query with a processing-time range, read from the index:
+    visible lines in the range and the unknown lines, each selected as the scan would."""
+    low, high = query.processing_range
+    high = min(high, cutoff_ms)
+    start = int(np.searchsorted(index.times, low, side="left"))
+    stop = int(np.searchsorted(index.times, high, side="right")) if low <= high else start
+    picked = [(n, raw, True) for n, raw in index.read(0, index.unknown)]
+    shift = index.unknown
+    picked += [(n, raw, False) for n, raw in index.read(shift + start, shift + stop)]
+    picked.sort(key=lambda item: item[0])
+    for _, raw, unknown in picked:
+        if (selected := _select_line(raw, query, cutoff_ms if unknown else None)) is not None:
+            yield selected
 
 
 def _terminated_early(state: SandboxState, query: ExportQuery) -> Iterator[bytes]:

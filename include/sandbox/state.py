@@ -12,9 +12,13 @@ import threading
 from collections import Counter, deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 DEFAULT_SETTINGS = {
+    # The sandbox clock (`SandboxState.now()`) runs this many seconds ahead of the real UTC time
+    # (negative: behind). A benchmark moves it to replay a day faster than it really passes.
+    "clock_offset_s": 0,
     # HubSpot Free/Starter tier: 100 requests per rolling 10 s, 250k per day; search 5 per second.
     "hubspot_requests_per_10s": 100,
     "hubspot_daily_limit": 250_000,
@@ -23,6 +27,9 @@ DEFAULT_SETTINGS = {
     # Mixpanel raw export: 60 queries per hour and 3 per second, per project.
     "mixpanel_queries_per_hour": 60,
     "mixpanel_queries_per_second": 3,
+    # An event is exported only once the sandbox clock is this long past its
+    # `mp_processing_time_ms` (docs/mixpanel.md §12).
+    "mixpanel_export_delay_s": 0,
     # A legacy (pre-2023) project keeps days and `time` in its own zone.
     "mixpanel_project_timezone": "UTC",
     # Company enrichment (Clearbit-style): 600 requests a minute, i.e. 10 in a rolling second.
@@ -82,6 +89,9 @@ class RollingLimiter:
 
     def hit(self, now: float) -> bool:
         with self._lock:
+            if self._calls and self._calls[-1] > now:
+                # The sandbox clock was set back: calls "in the future" belong to another run.
+                self._calls.clear()
             while self._calls and now - self._calls[0] >= self.window_s:
                 self._calls.popleft()
             if len(self._calls) >= self.limit:
@@ -116,6 +126,20 @@ class SandboxState:
     @property
     def events_dir(self) -> Path:
         return self.root / "events"
+
+    @property
+    def clock_offset_s(self) -> float:
+        """How far the sandbox clock runs ahead of the real time, in seconds."""
+        return float(self.settings.get("clock_offset_s") or 0)
+
+    def now(self) -> datetime:
+        """The sandbox clock: the real UTC time plus setting `clock_offset_s` (aware, UTC).
+
+        Every emulator asks it, not the system clock, whatever depends on "now" (Mixpanel's
+        today and export delay, Amplitude's exportable hours, rate windows), so moving the
+        offset (POST /_sandbox/settings) moves them together.
+        """
+        return datetime.now(UTC) + timedelta(seconds=self.clock_offset_s)
 
     @classmethod
     def open(cls, root: Path) -> SandboxState:

@@ -324,7 +324,7 @@ def test_recent_hours_are_hidden_until_the_delay_passes(sandbox, hook):
         ("2025-03-01T13:00:00", ["early", "later"]),  # complete 2 h after the hour ended
     ],
 )
-def test_young_hour_is_partial(sandbox, hook, monkeypatch, now, expected):
+def test_young_hour_is_partial(sandbox, hook, now, expected):
     amplitude.write_events(
         sandbox,
         [
@@ -332,12 +332,62 @@ def test_young_hour_is_partial(sandbox, hook, monkeypatch, now, expected):
             make_event("later", at("2025-03-01T10:50")),
         ],
     )
-    monkeypatch.setattr(amplitude, "_utcnow", lambda: at(now))
+    set_clock(sandbox, at(now))
     response = export(hook, start="20250301T10", end="20250301T10")
     if expected is None:
         assert response.status_code == 404
+        assert response.text == "No data available for the time range requested"
     else:
         assert [t for ids in tags(unzip(response)).values() for t in ids] == expected
+
+
+def set_clock(state: SandboxState, when: datetime) -> None:
+    """Move the sandbox clock to `when` through the control API, as a benchmark does."""
+    offset = (when - datetime.now(UTC)).total_seconds()
+    requests.post(f"{state.base_url}/_sandbox/settings", json={"clock_offset_s": offset})
+
+
+def served(response: requests.Response) -> list[str]:
+    if response.status_code == 404:
+        return []
+    return [t for ids in tags(unzip(response)).values() for t in ids]
+
+
+def test_hour_becomes_whole_a_fractional_delay_after_it_ends(sandbox, hook):
+    """Speed to lead: with a 15-minute delay, hour 10 is whole at 11:15 and not before."""
+    sandbox.settings["amplitude_delay_hours"] = 0.25
+    amplitude.write_events(
+        sandbox,
+        [
+            make_event("first", at("2025-03-01T10:00:00")),
+            make_event("mid", at("2025-03-01T10:30:00")),
+            make_event("last", at("2025-03-01T10:59:59.999")),
+        ],
+    )
+    hour = {"start": "20250301T10", "end": "20250301T10"}
+    expected = {
+        "2025-03-01T10:14:59": [],  # nothing of the hour is exportable yet: 404
+        "2025-03-01T10:15:00": ["first"],
+        "2025-03-01T10:45:00": ["first", "mid"],
+        "2025-03-01T11:14:59": ["first", "mid"],
+        "2025-03-01T11:15:00": ["first", "mid", "last"],  # the hour's end plus the delay
+    }
+    for now, tags_then in expected.items():
+        set_clock(sandbox, at(now))
+        assert served(export(hook, **hour)) == tags_then, now
+
+
+def test_sandbox_clock_drives_the_delay(sandbox, hook):
+    """The real clock is hours past these events; moving the sandbox clock back hides them."""
+    uploaded = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=6)
+    amplitude.write_events(sandbox, [make_event("x", uploaded + timedelta(minutes=5))])
+    hour = {"start": f"{uploaded:%Y%m%dT%H}", "end": f"{uploaded:%Y%m%dT%H}"}
+    assert served(export(hook, **hour)) == ["x"]
+    set_clock(sandbox, uploaded + timedelta(hours=2))  # 5 minutes short of the delay
+    assert sandbox.now() < uploaded + timedelta(hours=2, minutes=1)
+    assert export(hook, **hour).status_code == 404
+    set_clock(sandbox, uploaded + timedelta(hours=3))
+    assert served(export(hook, **hour)) == ["x"]
 
 
 # ---------------------------------------------------------------------------------------------
