@@ -44,8 +44,18 @@ class Crm(Protocol):
     kind: str  # the target's kind, also the lake folder of its ledgers and run results
     label: str  # how messages name it ("HubSpot")
 
-    def sync(self, lake: Lake, scores: pd.DataFrame, *, dry_run: bool = False) -> dict:
-        """Write the people whose values changed (or, dry, say what would change); counts."""
+    def sync(
+        self,
+        lake: Lake,
+        scores: pd.DataFrame,
+        *,
+        dry_run: bool = False,
+        min_score_change: float | None = None,
+    ) -> dict:
+        """Write the people whose values changed (or, dry, say what would change); counts.
+        With `min_score_change` (the frequent runs), only changes that flip the flag or move
+        the score at least that much: the others are counted `deferred` and left to a run
+        without it."""
 
     def sync_accounts(self, lake: Lake, accounts: pd.DataFrame) -> dict:
         """Write account qualification (PQA) to the CRM's companies/Accounts; counts."""

@@ -11,7 +11,7 @@ import logging
 import math
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 from hubspot import HubSpot
@@ -27,6 +27,7 @@ from pql.crm import Retargetable, SyncError
 from pql.crm import sync as engine
 from pql.crm.ledger import (
     MERGED,
+    Since,
     changed,
     contact_fields,
     desired_accounts,
@@ -37,7 +38,7 @@ from pql.crm.ledger import (
     save_ledger,
     update_ledger,
 )
-from pql.crm.sync import Located, Recent
+from pql.crm.sync import FieldsMissing, Located, Recent
 from pql.crm.targets import HubSpotTarget
 from pql.frames import among
 from pql.http import Budget
@@ -54,7 +55,9 @@ WINDOW_S = 10.25
 SEARCH_WINDOW_S = 1.1  # the same for search's 5 a second
 WORKERS = 4  # batch calls in flight at once (HubSpot limits the rate, not concurrency)
 API_HOST = "https://api.hubapi.com"
-RESULT_COLUMNS = ["email", "status", "http_status", "message", "transient", "hubspot_id"]
+RESULT_COLUMNS = ["email", "status", "http_status", "message", "transient", "hubspot_id",
+                  "modified_at"]  # fmt: skip
+DAILY_HEADER = "X-HubSpot-RateLimit-Daily-Remaining"
 
 
 class HubSpotCrm(Retargetable):
@@ -89,13 +92,13 @@ class HubSpotCrm(Retargetable):
     def provision(self) -> None:
         ensure_properties(self, self.target)
 
-    def recent(self, since, scores: pd.DataFrame, ledger: pd.DataFrame) -> Recent:
-        # Every contact HubSpot changed since the last run began: edits (for overwrite) and
-        # merges (a merge makes a new record), whichever the rule.
+    def recent(self, since: Since | None, scores: pd.DataFrame, ledger: pd.DataFrame) -> Recent:
+        # Every contact HubSpot changed since the last run began, around our own last writes:
+        # edits (for overwrite) and merges (a merge makes a new record), whichever the rule.
         if since is None:
             return Recent()
-        values, holders = modified_contacts(self, since, contact_fields(self.target))
-        return Recent(values=values, holders=holders)
+        values, holders, modified = modified_contacts(self, since, contact_fields(self.target))
+        return Recent(values=values, holders=holders, modified=modified)
 
     def locate(self, emails: list[str], scores: pd.DataFrame) -> dict[str, Located]:
         fields = contact_fields(self.target)
@@ -111,8 +114,17 @@ class HubSpotCrm(Retargetable):
 
     # --- the pipeline's operations (pql.crm.Crm) ---
 
-    def sync(self, lake: Lake, scores: pd.DataFrame, *, dry_run: bool = False) -> dict:
-        return engine.run(self, lake, scores, dry_run=dry_run)
+    def sync(
+        self,
+        lake: Lake,
+        scores: pd.DataFrame,
+        *,
+        dry_run: bool = False,
+        min_score_change: float | None = None,
+    ) -> dict:
+        # Yesterday's count is no guide: this run learns it from its first answer that says it.
+        self.daily_remaining = None
+        return engine.run(self, lake, scores, dry_run=dry_run, min_score_change=min_score_change)
 
     def sync_accounts(self, lake: Lake, accounts: pd.DataFrame) -> dict:
         return sync_accounts(self, lake, self.target, accounts)
@@ -197,7 +209,7 @@ def ensure_properties(
     limited(hs)
     resp = hs.crm.properties.groups_api.get_all(object_type=object_type, _preload_content=False)
     groups = {g["name"] for g in json.loads(resp.data).get("results") or []}
-    daily = resp.headers.get("X-HubSpot-RateLimit-Daily-Remaining")
+    daily = resp.headers.get(DAILY_HEADER)
     if daily is not None:  # private-app tokens only: OAuth apps are not sent it
         hs.daily_remaining = int(daily)
     if target.property_group not in groups:
@@ -270,6 +282,10 @@ def _upsert_batch(hs: HubSpot, batch: list[dict], fields: list[str]) -> Iterator
         )
     except Exception as e:  # each hubspot package has its own ApiException class
         status = getattr(e, "status", None)
+        if status == 400 and "PROPERTY_DOESNT_EXIST" in str(getattr(e, "body", "")):
+            # Not one bad record: every batch would be split to single records and all fail.
+            message = _error_message(getattr(e, "body", None)) or str(e)
+            raise FieldsMissing(f"HubSpot: {message}") from None
         if status == 400 and len(batch) > 1:
             # A batch with one invalid record is rejected whole: split it to isolate the record.
             mid = len(batch) // 2
@@ -288,6 +304,9 @@ def _upsert_batch(hs: HubSpot, batch: list[dict], fields: list[str]) -> Iterator
                 "transient": status == 429 or status >= 500,
             }
         return
+    daily = resp.headers.get(DAILY_HEADER) if hasattr(resp, "headers") else None
+    if daily is not None and hasattr(hs, "daily_remaining"):
+        hs.daily_remaining = int(daily)
     try:
         body = json.loads(resp.data)
     except (AttributeError, ValueError):
@@ -297,7 +316,7 @@ def _upsert_batch(hs: HubSpot, batch: list[dict], fields: list[str]) -> Iterator
         for rid in (err.get("context") or {}).get("ids", []):
             failed[rid.lower()] = err.get("message", "")
     done = {
-        ((r.get("properties") or {}).get("email") or "").lower(): r["id"]
+        ((r.get("properties") or {}).get("email") or "").lower(): (r["id"], r.get("updatedAt"))
         for r in body.get("results") or []
     }
     for r in batch:
@@ -317,7 +336,8 @@ def _upsert_batch(hs: HubSpot, batch: list[dict], fields: list[str]) -> Iterator
                 "http_status": 200,
                 "message": "",
                 "transient": False,
-                "hubspot_id": done[email],
+                "hubspot_id": done[email][0],
+                "modified_at": done[email][1],
             }
 
 
@@ -354,24 +374,37 @@ def read_contacts(hs: HubSpot, emails: list[str], fields: list[str]) -> dict[str
 
 
 def sync(
-    hs: HubSpotCrm, lake: Lake, target: HubSpotTarget, scores: pd.DataFrame, *, dry_run=False
+    hs: HubSpotCrm,
+    lake: Lake,
+    target: HubSpotTarget,
+    scores: pd.DataFrame,
+    *,
+    dry_run=False,
+    min_score_change: float | None = None,
 ) -> dict:
     """Write changed scores to HubSpot contacts through the sync engine (pql.crm.sync)."""
-    return engine.run(hs.with_target(target), lake, scores, dry_run=dry_run)
+    return hs.with_target(target).sync(lake, scores, dry_run=dry_run,
+                                       min_score_change=min_score_change)  # fmt: skip
 
 
 def _write(
     hs: HubSpotCrm, todo: pd.DataFrame, located: dict[str, Located]
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Upsert `todo` by email (HubSpot creates whom it does not know), within the day's
-    remaining calls."""
-    counts = {}
+    remaining calls; each result with the time HubSpot gives the write (updatedAt)."""
+    counts, rows, first = {}, [], todo.head(0)
+    if getattr(hs, "daily_remaining", None) is None and len(todo) > BATCH:
+        # Every answer says the day's remaining calls: the first batch learns them for the rest.
+        first, todo = todo.head(BATCH), todo.iloc[BATCH:]
+        rows = list(upsert_contacts(hs, first))
     todo, deferred = _within_daily_limit(hs, hs.target, todo)
     if deferred:
         counts["deferred_daily_limit"] = deferred
-    results = pd.DataFrame(list(upsert_contacts(hs, todo)), columns=RESULT_COLUMNS)
+    rows += list(upsert_contacts(hs, todo))
+    results = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     results["record"] = ("contacts/" + results["hubspot_id"].astype("string")).astype(object)
-    return todo, results, counts
+    results["modified_from"] = results["modified_to"] = results["modified_at"]
+    return pd.concat([first, todo]), results, counts
 
 
 def _within_daily_limit(
@@ -395,33 +428,47 @@ def _within_daily_limit(
 
 
 def modified_contacts(
-    hs: HubSpot, since: datetime, fields: list[str]
-) -> tuple[dict[str, dict], dict[str, str]]:
-    """Every contact carrying a PQL value modified since `since`: email → its current
-    `fields`, and email → the record holding it ("contacts/<id>"; for an email a merge made
-    secondary, "merged:contacts/<id>" of the record it was merged into).
+    hs: HubSpot, since: Since, fields: list[str]
+) -> tuple[dict[str, dict], dict[str, str], dict[str, str]]:
+    """Every contact carrying a PQL value modified in `since`'s gaps: email → its current
+    `fields`, email → the record holding it ("contacts/<id>"; for an email a merge made
+    secondary, "merged:contacts/<id>" of the record it was merged into), and email → when
+    HubSpot last modified it.
 
     A contact counts when it holds any of the fields (one OR'ed filter group each, up to
-    HubSpot's 5), so a rep clearing the score by hand is found through the others; a merge
-    makes a new record carrying the primary's values, so it is found too."""
-    filters = [Filter(property_name="lastmodifieddate", operator="GTE", value=_iso(since))]
+    HubSpot's 5, so a search per gap), so a rep clearing the score by hand is found through the
+    others; a merge makes a new record carrying the primary's values, so it is found too."""
     any_of = [[Filter(property_name=f, operator="HAS_PROPERTY")] for f in fields[:5]]
-    values, holders = {}, {}
+    values, holders, modified = {}, {}, {}
     wanted = ["email", "hs_additional_emails", *fields]
-    for r in search_all(hs, "contacts", filters, wanted, any_of=any_of):
-        props = r.properties or {}
-        for other in (props.get("hs_additional_emails") or "").split(";"):
-            if other.strip():
-                holders.setdefault(other.strip().lower(), f"{MERGED}contacts/{r.id}")
-        if props.get("email"):
-            email = props["email"].lower()
-            values[email] = {k: props.get(k) for k in fields}
-            holders[email] = f"contacts/{r.id}"
-    return values, holders
+    for lo, hi in since.gaps():
+        # BETWEEN (bounds included) is one filter: five groups of three stay under HubSpot's 18.
+        filters = [
+            Filter(property_name="lastmodifieddate", operator="GTE", value=_iso(lo))
+            if hi is None
+            else Filter(property_name="lastmodifieddate", operator="BETWEEN", value=_iso(lo),
+                        high_value=_iso(hi, up=True))
+        ]  # fmt: skip
+        for r in search_all(hs, "contacts", filters, wanted, any_of=any_of):
+            props = r.properties or {}
+            for other in (props.get("hs_additional_emails") or "").split(";"):
+                if other.strip():
+                    holders.setdefault(other.strip().lower(), f"{MERGED}contacts/{r.id}")
+            if props.get("email"):
+                email = props["email"].lower()
+                values[email] = {k: props.get(k) for k in fields}
+                holders[email] = f"contacts/{r.id}"
+                if r.updated_at:
+                    modified[email] = _iso(r.updated_at)
+    return values, holders, modified
 
 
-def _iso(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+def _iso(t: datetime, up: bool = False) -> str:
+    """HubSpot's form of an instant, to the millisecond (`up`: rounded up, for an upper bound)."""
+    t = t.astimezone(UTC)
+    if up and t.microsecond % 1000:
+        t += timedelta(microseconds=1000 - t.microsecond % 1000)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 
 def search_all(hs: HubSpot, object_type: str, filters: list, properties: list[str], *,

@@ -5,8 +5,10 @@ Values travel as strings (as HubSpot takes them: "70", "true", "2026-10-01T00:00
 (contacts, companies/accounts) holds, per key, each field's value last written successfully
 (one column per field, so 100,000 keys load and save in tens of milliseconds), a digest of
 them, the record that holds them (`record`: "Contact/003…", "contacts/123"; "merged:contacts/…"
-for a HubSpot contact merged into another person's record), and the moment from which the next
-run looks for records edited by hand, converted or merged.
+for a HubSpot contact merged into another person's record), the CRM's modification time of our
+write (`modified_at`, where the CRM said it) and the record's parent (`parent`, a Contact's
+Account). Beside it, the moment from which the next run looks for records edited by hand,
+converted or merged, and the spans in which our own last writes lie (searched around).
 
 A person's values belong to a record, not to an email: when the record an email resolves to
 changes (a Lead converted to a Contact, a Contact created for the email, two contacts merged),
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -33,10 +36,38 @@ from pql.lake import Lake, atomic_dir
 # Look a little further back than the last run started: the CRM stamps modification times
 # with its own clock, and HubSpot's search index lags writes by "a few moments".
 CLOCK_SKEW = timedelta(minutes=5)
-META = ("digest", "synced_at", "record")  # the ledger's columns besides the key and the fields
+# The ledger's columns besides the key and the fields.
+META = ("digest", "synced_at", "record", "modified_at", "parent")
+MODIFIED = "modified_at"  # a read's key for the record's modification time (CRM clock)
 MERGED = "merged:"  # record prefix of an email whose contact was merged into another's record
+# A run writing fewer records is simply read again by the next search (part of one page), which
+# then also sees an edit made while it wrote; a larger one's span is searched around.
+EXCLUDE_FROM = 100
+OURS_KEPT = 2  # spans of our writes remembered at most (an older one's records are read again)
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Since:
+    """From when a run looks for what changed in the CRM (`start`), and the spans of the CRM's
+    clock in which all of our own recent writes lie (`ours`): searched around, so a run after
+    one that wrote 10,000 records does not read them all again. An edit made within such a span
+    (while we wrote) is not seen by the search; one made before or after it is."""
+
+    start: datetime
+    ours: tuple[tuple[datetime, datetime], ...] = ()
+
+    def gaps(self) -> list[tuple[datetime, datetime | None]]:
+        """The spans to search, bounds included (None: up to now): from `start` on, less ours."""
+        out, at = [], self.start
+        for lo, hi in sorted(self.ours):
+            if hi < at:
+                continue
+            if lo > at:
+                out.append((at, lo))
+            at = max(at, hi)
+        return [*out, (at, None)]
 
 
 def desired_values(scores: pd.DataFrame, target: HubSpotTarget | SalesforceTarget) -> pd.DataFrame:
@@ -133,6 +164,28 @@ def plan(
     return desired, todo, counts
 
 
+def material(
+    todo: pd.DataFrame,
+    ledger: pd.DataFrame | None,
+    target: HubSpotTarget | SalesforceTarget,
+    min_score_change: float,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rows of `todo` that flip the flag or move the score by at least `min_score_change`
+    against the ledger, and the rest (deferred to a full run). A person the ledger does not
+    hold counts as flag false, score 0: a new PQL goes at once, a small new score waits."""
+    f = target.fields
+    was = ledger.set_index("email") if ledger is not None else pd.DataFrame()
+
+    def before(column: str, default: str) -> pd.Series:
+        held = todo["email"].map(was[column]) if column in was.columns else None
+        return pd.Series(default, index=todo.index) if held is None else held.fillna(default)
+
+    score = pd.to_numeric(todo[f.score], errors="coerce").fillna(0)
+    old = pd.to_numeric(before(f.score, "0"), errors="coerce").fillna(0)
+    small = todo[f.flag].eq(before(f.flag, "false")) & (score - old).abs().lt(min_score_change)
+    return todo[~small], todo[small]
+
+
 def records(ledger: pd.DataFrame | None, key: str = "email") -> dict[str, str]:
     """key → the record that holds its values ("Object/id"), where the ledger knows it."""
     if ledger is None or "record" not in ledger.columns:
@@ -144,6 +197,14 @@ def records(ledger: pd.DataFrame | None, key: str = "email") -> dict[str, str]:
 def merged_away(ledger: pd.DataFrame | None, key: str = "email") -> set[str]:
     """Keys whose record was merged into another person's: never written again."""
     return {k for k, r in records(ledger, key).items() if r.startswith(MERGED)}
+
+
+def column(ledger: pd.DataFrame | None, name: str, keys, key: str = "email") -> dict[str, str]:
+    """key → the ledger's `name` (a META column) for those of `keys` that have one."""
+    if ledger is None or name not in ledger.columns:
+        return {}
+    rows = ledger[among(ledger[key], keys) & ledger[name].notna()]
+    return dict(zip(rows[key], rows[name], strict=True))
 
 
 def relocated(
@@ -259,10 +320,31 @@ def load_ledger(lake: Lake, name: str = "ledger", crm: str = "hubspot") -> pd.Da
 
 def edits_since(lake: Lake, name: str = "ledger", crm: str = "hubspot") -> datetime | None:
     """From when the next run looks for hand edits (the last run's start), or None if never."""
+    since = watermark(lake, name, crm)
+    return since.start if since else None
+
+
+def watermark(lake: Lake, name: str = "ledger", crm: str = "hubspot") -> Since | None:
+    """What the next run searches for changes made in the CRM (see Since), or None if never."""
     path = lake.sync(crm) / name / "state.json"
     if not path.exists():
         return None
-    return datetime.fromisoformat(json.loads(path.read_text())["edits_since"]) - CLOCK_SKEW
+    state = json.loads(path.read_text())
+    start = datetime.fromisoformat(state["edits_since"]) - CLOCK_SKEW
+    ours = [tuple(datetime.fromisoformat(t) for t in span) for span in state.get("ours", [])]
+    return Since(start, tuple(s for s in ours if s[1] >= start))
+
+
+def next_ours(
+    since: Since | None, started: datetime, span: tuple[datetime, datetime] | None, written: int
+) -> list[tuple[datetime, datetime]]:
+    """The spans of our writes the next run searches around: the ones it still reaches back to,
+    and this run's when it wrote EXCLUDE_FROM records or more (the latest OURS_KEPT)."""
+    start = started - CLOCK_SKEW
+    ours = [s for s in (since.ours if since else ()) if s[1] >= start]
+    if span is not None and written >= EXCLUDE_FROM:
+        ours.append(span)
+    return sorted(ours)[-OURS_KEPT:]
 
 
 def update_ledger(
@@ -275,11 +357,12 @@ def update_ledger(
     crm: str = "hubspot",
     run_started: datetime | None = None,
     where: dict[str, str] | None = None,
+    columns: dict[str, dict[str, str]] | None = None,
 ) -> None:
     """Record `written` rows (key and field values) as the CRM's values, held by the records
     in `where`; with `run_started`, the next check for edits, conversions and merges starts
     there (everything the CRM changed since)."""
-    save_ledger(lake, merged_ledger(ledger, written, key, where), name=name, crm=crm,
+    save_ledger(lake, merged_ledger(ledger, written, key, where, columns), name=name, crm=crm,
                 run_started=run_started)  # fmt: skip
 
 
@@ -288,12 +371,16 @@ def merged_ledger(
     written: pd.DataFrame,
     key: str = "email",
     where: dict[str, str] | None = None,
+    columns: dict[str, dict[str, str]] | None = None,
 ) -> pd.DataFrame:
     """The ledger with `written` rows (key and field values) as the CRM's values; `where`
-    gives the record (key → "Object/id") each was written to, or a merged-away marker."""
+    gives the record (key → "Object/id") each was written to, or a merged-away marker;
+    `columns` other META columns of the written rows (name → key → value)."""
     fresh = written.assign(digest=digests(written, key), synced_at=datetime.now(UTC))
     if where:
         fresh = fresh.assign(record=fresh[key].map(where))
+    for name, values in (columns or {}).items():
+        fresh[name] = fresh[key].map(values).astype(object)
     merged = pd.concat([ledger, fresh]) if ledger is not None else fresh
     merged = merged.drop_duplicates(key, keep="last")  # this run's entry wins
     if where and ledger is not None:  # records of keys not written this run (merged away)
@@ -312,14 +399,19 @@ def save_ledger(
     name: str = "ledger",
     crm: str = "hubspot",
     run_started: datetime | None = None,
+    ours: list[tuple[datetime, datetime]] | None = None,
 ) -> None:
-    """Put a merged ledger in place in one step (see update_ledger)."""
+    """Put a merged ledger in place in one step (see update_ledger); `ours`: the spans of our
+    writes the next run searches around (next_ours)."""
     state = lake.sync(crm) / name / "state.json"
     previous = state.read_text() if state.exists() else None
     with atomic_dir(lake.sync(crm) / name) as tmp:
         merged.to_parquet(tmp / "ledger.parquet", index=False)
         if run_started is not None:
-            (tmp / "state.json").write_text(json.dumps({"edits_since": run_started.isoformat()}))
+            saved = {"edits_since": run_started.isoformat()}
+            if ours:
+                saved["ours"] = [[lo.isoformat(), hi.isoformat()] for lo, hi in ours]
+            (tmp / "state.json").write_text(json.dumps(saved))
         elif previous is not None:
             (tmp / "state.json").write_text(previous)
 

@@ -3,7 +3,9 @@
 Same shape as the HubSpot sync (pql.crm.hubspot): desired values per email, diffed against a
 ledger in the lake, only changed records written, per-record results kept under the run folder,
 only successes recorded in the ledger. Records are found by email: a Contact wins, a converted
-Lead writes to its Contact, else the Lead; unknown emails become Leads (create_missing).
+Lead writes to its Contact, else the Lead; unknown emails become Leads (create_missing). Once
+found, a person's record is the ledger's: written by Id, looked up again only when a change
+check sees it move (converted, a Contact created for the email) or a write finds it gone.
 
 Long because it is the whole Salesforce adapter: login, field check, lookups, Collections and
 Bulk API 2.0 writes with lock retries, conversions, Accounts.
@@ -15,19 +17,27 @@ import csv
 import io
 import logging
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import NamedTuple
 
 import pandas as pd
 from simple_salesforce import Salesforce
 from simple_salesforce.api import DEFAULT_API_VERSION
-from simple_salesforce.exceptions import SalesforceExpiredSession
+from simple_salesforce.exceptions import (
+    SalesforceExpiredSession,
+    SalesforceMalformedRequest,
+    SalesforceOperationError,
+)
 
 from pql import http
 from pql.crm import Retargetable, SyncError
 from pql.crm import sync as engine
 from pql.crm.ledger import (
+    MODIFIED,
+    Since,
     changed,
     desired_accounts,
     desired_values,
@@ -40,7 +50,7 @@ from pql.crm.ledger import (
     save_ledger,
     update_ledger,
 )
-from pql.crm.sync import Recent
+from pql.crm.sync import FieldsMissing, Located, Recent
 from pql.crm.targets import SalesforceTarget
 from pql.frames import among
 from pql.lake import Lake
@@ -71,6 +81,8 @@ LEVELS = {
     "Account": ("account_qualified", "account_score", "account_reasons"),
 }
 RESULT_COLUMNS = ["email", "status", "object", "record_id", "status_code", "message", "transient"]
+# A write refused for these: the record was converted or deleted (merged) since it was found.
+GONE = ("CANNOT_UPDATE_CONVERTED_LEAD", "ENTITY_IS_DELETED", "INVALID_CROSS_REFERENCE_KEY")
 
 
 class SalesforceCrm(Retargetable):
@@ -129,7 +141,7 @@ class SalesforceCrm(Retargetable):
     def provision(self) -> None:
         self(lambda s: check_fields(s, self.target))
 
-    def recent(self, since, scores: pd.DataFrame, ledger: pd.DataFrame) -> Recent:
+    def recent(self, since: Since | None, scores: pd.DataFrame, ledger: pd.DataFrame) -> Recent:
         return _recent(self, since, scores, ledger)
 
     def locate(self, emails: list[str], scores: pd.DataFrame) -> dict[str, Found]:
@@ -147,8 +159,16 @@ class SalesforceCrm(Retargetable):
 
     # --- the pipeline's operations (pql.crm.Crm) ---
 
-    def sync(self, lake: Lake, scores: pd.DataFrame, *, dry_run: bool = False) -> dict:
-        return engine.run(self.operation(), lake, scores, dry_run=dry_run)
+    def sync(
+        self,
+        lake: Lake,
+        scores: pd.DataFrame,
+        *,
+        dry_run: bool = False,
+        min_score_change: float | None = None,
+    ) -> dict:
+        return engine.run(self.operation(), lake, scores, dry_run=dry_run,
+                          min_score_change=min_score_change)  # fmt: skip
 
     def sync_accounts(self, lake: Lake, accounts: pd.DataFrame) -> dict:
         return sync_accounts(self, lake, self.target, accounts)
@@ -256,6 +276,10 @@ class Found(NamedTuple):
     def record(self) -> str:
         return f"{self.object}/{self.id}"
 
+    @property
+    def parent(self) -> str | None:
+        return self.account
+
 
 def _mapped(target: SalesforceTarget) -> list[str]:
     f = target.fields.model_dump()
@@ -311,59 +335,56 @@ def find_records(
     return {**leads, **{k: by_id[i] for k, i in converted.items() if i in by_id}, **contacts}
 
 
-def modified_records(
-    call: SalesforceCrm, since: datetime, target: SalesforceTarget
-) -> dict[str, dict]:
-    """match key (lower-cased) → mapped values of the Contacts and open Leads holding a PQL
-    value that Salesforce changed since `since` (a Contact wins over a Lead). A record holding
-    any of score, qualification time or model version counts, so one whose score a rep
-    cleared by hand is found too (long text areas cannot be filtered in SOQL)."""
+def changes(
+    call: SalesforceCrm, since: Since, target: SalesforceTarget, edits: bool
+) -> tuple[list[dict], list[dict]]:
+    """The Leads and the Contacts a run must know of, one query each: Leads converted since
+    `since.start` and Contacts created since (where a person's values may have moved), and with
+    `edits` the open Leads and Contacts holding a PQL value that Salesforce changed in `since`'s
+    gaps (around our own last writes). A record holding any of score, qualification time or
+    model version counts, so one whose score a rep cleared by hand is found too (long text
+    areas cannot be filtered in SOQL)."""
     key, fields = target.match_on, _mapped(target)
-    stamp = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     f = target.fields
     ours = " OR ".join(f"{n} != null" for n in (f.score, f.qualified_at, f.model_version))
-    out: dict[str, dict] = {}
-    for obj, extra in (("Lead", " AND IsConverted = false"), ("Contact", "")):
-        soql = (
-            f"SELECT {key}, {', '.join(fields)} FROM {obj} WHERE SystemModstamp >= {stamp} "
-            f"AND ({ours}){extra}"
-        )
-        for r in call(lambda sf, q=soql: sf.query_all(q))["records"]:
-            k = _values(r, [key])[key]
-            if k:
-                out[str(k).lower()] = _values(r, fields)
-    return out
+    gaps = " OR ".join(
+        f"(SystemModstamp >= {_soql_time(lo)}"
+        + (f" AND SystemModstamp <= {_soql_time(hi, up=True)})" if hi else ")")
+        for lo, hi in since.gaps()
+    )
+    start, cols = _soql_time(since.start), f"Id, {key}, SystemModstamp, {', '.join(fields)}"
+    leads = f"(IsConverted = true AND SystemModstamp >= {start})"
+    contacts = f"CreatedDate >= {start}"
+    if edits:
+        leads += f" OR (IsConverted = false AND ({gaps}) AND ({ours}))"
+        contacts += f" OR (({gaps}) AND ({ours}))"
+    return (
+        call(lambda sf: sf.query_all(f"SELECT {cols}, IsConverted, ConvertedContactId FROM Lead "
+                                     f"WHERE {leads} ORDER BY Id"))["records"],
+        call(lambda sf: sf.query_all(f"SELECT {cols}, CreatedDate FROM Contact "
+                                     f"WHERE {contacts} ORDER BY Id"))["records"],
+    )  # fmt: skip
 
 
-def new_holders(call: SalesforceCrm, since: datetime, target: SalesforceTarget) -> dict[str, str]:
-    """match key (lower-cased) → "Contact/<id>" for people whose values may have moved to a
-    Contact since `since`: Leads converted then (to their Contact) and Contacts created then
-    (by hand, or by a conversion). Only candidates: `find_records` decides where they live."""
-    key = target.match_on
-    stamp = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    out: dict[str, str] = {}
-    for soql, id_field in (
-        (f"SELECT {key}, ConvertedContactId FROM Lead WHERE IsConverted = true "
-         f"AND SystemModstamp >= {stamp}", "ConvertedContactId"),
-        (f"SELECT Id, {key} FROM Contact WHERE CreatedDate >= {stamp} ORDER BY Id", "Id"),
-    ):  # fmt: skip
-        for r in call(lambda sf, q=soql: sf.query_all(q))["records"]:
-            k = _values(r, [key])[key]
-            if k and r.get(id_field):
-                out[str(k).lower()] = f"Contact/{r[id_field]}"
-    return out
+def _soql_time(t: datetime, up: bool = False) -> str:
+    """A SOQL datetime literal (whole seconds; `up`: rounded up, for an upper bound)."""
+    t = t.astimezone(UTC)
+    if up and t.microsecond:
+        t = t.replace(microsecond=0) + timedelta(seconds=1)
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def read_back(call: SalesforceCrm, written: dict[str, tuple[str, str]], target: SalesforceTarget):
-    """email → mapped values held now, for written records given as email → (object, id)."""
+    """email → mapped values held now (and the record's SystemModstamp under MODIFIED), for
+    records given as email → (object, id)."""
     fields = _mapped(target)
     email_of = {rid[:15]: email for email, (_, rid) in written.items()}  # 15 or 18 chars
     out = {}
     for obj in sorted({o for o, _ in written.values()}):
         ids = sorted(rid for o, rid in written.values() if o == obj)
-        for r in in_chunks(call, f"SELECT Id, {', '.join(fields)} FROM {obj} WHERE Id IN ({{in}})",
-                            ids):  # fmt: skip
-            out[email_of[r["Id"][:15]]] = _values(r, fields)
+        for r in in_chunks(call, f"SELECT Id, SystemModstamp, {', '.join(fields)} FROM {obj} "
+                            "WHERE Id IN ({in})", ids):  # fmt: skip
+            out[email_of[r["Id"][:15]]] = {**_values(r, fields), MODIFIED: r.get("SystemModstamp")}
     return out
 
 
@@ -524,50 +545,117 @@ def sync(
     *,
     dry_run: bool = False,
     login: Callable[[], Salesforce] | None = None,
+    min_score_change: float | None = None,
 ) -> dict:
     """Write changed scores to Salesforce Leads/Contacts through the sync engine
     (pql.crm.sync). `sf`: the adapter, or a client (and `login`, making a fresh one once
     when the session expires)."""
-    return engine.run(adapter(sf, login, target), lake, scores, dry_run=dry_run)
+    return engine.run(adapter(sf, login, target), lake, scores, dry_run=dry_run,
+                      min_score_change=min_score_change)  # fmt: skip
 
 
-def _recent(call: SalesforceCrm, since, scores: pd.DataFrame, ledger: pd.DataFrame) -> Recent:
+def _recent(
+    call: SalesforceCrm, since: Since | None, scores: pd.DataFrame, ledger: pd.DataFrame
+) -> Recent:
     """Edits since the last run (overwrite rule) and the people whose record may have changed
     since (Leads converted, Contacts created): found where they live now. A ledger from before
     records were kept has everyone found once: those whose record does not hold what was
     written are written again, the others' records only noted."""
     target = call.target
+    key, fields = target.match_on, _mapped(target)
     key_of = call.keys(scores)
     email_of = {k: e for e, k in key_of.items()}
-    values = {}
-    if target.on_manual_edit == "overwrite" and since:
-        values = {email_of[k]: v for k, v in modified_records(call, since, target).items()
-                  if k in email_of}  # fmt: skip
-    legacy = "record" not in ledger.columns
     held = records(ledger)
+    values, modified, candidates = {}, {}, {}
+    if since is not None:
+        edits = target.on_manual_edit == "overwrite"
+        leads, contacts = changes(call, since, target, edits)
+        start = pd.Timestamp(since.start).floor("s")
+        for obj, rows in (("Lead", leads), ("Contact", contacts)):  # a Contact wins
+            for r in rows:
+                k = _values(r, [key])[key]
+                email = email_of.get(str(k).lower()) if k else None
+                if email is None:
+                    continue
+                if r.get("IsConverted"):
+                    if r.get("ConvertedContactId"):
+                        candidates[email] = f"Contact/{r['ConvertedContactId']}"
+                    continue
+                record = f"{obj}/{r['Id']}"
+                if obj == "Contact" and pd.Timestamp(r["CreatedDate"]) >= start:
+                    candidates[email] = record
+                current = _values(r, fields)
+                # The values of the record the person's values live on, not of a duplicate.
+                if edits and held.get(email, record) == record and any(current.values()):
+                    values[email], modified[email] = current, r.get("SystemModstamp")
+    legacy = "record" not in ledger.columns
     if legacy:
         suspects = set(key_of) & set(ledger["email"])
-    elif since:
-        suspects = {email_of[k] for k, r in new_holders(call, since, target).items()
-                    if k in email_of and held.get(email_of[k]) != r}  # fmt: skip
     else:
-        suspects = set()
+        suspects = {e for e, r in candidates.items() if held.get(e) != r}
     found = call.locate(sorted(suspects), scores) if suspects else {}
     where = {e: f.record for e, f in found.items()}
     if not legacy:
-        return Recent(values=values, holders=where)
+        return Recent(values=values, holders=where, modified=modified, located=found)
     want = desired_values(scores, target).set_index("email")
     differ = differing({e: found[e].values for e in where},
                        {e: want.loc[e].to_dict() for e in where if e in want.index})  # fmt: skip
     return Recent(values=values, holders={e: r for e, r in where.items() if e in differ},
-                  noted=where)  # fmt: skip
+                  noted=where, modified=modified, located=found)  # fmt: skip
 
 
 def _write(
-    call: SalesforceCrm, todo: pd.DataFrame, located: dict[str, Found], scores: pd.DataFrame
+    call: SalesforceCrm,
+    todo: pd.DataFrame,
+    located: dict[str, Located | Found],
+    scores: pd.DataFrame,
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """Update each located record; create a Lead for whom Salesforce does not have (when the
-    match key is known); Bulk API 2.0 at bulk_threshold records, else Collections."""
+    """Update each located record by Id; create a Lead for whom Salesforce does not have (when
+    the match key is known); Bulk API 2.0 at bulk_threshold records, else Collections. A record
+    found converted or deleted is looked up again and written where the person lives now."""
+    counts: dict = {}
+    with clock(call) as spans:
+        writes, not_in_crm = _writes(call, todo, located, scores)
+        results = _send(call, writes)
+        gone = sorted({r["email"] for r in results
+                       if r["status"] == "failed" and r["status_code"] in GONE})  # fmt: skip
+        if gone:
+            log.info("%s of %s records written were converted or deleted since: written where "
+                     "the person lives now", len(gone), len(writes))  # fmt: skip
+            found = call.locate(gone, scores)
+            again, _ = _writes(call, todo[among(todo["email"], gone)], found, scores)
+            redone = dict(zip([w["email"] for w in again], _send(call, again), strict=True))
+            results = [redone.get(r["email"], r) for r in results]
+            writes = [w for w in writes if w["email"] not in redone] + again
+            counts["relocated"] = sum(r["status"] == "written" for r in redone.values())
+    frame = pd.DataFrame(results, columns=RESULT_COLUMNS)
+    bad = frame[frame["status_code"].eq("INVALID_FIELD") & frame["message"].str.contains(
+        "No such column", na=False)]  # fmt: skip
+    if len(bad):
+        raise FieldsMissing(f"Salesforce: {bad['message'].iloc[0]}")
+    frame["record"] = (frame["object"] + "/" + frame["record_id"].astype(str)).where(
+        frame["record_id"].notna()
+    )
+    frame["parent"] = frame["email"].map({w["email"]: w["account"] for w in writes})
+    if spans:  # every write of the run lies between these, on Salesforce's clock
+        frame["modified_from"] = min(lo for lo, _ in spans).isoformat()
+        frame["modified_to"] = max(hi for _, hi in spans).isoformat()
+    ok = frame[frame["status"] == "written"]
+    created = {w["email"] for w in writes if w["id"] is None}
+    counts |= {
+        "created": int(among(ok["email"], created).sum()),
+        "not_in_crm": not_in_crm,
+        "api": "bulk" if len(writes) >= call.target.bulk_threshold else "collections",
+    }
+    return todo, frame, counts
+
+
+def _writes(
+    call: SalesforceCrm, todo: pd.DataFrame, located: dict, scores: pd.DataFrame
+) -> tuple[list[dict], int]:
+    """The writes for `todo` (an update per located record, a new Lead for the others when
+    create_missing and the match key is known), records of one account together; and how
+    many people could not be written."""
     target = call.target
     key_of = call.keys(scores)
     writes, not_in_crm = [], 0
@@ -575,7 +663,8 @@ def _write(
         email, values = row["email"], wire(row, target)
         if email in located:
             f = located[email]
-            obj, rid, account = f.object, f.id, f.account
+            obj, rid = f.record.split("/", 1)
+            account = f.parent
             record = {"attributes": {"type": obj}, "id": rid, **values}
         elif target.create_missing and key_of.get(email):
             obj, rid, account = "Lead", None, None
@@ -588,21 +677,43 @@ def _write(
                        "record": record})  # fmt: skip
     # Records of one account together: fewer parent locks contended across calls.
     writes.sort(key=lambda w: (w["account"] or "", w["object"], w["id"] or ""))
-    bulk = len(writes) >= target.bulk_threshold
-    results = pd.DataFrame(
-        (_bulk if bulk else write_collections)(call, writes) if writes else [],
-        columns=RESULT_COLUMNS,
-    )
-    results["record"] = (results["object"] + "/" + results["record_id"].astype(str)).where(
-        results["record_id"].notna()
-    )
-    ok = results[results["status"] == "written"]
-    counts = {
-        "created": int((ok["record_id"].notna() & ~among(ok["email"], located)).sum()),
-        "not_in_crm": not_in_crm,
-        "api": "bulk" if bulk else "collections",
-    }
-    return todo, results, counts
+    return writes, not_in_crm
+
+
+def _send(call: SalesforceCrm, writes: list[dict]) -> list[dict]:
+    """One result per write, in order: Bulk API 2.0 at bulk_threshold writes, else Collections.
+    FieldsMissing when Salesforce refuses the request for a field it does not have."""
+    if not writes:
+        return []
+    bulk = len(writes) >= call.target.bulk_threshold
+    try:
+        return (_bulk if bulk else write_collections)(call, writes)
+    except (SalesforceMalformedRequest, SalesforceOperationError) as e:
+        if "No such column" in str(e) or "Field name not found" in str(e):
+            raise FieldsMissing(f"Salesforce: {e}") from e
+        raise
+
+
+@contextmanager
+def clock(call: SalesforceCrm) -> Iterator[list[tuple[datetime, datetime]]]:
+    """Spans of Salesforce's clock holding the handling of each call made inside: its answer's
+    Date (whole seconds) less the round trip, to that Date plus a second. Salesforce does not
+    say when it saved a record; these bound it without a query."""
+    spans: list[tuple[datetime, datetime]] = []
+
+    def hook(response, *args, **kwargs) -> None:
+        try:
+            at = parsedate_to_datetime(response.headers["Date"])
+        except (KeyError, TypeError, ValueError):
+            return
+        spans.append((at - response.elapsed, at + timedelta(seconds=1)))
+
+    session = call(lambda sf: sf.session)
+    session.hooks["response"].append(hook)
+    try:
+        yield spans
+    finally:
+        session.hooks["response"].remove(hook)
 
 
 def match_keys(scores: pd.DataFrame, target: SalesforceTarget) -> dict[str, str]:

@@ -1,27 +1,37 @@
 """The one sync engine: the same policy for every CRM; the adapter makes the CRM's calls.
 
 A run, whichever the CRM:
-1. **Plan.** Desired values per person against the ledger: only what changed is written.
-   Meanwhile the adapter checks its fields exist and asks what the CRM changed since the last
-   run (`People.recent`).
+1. **Plan.** Desired values per person against the ledger: only what changed is written (with
+   `min_score_change`, only what flips the flag or moves the score that much; the rest waits
+   for a full run). Meanwhile the adapter asks what the CRM changed since the last run
+   (`People.recent`), around the spans of our own last writes, and checks its fields exist when
+   no passed check is remembered (a day, the same fields).
 2. **Records that moved.** A person whose record changed since the last run (a Lead converted,
    a Contact created, two contacts merged) gets the full values written where they live now;
    an email a merge made secondary is never written again.
 3. **Hand edits.** Values edited in the CRM since we wrote them: `overwrite` writes the computed
-   values back, `keep` leaves those records out.
-4. **Write** (`People.write`), per-record results kept in the run folder.
+   values back, `keep` leaves those records out. A record whose modification time is the one
+   our write left holds no edit.
+4. **Write** (`People.write`) to the record the ledger names (looked up when it names none),
+   per-record results kept in the run folder. A write refused for a field the CRM does not
+   have checks the fields again (saying what to create) and is sent once more.
 5. **Verify.** A sample is read back (all of it when the sample finds a lost write); a record
    the CRM does not hold as sent is failed, stays out of the ledger and is sent again.
-6. **Ledger.** Only what the CRM holds is recorded, with the record holding it, in one step.
+6. **Ledger.** Only what the CRM holds is recorded, with the record holding it and the CRM's
+   time of the write, in one step.
 7. **Failure share.** More rejected records than `max_failed_share` fails the run.
+
+A run with nothing to write makes only `recent`'s calls (HubSpot: a search per span around our
+writes; Salesforce: a query per object).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import pandas as pd
@@ -29,23 +39,36 @@ import pandas as pd
 from pql.crm import SyncError
 from pql.crm.ledger import (
     MERGED,
+    MODIFIED,
+    Since,
     apply_manual_edits,
+    column,
     diff_sample,
-    edits_since,
     load_ledger,
+    material,
     merged_ledger,
+    next_ours,
     plan,
     records,
     relocated,
+    same_value,
     save_ledger,
     to_verify,
     unverified,
     verify_rest,
+    watermark,
 )
 from pql.frames import among
-from pql.lake import Lake, atomic_dir
+from pql.lake import Lake, atomic_dir, atomic_file
 
 log = logging.getLogger(__name__)
+
+PROVISION_EVERY = timedelta(days=1)  # a passed field check is trusted this long
+
+
+class FieldsMissing(SyncError):
+    """The CRM refused a write for a field it does not have (removed or renamed since the
+    fields were checked)."""
 
 
 @dataclass
@@ -59,14 +82,20 @@ class Recent:
     holders: dict[str, str] = field(default_factory=dict)
     # email → record to note in the ledger without writing (an old ledger's people, found once)
     noted: dict[str, str] = field(default_factory=dict)
+    # email → the CRM's modification time of the record `values` were read from
+    modified: dict[str, str] = field(default_factory=dict)
+    # email → where people found while looking for moves live now (written there)
+    located: dict[str, Located] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Located:
-    """The record an email resolves to now ("Contact/003…", "contacts/123") and its values."""
+    """The record an email resolves to now ("Contact/003…", "contacts/123"), its values (empty
+    when not read) and its parent (the Account a Contact's write locks), where known."""
 
     record: str
     values: dict
+    parent: str | None = None
 
 
 class People(Protocol):
@@ -81,8 +110,8 @@ class People(Protocol):
     def provision(self) -> None:
         """Check (or create) the fields the sync writes; SyncError naming what is missing."""
 
-    def recent(self, since: datetime | None, scores: pd.DataFrame, ledger: pd.DataFrame) -> Recent:
-        """What changed in the CRM since `since` (edits, moves, merges)."""
+    def recent(self, since: Since | None, scores: pd.DataFrame, ledger: pd.DataFrame) -> Recent:
+        """What changed in the CRM in `since`'s gaps (edits, moves, merges)."""
 
     def locate(self, emails: list[str], scores: pd.DataFrame) -> dict[str, Located]:
         """The records these emails resolve to now, with their current values."""
@@ -91,81 +120,123 @@ class People(Protocol):
         self, todo: pd.DataFrame, located: dict[str, Located], scores: pd.DataFrame
     ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
         """Write `todo` (a person not located is created, create_missing being on); returns the
-        rows sent, one result per record (email, status, record, message, transient and the
-        CRM's own columns) and counts of its own (not_in_crm: people it could not write)."""
+        rows sent, one result per record (email, status, record, message, transient, the CRM's
+        own columns, and where known `modified_at`, the CRM's time of the write, and
+        `modified_from`/`modified_to`, bounds on it) and counts of its own (not_in_crm: people
+        it could not write). FieldsMissing when the CRM does not have a field written."""
 
     def read(self, where: dict[str, str]) -> dict[str, dict]:
-        """email → the values held now by the records in `where` (email → record)."""
+        """email → the values held now by the records in `where` (email → record), with the
+        record's modification time under MODIFIED where the CRM says it."""
 
 
-def run(crm: People, lake: Lake, scores: pd.DataFrame, *, dry_run: bool = False) -> dict:
+def run(
+    crm: People,
+    lake: Lake,
+    scores: pd.DataFrame,
+    *,
+    dry_run: bool = False,
+    min_score_change: float | None = None,
+) -> dict:
     """Write the people whose values changed to the CRM; record every result; update the
-    ledger. An unchanged re-run makes no write calls; failed records are sent again next run."""
+    ledger. An unchanged re-run makes no write calls; failed records are sent again next run.
+    With `min_score_change`, a change that neither flips the flag nor moves the score that much
+    is deferred (counted, written by the next run without it)."""
     target, kind = crm.target, crm.kind
     started = datetime.now(UTC)
     ledger = load_ledger(lake, crm=kind)
-    since = edits_since(lake, crm=kind) if ledger is not None else None
+    since = watermark(lake, crm=kind) if ledger is not None else None
     with ThreadPoolExecutor(max_workers=1) as pool:
-        # The provisioning check, then the search for what changed in the CRM, run while the
-        # diff is computed: the first write goes out as soon as the diff is done.
-        ready = None if dry_run else pool.submit(crm.provision)
+        # The provisioning check (when due), then the search for what changed in the CRM, run
+        # while the diff is computed: the first write goes out as soon as the diff is done.
+        due = not dry_run and not _provisioned(lake, crm)
+        ready = pool.submit(crm.provision) if due else None
         seen = None if dry_run or ledger is None else pool.submit(crm.recent, since, scores, ledger)
         desired, todo, counts = plan(scores, ledger, target)
+        if min_score_change is not None:
+            todo, later = material(todo, ledger, target, min_score_change)
+            counts["deferred"] = len(later)
+            if len(later):
+                log.info("%s sync: %s of %s changed records deferred (flag unchanged, score moved "
+                         "less than %s): the next full run writes them", crm.label, len(later),
+                         len(todo) + len(later), min_score_change)  # fmt: skip
         if dry_run:
             return {**counts, "would_write": len(todo), "sample": diff_sample(todo, ledger)}
-        ready.result()
-        recent = seen.result() if seen else Recent()
+        if ready is not None:
+            ready.result()
+            _remember_provisioned(lake, crm)
+        recent = _own_writes(seen.result(), ledger) if seen else Recent()
     todo, moved, away = _moves(todo, desired, ledger, recent.holders, counts)
     if ledger is not None and target.on_manual_edit == "overwrite":
         current = {e: v for e, v in recent.values.items() if e not in moved}
         todo, found = apply_manual_edits(todo, desired, ledger, current, "overwrite")
         counts.update(found)
     known = set(ledger["email"]) - moved if ledger is not None else set()
-    need = set(todo["email"]) if crm.writes_by_record else set()
+    held = {e: r for e, r in records(ledger).items() if e in known and not r.startswith(MERGED)}
+    emails = set(todo["email"])
+    located = {e: recent.located[e] for e in emails & moved if e in recent.located}
+    need = set()
+    if crm.writes_by_record:  # where the ledger names the record, it is written there directly
+        parents = column(ledger, "parent", emails & set(held))
+        located |= {e: Located(held[e], {}, parents.get(e)) for e in emails & set(held)}
+        need = emails - set(located)
+    if not target.create_missing:
+        need |= emails - set(ledger["email"] if ledger is not None else ())
     if ledger is not None and target.on_manual_edit == "keep":
         # An edit made any time since we wrote a record survives: read the records about to
-        # be written; a record new to a person holds nobody's edit.
-        need |= set(todo["email"]) & known
-    if not target.create_missing:
-        need |= set(todo["email"]) - set(ledger["email"] if ledger is not None else ())
-    located = crm.locate(sorted(need), scores) if need else {}
+        # be written (by the record the ledger names, else found); a record new to a person
+        # holds nobody's edit.
+        need |= (emails & known) - set(held)
+    found = crm.locate(sorted(need), scores) if need else {}
+    located |= found
     if ledger is not None and target.on_manual_edit == "keep":
-        current = {e: located[e].values for e in todo["email"] if e in known and e in located}
-        todo, found = apply_manual_edits(todo, desired, ledger, current, "keep")
-        counts.update(found)
+        read = {e: held[e] for e in emails & known if e in held}
+        current = {e: _values(v) for e, v in (crm.read(read) if read else {}).items()}
+        current |= {e: found[e].values for e in emails & known if e in found}
+        todo, kept = apply_manual_edits(todo, desired, ledger, current, "keep")
+        counts.update(kept)
     missing = pd.Series(False, index=todo.index)
     if not target.create_missing:  # of those looked up, the ones the CRM does not have
         missing = among(todo["email"], need) & ~among(todo["email"], located)
         todo = todo[~missing]
-    todo, results, own = crm.write(todo, located, scores)
+    todo, results, own = _write(crm, lake, todo, located, scores)
     if not target.create_missing or "not_in_crm" in own:
         own["not_in_crm"] = int(missing.sum()) + own.get("not_in_crm", 0)
     counts.update(own)
     ok = results[results["status"] == "written"]
     checked = to_verify(ok["email"], target.verify, target.verify_sample)
     where = {**recent.noted, **away, **dict(zip(ok["email"], ok["record"], strict=True))}
+    columns = {"modified_at": _column(ok, "modified_at"), "parent": _column(ok, "parent")}
+    read_at: dict[str, str] = {}  # modification times the read-back saw
     with ThreadPoolExecutor(max_workers=1) as pool:
         # The read-back waits for the rate window: the new ledger is built meanwhile.
-        held = pool.submit(crm.read, {e: where[e] for e in checked}) if checked else None
-        merged = merged_ledger(ledger, todo[among(todo["email"], ok["email"])], where=where)
-        if held is not None:
-            results = unverified(results, todo, held.result(), checked)
+        back = pool.submit(crm.read, {e: where[e] for e in checked}) if checked else None
+        merged = merged_ledger(ledger, todo[among(todo["email"], ok["email"])], where=where,
+                               columns=columns)  # fmt: skip
+        if back is not None:
+            held = back.result()
+            results = unverified(results, todo, held, checked)
             if rest := verify_rest(results, checked, target.verify):
-                results = unverified(results, todo, crm.read({e: where[e] for e in rest}), rest)
+                held |= crm.read({e: where[e] for e in rest})
+                results = unverified(results, todo, held, rest)
+            read_at = {e: str(v[MODIFIED]) for e, v in held.items() if v.get(MODIFIED)}
     written = results[results["status"] == "written"]
-    if len(written) < len(ok):  # the CRM did not keep some writes: they stay out
-        lost = set(ok["email"]) - set(written["email"])
+    lost = set(ok["email"]) - set(written["email"])
+    if lost or read_at:  # the CRM did not keep some writes: they stay out
         where = {e: r for e, r in where.items() if e not in lost}
-        merged = merged_ledger(ledger, todo[among(todo["email"], written["email"])], where=where)
+        columns["modified_at"] = {**columns["modified_at"], **read_at}
+        merged = merged_ledger(ledger, todo[among(todo["email"], written["email"])],
+                               where=where, columns=columns)  # fmt: skip
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     run_dir = lake.sync(kind) / f"run={run_id}"
     with atomic_dir(run_dir) as tmp:
         results.to_parquet(tmp / "results.parquet", index=False)
-    save_ledger(lake, merged, crm=kind, run_started=started)
+    ours = next_ours(since, started, _span(ok), len(ok))
+    save_ledger(lake, merged, crm=kind, run_started=started, ours=ours)
     failed = results[results["status"] == "failed"]
     counts.update(written=len(written), failed=len(failed), run=run_id)
-    log.info("%(label)s sync: %(written)s written, %(unchanged)s unchanged, %(failed)s failed, "
-             "%(skipped_no_email)s without an email; all counts: %(all)s",
+    log.info("%(label)s sync: %(written)s of %(candidates)s written, %(unchanged)s unchanged, "
+             "%(failed)s failed, %(skipped_no_email)s without an email; all counts: %(all)s",
              {**counts, "label": crm.label, "all": counts})  # fmt: skip
     # Measured against every record the run is responsible for, so one permanently bad
     # record retried on a quiet day does not fail the run on its own.
@@ -180,6 +251,82 @@ def run(crm: People, lake: Lake, scores: pd.DataFrame, *, dry_run: bool = False)
             f"All results: {run_dir}"
         )
     return counts
+
+
+def _write(crm: People, lake: Lake, todo, located, scores):
+    """People.write; a write refused for a missing field checks the fields again (which says
+    what to create, or creates it) and is sent once more."""
+    try:
+        return crm.write(todo, located, scores)
+    except FieldsMissing as e:
+        _forget_provisioned(lake, crm)
+        log.warning("%s refused a write for a field it does not have (%s): checking the fields "
+                    "again", crm.label, e)  # fmt: skip
+        crm.provision()
+        _remember_provisioned(lake, crm)
+        return crm.write(todo, located, scores)
+
+
+def _values(read: dict) -> dict:
+    return {k: v for k, v in read.items() if k != MODIFIED}
+
+
+def _column(results: pd.DataFrame, name: str) -> dict[str, str]:
+    """email → the results' `name` where it has one."""
+    if name not in results.columns:
+        return {}
+    rows = results[results[name].notna()]
+    return dict(zip(rows["email"], rows[name].astype(str), strict=True))
+
+
+def _span(ok: pd.DataFrame) -> tuple[datetime, datetime] | None:
+    """The span of the CRM's clock holding every write in `ok`, or None where one is unknown."""
+    if ok.empty or not {"modified_from", "modified_to"} <= set(ok.columns):
+        return None
+    lo, hi = (pd.to_datetime(ok[c], utc=True, format="ISO8601")
+              for c in ("modified_from", "modified_to"))  # fmt: skip
+    if lo.isna().any() or hi.isna().any():
+        return None
+    return lo.min().to_pydatetime(), hi.max().to_pydatetime()
+
+
+def _own_writes(recent: Recent, ledger: pd.DataFrame | None) -> Recent:
+    """`recent` less the values of records whose modification time is the one our write left
+    (found again at a span's edge, or written by a run too small to search around)."""
+    stamps = column(ledger, "modified_at", recent.modified)
+    ours = {e for e, t in recent.modified.items() if e in stamps and same_value(stamps[e], t)}
+    if not ours:
+        return recent
+    values = {e: v for e, v in recent.values.items() if e not in ours}
+    return Recent(values=values, holders=recent.holders, noted=recent.noted,
+                  modified=recent.modified, located=recent.located)  # fmt: skip
+
+
+def _checked_fields(crm: People) -> dict:
+    """What a field check covers, as settings: a change to them checks again."""
+    return {"kind": crm.kind, **crm.target.model_dump(include={"fields", "property_group"})}
+
+
+def _provisioned(lake: Lake, crm: People) -> bool:
+    """A field check of these settings passed less than PROVISION_EVERY ago."""
+    path = lake.sync(crm.kind) / "provisioned.json"
+    try:
+        done = json.loads(path.read_text())
+        at = datetime.fromisoformat(done["checked_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    fresh = timedelta(0) <= datetime.now(UTC) - at < PROVISION_EVERY
+    return fresh and done.get("checked") == _checked_fields(crm)
+
+
+def _remember_provisioned(lake: Lake, crm: People) -> None:
+    done = {"checked": _checked_fields(crm), "checked_at": datetime.now(UTC).isoformat()}
+    with atomic_file(lake.sync(crm.kind) / "provisioned.json", "w") as f:
+        json.dump(done, f)
+
+
+def _forget_provisioned(lake: Lake, crm: People) -> None:
+    (lake.sync(crm.kind) / "provisioned.json").unlink(missing_ok=True)
 
 
 def _moves(
