@@ -206,11 +206,20 @@ class DayWriter(PartitionedWriter):
         return super()._new_temp(key)
 
 
-def write_events(state: SandboxState, lines: Iterable[dict], *, append: bool = False) -> dict:
-    """Write export lines into their day files (see `DayWriter`); returns lines per day."""
+def write_events(
+    state: SandboxState, lines: Iterable[dict], *, append: bool = False, index: bool = False
+) -> dict:
+    """Write export lines into their day files (see `DayWriter`); returns lines per day.
+
+    With `index`, each written day's processing-time index is built at once (`index_day`), so
+    not even the first processing-time export of a large day waits for it.
+    """
     with DayWriter(state, append=append) as writer:
         for line in lines:
             writer.write(line)
+    if index:
+        for day in writer.counts:
+            index_day(state, day)
     return writer.counts
 
 
@@ -1056,7 +1065,9 @@ def _select_line(raw: bytes, query: ExportQuery, cutoff_ms: float | None = None)
             return None
         if not query.rewrites_lines:
             return raw
-    properties = line.get("properties") or {}
+    properties = line.get("properties")
+    if not isinstance(properties, dict):
+        properties = {}  # nothing to filter on (the real export never has such a line)
     if query.events is not None and line.get("event") not in query.events:
         return None
     if query.where is not None and not query.where(properties):
