@@ -6,7 +6,11 @@ Storage, owned by this module and written by the world generator through its hel
   exactly an export line ``{"event": ..., "properties": {...}}`` with ``properties.time`` in whole
   seconds. Modern projects store true UTC seconds; legacy projects (created before 2023) store
   local wall-clock seconds. Either way a line belongs to the calendar day of its stored ``time``
-  value (``project_day``), so ``DayWriter`` can file lines without knowing the timezone.
+  value (``project_day``), so ``DayWriter`` can file lines without knowing the timezone. Every
+  line carries ``properties.mp_processing_time_ms`` (true UTC milliseconds; the writers fill a
+  missing one from ``time``), and each day has sidecars under ``.index/``: a catalog of the
+  lines' processing times and an index ordered by them (see "Processing-time catalog and
+  index"; ``write_events(..., index=True)`` or ``index_day`` build the index ahead).
 * Profiles: SQLite table ``mixpanel_profiles(distinct_id, properties)``, see ``upsert_profiles``.
 
 Endpoints (shapes follow Mixpanel's docs and observed behaviour):
@@ -15,7 +19,11 @@ Endpoints (shapes follow Mixpanel's docs and observed behaviour):
   legacy project secret; dates are project days, ``to_date`` may not be later than today in the
   project timezone (setting ``mixpanel_project_timezone``, default UTC; set it only for a legacy
   project, since a modern project's dates are UTC days whatever its display timezone); JSON-lines
-  body streamed in chunks, gzip-compressed when asked for and larger than 1400 bytes.
+  body streamed in chunks, gzip-compressed when asked for and larger than 1400 bytes. "Today"
+  and "now" are the sandbox clock's (``SandboxState.now``, setting ``clock_offset_s``): an event
+  is exported only once that clock is ``mixpanel_export_delay_s`` past its processing time, and a
+  ``where`` on ``properties["mp_processing_time_ms"]`` is served from the day's index
+  (docs/mixpanel.md §12).
 * ``GET|POST /api/2.0/engage`` and ``/api/query/engage``: paged profile query with
   ``session_id``/``page``/``total`` semantics that mixpanel-utils relies on.
 

@@ -135,9 +135,9 @@ class SandboxState:
     def now(self) -> datetime:
         """The sandbox clock: the real UTC time plus setting `clock_offset_s` (aware, UTC).
 
-        Every emulator asks it, not the system clock, whatever depends on "now" (Mixpanel's
-        today and export delay, Amplitude's exportable hours, rate windows), so moving the
-        offset (POST /_sandbox/settings) moves them together.
+        The emulators ask it, not the system clock, what depends on "now" (Mixpanel's today,
+        export delay and rate windows; Amplitude's exportable hours), so moving the offset
+        (POST /_sandbox/settings) moves them together.
         """
         return datetime.now(UTC) + timedelta(seconds=self.clock_offset_s)
 

@@ -209,6 +209,16 @@ def test_export_delay_hides_fresh_events_until_the_clock_passes_them(sandbox, ev
     assert ids(export(sandbox)) == ids(events)
 
 
+def test_sandbox_clock_is_real_time_plus_the_offset(sandbox):
+    assert sandbox.settings["clock_offset_s"] == 0
+    assert abs(sandbox.now() - datetime.now(UTC)) < timedelta(seconds=1)
+    assert sandbox.now().tzinfo is not None and sandbox.now().utcoffset() == timedelta(0)
+    set_clock(sandbox, MIDNIGHT)
+    assert abs(sandbox.now() - MIDNIGHT) < timedelta(seconds=1)
+    sandbox.settings["clock_offset_s"] = 3600
+    assert abs(sandbox.now() - datetime.now(UTC) - timedelta(hours=1)) < timedelta(seconds=1)
+
+
 def test_to_date_later_than_today_follows_the_sandbox_clock(sandbox, events):
     creds = sandbox.credentials["mixpanel"]
     auth = (creds["username"], creds["secret"])
