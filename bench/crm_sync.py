@@ -8,13 +8,16 @@ straight into its store, and the sync ledger to match). Then:
 
 1. 10% of the scores change and `crm.sync` runs: write calls, read calls, 429s, seconds,
    records per second, and the request rate against the 10 requests/s the limit allows;
-2. the same scores again: an unchanged re-run must make no write call;
+2. the same scores again, right after: an unchanged re-run (what a speed-to-lead run every 5
+   minutes usually is) must make no write call and at most 2 calls in all: no provisioning
+   check (remembered for a day) and a change search that goes around the records the last run
+   wrote instead of reading them all again;
 3. the naive way, one request per changed record, on a sample of the same changes
    (extrapolated per record), in the same process.
 
-Targets: write calls = ceil(changed / 100) plus a small constant; zero writes when unchanged;
-throughput at least 90% of what the limit allows (the least time a rolling window of 100 calls
-per 10 s allows for the calls made, over the time taken).
+Targets: write calls = ceil(changed / 100) plus a small constant; zero writes and at most 2
+calls when unchanged; throughput at least 90% of what the limit allows (the least time a
+rolling window of 100 calls per 10 s allows for the calls made, over the time taken).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from sandbox.hubspot import HubSpotStore
 from sandbox.state import SandboxState
 
 LIMIT = 100  # requests per rolling 10 s (HubSpot Free/Starter private apps)
+QUIET = 2  # calls at most for a run with nothing to write
 
 
 def scores(n: int, changed: int = 0) -> pd.DataFrame:
@@ -143,8 +147,8 @@ def main() -> None:
                   f"{result['unchanged']:,} unchanged, {result['failed']} failed in "
                   f"{seconds:.1f} s")  # fmt: skip
             print(f"  calls: {run['write']} write, {run['read']} read (read-back), "
-                  f"{run['other']} other (provisioning check), {run['429']} answered 429; "
-                  f"{run['search']} search (hand edits since yesterday's run)")  # fmt: skip
+                  f"{run['other']} other (provisioning check, once a day), {run['429']} answered "
+                  f"429; {run['search']} search (changes since yesterday's run)")  # fmt: skip
             rate = made / seconds
             # The least time the limit allows for these calls: every full window of LIMIT
             # calls costs 10 s, the rest go out at once.
@@ -160,9 +164,11 @@ def main() -> None:
             again = crm.sync(hs, lake, target, today)
             local = time.perf_counter() - t
             rerun = calls(base, before)
-            print(f"\nunchanged re-run: {again['written']} written, {rerun['write']} write calls, "
-                  f"{rerun['other']} other (provisioning check), {rerun['search']} search (finds "
-                  f"the {changed:,} records the last run wrote), {local:.1f} s")  # fmt: skip
+            quiet = rerun["write"] + rerun["read"] + rerun["other"] + rerun["search"]
+            print(f"\nunchanged re-run right after: {again['written']} written, {quiet} calls in "
+                  f"all: {rerun['write']} write, {rerun['read']} read, {rerun['other']} other "
+                  f"(provisioning check), {rerun['search']} search (around the "
+                  f"{changed:,} records the last run wrote), {local:.1f} s")  # fmt: skip
 
             sample = scores(n, changed).head(args.naive_sample).assign(score=1, flag=False)
             naive_s = naive(hs, sample, target) / len(sample) * changed
@@ -183,6 +189,8 @@ def main() -> None:
         f"  unchanged re-run write calls {rerun['write']}: "
         + ("met" if rerun["write"] == 0 else "NOT met")
     )
+    print(f"  unchanged re-run calls {quiet} (at most {QUIET}): "
+          + ("met" if quiet <= QUIET else "NOT met"))  # fmt: skip
     print(
         f"  throughput {share:.0%} of what the limit allows: "
         + ("met" if share >= 0.9 else "NOT met (or the run fits one window: latency-bound)")

@@ -482,16 +482,22 @@ def search_all(hs: HubSpot, object_type: str, filters: list, properties: list[st
         groups = [FilterGroup(filters=[*filters, *alt, above]) for alt in any_of or [[]]]
         while True:
             limited(hs, "search")
-            page = hs.crm.objects.search_api.do_search(
-                object_type=object_type,
-                public_object_search_request=PublicObjectSearchRequest(
-                    filter_groups=groups,
-                    sorts=[{"propertyName": "hs_object_id", "direction": "ASCENDING"}],
-                    properties=properties,
-                    limit=SEARCH_PAGE,
-                    after=after,
-                ),
-            )
+            try:
+                page = hs.crm.objects.search_api.do_search(
+                    object_type=object_type,
+                    public_object_search_request=PublicObjectSearchRequest(
+                        filter_groups=groups,
+                        sorts=[{"propertyName": "hs_object_id", "direction": "ASCENDING"}],
+                        properties=properties,
+                        limit=SEARCH_PAGE,
+                        after=after,
+                    ),
+                )
+            except Exception as e:  # each hubspot package has its own ApiException class
+                body = str(getattr(e, "body", "") or "")
+                if getattr(e, "status", None) == 400 and "does not exist" in body:
+                    raise FieldsMissing(f"HubSpot: {_error_message(body) or body}") from None
+                raise
             for r in page.results or []:
                 last_id = max(last_id, int(r.id))
                 yield r

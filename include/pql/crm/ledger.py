@@ -191,12 +191,16 @@ def records(ledger: pd.DataFrame | None, key: str = "email") -> dict[str, str]:
     if ledger is None or "record" not in ledger.columns:
         return {}
     known = ledger[ledger["record"].notna()]
-    return dict(zip(known[key], known["record"], strict=True))
+    # As lists: iterating pandas' text columns costs a microsecond a value.
+    return dict(zip(known[key].tolist(), known["record"].tolist(), strict=True))
 
 
 def merged_away(ledger: pd.DataFrame | None, key: str = "email") -> set[str]:
     """Keys whose record was merged into another person's: never written again."""
-    return {k for k, r in records(ledger, key).items() if r.startswith(MERGED)}
+    if ledger is None or "record" not in ledger.columns:
+        return set()
+    away = ledger["record"].astype("string").str.startswith(MERGED).fillna(False).astype(bool)
+    return set(ledger.loc[away, key].tolist())
 
 
 def column(ledger: pd.DataFrame | None, name: str, keys, key: str = "email") -> dict[str, str]:
@@ -358,12 +362,13 @@ def update_ledger(
     run_started: datetime | None = None,
     where: dict[str, str] | None = None,
     columns: dict[str, dict[str, str]] | None = None,
+    ours: list[tuple[datetime, datetime]] | None = None,
 ) -> None:
     """Record `written` rows (key and field values) as the CRM's values, held by the records
     in `where`; with `run_started`, the next check for edits, conversions and merges starts
-    there (everything the CRM changed since)."""
+    there (everything the CRM changed since, around the spans `ours` of our writes)."""
     save_ledger(lake, merged_ledger(ledger, written, key, where, columns), name=name, crm=crm,
-                run_started=run_started)  # fmt: skip
+                run_started=run_started, ours=ours)  # fmt: skip
 
 
 def merged_ledger(

@@ -297,9 +297,18 @@ def in_chunks(call: SalesforceCrm, soql: str, values: list[str]) -> list[dict]:
     out = []
     for i in range(0, len(values), LOOKUP):
         quoted = ", ".join(soql_quote(v) for v in values[i : i + LOOKUP])
-        statement = soql.replace("{in}", quoted)
-        out += call(lambda sf, q=statement: sf.query_all(q))["records"]
+        out += query(call, soql.replace("{in}", quoted))
     return out
+
+
+def query(call: SalesforceCrm, soql: str) -> list[dict]:
+    """Every record of `soql`; FieldsMissing when the org has no field it names."""
+    try:
+        return call(lambda sf: sf.query_all(soql))["records"]
+    except SalesforceMalformedRequest as e:
+        if "No such column" in str(e):
+            raise FieldsMissing(f"Salesforce: {e}") from e
+        raise
 
 
 def find_records(
@@ -359,10 +368,9 @@ def changes(
         leads += f" OR (IsConverted = false AND ({gaps}) AND ({ours}))"
         contacts += f" OR (({gaps}) AND ({ours}))"
     return (
-        call(lambda sf: sf.query_all(f"SELECT {cols}, IsConverted, ConvertedContactId FROM Lead "
-                                     f"WHERE {leads} ORDER BY Id"))["records"],
-        call(lambda sf: sf.query_all(f"SELECT {cols}, CreatedDate FROM Contact "
-                                     f"WHERE {contacts} ORDER BY Id"))["records"],
+        query(call, f"SELECT {cols}, IsConverted, ConvertedContactId FROM Lead WHERE {leads} "
+                    "ORDER BY Id"),
+        query(call, f"SELECT {cols}, CreatedDate FROM Contact WHERE {contacts} ORDER BY Id"),
     )  # fmt: skip
 
 

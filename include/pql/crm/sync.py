@@ -149,50 +149,50 @@ def run(
     with ThreadPoolExecutor(max_workers=1) as pool:
         # The provisioning check (when due), then the search for what changed in the CRM, run
         # while the diff is computed: the first write goes out as soon as the diff is done.
-        due = not dry_run and not _provisioned(lake, crm)
-        ready = pool.submit(crm.provision) if due else None
-        seen = None if dry_run or ledger is None else pool.submit(crm.recent, since, scores, ledger)
+        seen = None if dry_run else pool.submit(_changes, crm, lake, since, scores, ledger)
         desired, todo, counts = plan(scores, ledger, target)
+        later = todo.head(0)
         if min_score_change is not None:
             todo, later = material(todo, ledger, target, min_score_change)
-            counts["deferred"] = len(later)
-            if len(later):
-                log.info("%s sync: %s of %s changed records deferred (flag unchanged, score moved "
-                         "less than %s): the next full run writes them", crm.label, len(later),
-                         len(todo) + len(later), min_score_change)  # fmt: skip
         if dry_run:
-            return {**counts, "would_write": len(todo), "sample": diff_sample(todo, ledger)}
-        if ready is not None:
-            ready.result()
-            _remember_provisioned(lake, crm)
-        recent = _own_writes(seen.result(), ledger) if seen else Recent()
+            return {**counts, **({"deferred": len(later)} if min_score_change is not None else {}),
+                    "would_write": len(todo), "sample": diff_sample(todo, ledger)}  # fmt: skip
+        recent = _own_writes(seen.result(), ledger)
     todo, moved, away = _moves(todo, desired, ledger, recent.holders, counts)
     if ledger is not None and target.on_manual_edit == "overwrite":
         current = {e: v for e, v in recent.values.items() if e not in moved}
         todo, found = apply_manual_edits(todo, desired, ledger, current, "overwrite")
         counts.update(found)
-    known = set(ledger["email"]) - moved if ledger is not None else set()
-    held = {e: r for e, r in records(ledger).items() if e in known and not r.startswith(MERGED)}
+    if min_score_change is not None:  # those a move or an edit brought back are written now
+        waiting = len(later) - int(among(later["email"], todo["email"]).sum())
+        counts["deferred"] = waiting
+        if waiting:
+            log.info("%s sync: %s of %s changed records deferred (flag unchanged, score moved less "
+                     "than %s): the next full run writes them", crm.label, waiting,
+                     counts["candidates"] - counts["unchanged"], min_score_change)  # fmt: skip
     emails = set(todo["email"])
+    # Of the people about to be written: those the ledger holds (not moved), and their records.
+    mine = ledger[among(ledger["email"], emails)] if ledger is not None else None
+    known = set(mine["email"].tolist()) - moved if mine is not None else set()
+    held = {e: r for e, r in records(mine).items() if e in known and not r.startswith(MERGED)}
     located = {e: recent.located[e] for e in emails & moved if e in recent.located}
     need = set()
     if crm.writes_by_record:  # where the ledger names the record, it is written there directly
-        parents = column(ledger, "parent", emails & set(held))
-        located |= {e: Located(held[e], {}, parents.get(e)) for e in emails & set(held)}
+        parents = column(mine, "parent", held)
+        located |= {e: Located(r, {}, parents.get(e)) for e, r in held.items()}
         need = emails - set(located)
     if not target.create_missing:
-        need |= emails - set(ledger["email"] if ledger is not None else ())
+        need |= emails - set(mine["email"].tolist() if mine is not None else ())
     if ledger is not None and target.on_manual_edit == "keep":
         # An edit made any time since we wrote a record survives: read the records about to
         # be written (by the record the ledger names, else found); a record new to a person
         # holds nobody's edit.
-        need |= (emails & known) - set(held)
+        need |= known - set(held)
     found = crm.locate(sorted(need), scores) if need else {}
     located |= found
     if ledger is not None and target.on_manual_edit == "keep":
-        read = {e: held[e] for e in emails & known if e in held}
-        current = {e: _values(v) for e, v in (crm.read(read) if read else {}).items()}
-        current |= {e: found[e].values for e in emails & known if e in found}
+        current = {e: _values(v) for e, v in (crm.read(held) if held else {}).items()}
+        current |= {e: found[e].values for e in known if e in found}
         todo, kept = apply_manual_edits(todo, desired, ledger, current, "keep")
         counts.update(kept)
     missing = pd.Series(False, index=todo.index)
@@ -214,12 +214,12 @@ def run(
         merged = merged_ledger(ledger, todo[among(todo["email"], ok["email"])], where=where,
                                columns=columns)  # fmt: skip
         if back is not None:
-            held = back.result()
-            results = unverified(results, todo, held, checked)
+            holds = back.result()
+            results = unverified(results, todo, holds, checked)
             if rest := verify_rest(results, checked, target.verify):
-                held |= crm.read({e: where[e] for e in rest})
-                results = unverified(results, todo, held, rest)
-            read_at = {e: str(v[MODIFIED]) for e, v in held.items() if v.get(MODIFIED)}
+                holds |= crm.read({e: where[e] for e in rest})
+                results = unverified(results, todo, holds, rest)
+            read_at = {e: str(v[MODIFIED]) for e, v in holds.items() if v.get(MODIFIED)}
     written = results[results["status"] == "written"]
     lost = set(ok["email"]) - set(written["email"])
     if lost or read_at:  # the CRM did not keep some writes: they stay out
@@ -253,18 +253,32 @@ def run(
     return counts
 
 
+def _changes(crm: People, lake: Lake, since: Since | None, scores, ledger) -> Recent:
+    """The field check when due, then People.recent (none before a first run)."""
+    if not _provisioned(lake, crm):
+        crm.provision()
+        _remember_provisioned(lake, crm)
+    if ledger is None:
+        return Recent()
+    return _checked(crm, lake, lambda: crm.recent(since, scores, ledger))
+
+
 def _write(crm: People, lake: Lake, todo, located, scores):
-    """People.write; a write refused for a missing field checks the fields again (which says
-    what to create, or creates it) and is sent once more."""
+    return _checked(crm, lake, lambda: crm.write(todo, located, scores))
+
+
+def _checked(crm: People, lake: Lake, call):
+    """call(); when the CRM refuses it for a field it does not have, the fields are checked
+    again (which says what to create, or creates it) and it is made once more."""
     try:
-        return crm.write(todo, located, scores)
+        return call()
     except FieldsMissing as e:
         _forget_provisioned(lake, crm)
-        log.warning("%s refused a write for a field it does not have (%s): checking the fields "
+        log.warning("%s refused a call for a field it does not have (%s): checking the fields "
                     "again", crm.label, e)  # fmt: skip
         crm.provision()
         _remember_provisioned(lake, crm)
-        return crm.write(todo, located, scores)
+        return call()
 
 
 def _values(read: dict) -> dict:

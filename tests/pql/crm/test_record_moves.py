@@ -102,6 +102,35 @@ def test_a_new_record_is_not_mistaken_for_a_hand_edit(sandbox, sf, tmp_path, rul
     assert _sf_values(store, "Contact", "ana@acme.io")[0]["PQL_Score__c"] == 80
 
 
+def test_writes_go_by_the_ledgers_record_without_lookups(sandbox, sf, tmp_path):
+    lake = Lake(tmp_path)
+    crm_salesforce.sync(sf, lake, SF, _scores({e: 70 for e in EMAILS}))
+    before = dict(sandbox.counters)
+    again = crm_salesforce.sync(sf, lake, SF, _scores({e: 80 for e in EMAILS}))
+    assert (again["written"], again["failed"]) == (3, 0)
+    queries = sandbox.counters["salesforce.query"] - before["salesforce.query"]
+    assert queries == 3  # a change query per object and the read-back: no lookup by email
+
+
+def test_a_move_the_change_check_missed_is_found_by_the_write(sandbox, sf, tmp_path):
+    """A Lead converted while a large run wrote (a span the change check goes around): the
+    write to the Lead is refused, so the person is looked up and written where they live."""
+    lake, store = Lake(tmp_path), SalesforceStore(sandbox)
+    crm_salesforce.sync(sf, lake, SF, _scores({e: 70 for e in EMAILS}))
+    [lead] = _sf_values(store, "Lead", "cy@acme.io")
+    converted = convert_lead(sf, lead["Id"])
+    assert converted["success"], converted
+    state = lake.sync("salesforce") / "ledger" / "state.json"
+    state.write_text('{"edits_since": "2099-01-01T00:00:00+00:00"}')  # the check sees nothing
+    again = crm_salesforce.sync(sf, lake, SF, _scores({e: 90 for e in EMAILS}))
+    assert (again["written"], again["failed"], again["relocated"]) == (3, 0, 1)
+    [contact] = _sf_values(store, "Contact", "cy@acme.io")
+    assert contact["Id"] == converted["contactId"] and contact["PQL_Score__c"] == 90
+    assert records(load_ledger(lake, crm="salesforce"))["cy@acme.io"] == (
+        f"Contact/{converted['contactId']}"
+    )
+
+
 def test_a_ledger_from_before_records_repairs_contacts_left_empty(sandbox, sf, tmp_path):
     """Deployments from before the ledger kept records may hold converted people whose
     Contact never got the values: the first run finds every record once and repairs those."""
