@@ -8,6 +8,7 @@ one door to every step, daily and intraday (README, "Speed to lead"), for DAGs a
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, date, datetime, timedelta
 
 import duckdb
@@ -381,7 +382,7 @@ def extract_fresh(
         )
     # Shared with the daily runs and backfills (pipeline.extract_range): the intraday runs
     # never wait longer than their own cadence for a query.
-    budget = export_budget(cfg, src, intraday=True)
+    budget = export_budget(cfg, src, intraday=True, now=now)
     result = mixpanel.extract_fresh(
         session,
         lake,
@@ -397,7 +398,9 @@ def extract_fresh(
     return result
 
 
-def export_budget(cfg: Config, src, *, intraday: bool = False) -> Budget:
+def export_budget(
+    cfg: Config, src, *, intraday: bool = False, now: datetime | None = None
+) -> Budget:
     """A source's export budget. With intraday runs on it is shared by every process through
     the lake (Mixpanel counts 60 queries an hour per project, whoever asks): a backfill
     leaves the intraday runs their share."""
@@ -407,7 +410,11 @@ def export_budget(cfg: Config, src, *, intraday: bool = False) -> Budget:
     shared = Lake(cfg.lake.root).root / "locks" / f"budget-{src.name}.log"
     if not intraday:  # the others stop short of the queries the intraday runs need
         per_hour = max(1, per_hour - cfg.freshness.runs_per_hour())
-    return Budget([(per_hour, 3600.0), (3, 1.0)], shared=shared)
+    clock = None
+    if now is not None:  # the run's own clock (a replayed day runs faster than real time)
+        started = time.monotonic()
+        clock = lambda: now.timestamp() + time.monotonic() - started  # noqa: E731
+    return Budget([(per_hour, 3600.0), (3, 1.0)], shared=shared, clock=clock)
 
 
 def rescore_fresh(cfg: Config, files: list[str], *, now: datetime | None = None) -> dict:
