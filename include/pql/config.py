@@ -553,8 +553,8 @@ class Config(Strict):
         return min(days) if days else EARLIEST
 
     def intraday_sources(self) -> list[Source]:
-        """The sources the intraday runs extract: Mixpanel's (Amplitude's hours come daily)."""
-        return [s for s in self.sources if s.kind == "mixpanel"] if self.freshness.enabled else []
+        """The sources the intraday runs extract: all of them when freshness is on."""
+        return list(self.sources) if self.freshness.enabled else []
 
     def source(self, name: str) -> Source:
         for s in self.sources:

@@ -18,7 +18,7 @@ import requests
 from pql.config import Config
 from pql.crm import Crm
 from pql.enrich import company_api, firmographics
-from pql.events import amplitude, mixpanel, profiles
+from pql.events import amplitude, canonical, mixpanel, profiles
 from pql.http import Budget
 from pql.lake import Lake
 from pql.report import metrics, outcomes, weekly
@@ -374,20 +374,15 @@ def extract_fresh(
     now = now or datetime.now(UTC)
     lake = Lake(cfg.lake.root)
     fresh = cfg.freshness
-    if src.kind != "mixpanel":
-        raise ValueError(
-            f"source {source_name!r} ({src.kind}): intraday extraction is built for Mixpanel "
-            "sources only so far; set freshness.every_minutes to 0 or remove the source from "
-            "the intraday runs (README, Speed to lead)"
-        )
     # Shared with the daily runs and backfills (pipeline.extract_range): the intraday runs
     # never wait longer than their own cadence for a query.
     budget = export_budget(cfg, src, intraday=True, now=now)
-    result = mixpanel.extract_fresh(
+    client = EXTRACTORS[src.kind]
+    result = client.extract_fresh(
         session,
         lake,
         src,
-        base=mixpanel.base_url(src.residency, host),
+        base=client.base_url(src.residency, host),
         now=now,
         overlap=timedelta(minutes=fresh.overlap_minutes),
         email_properties=cfg.identity.email_properties,
@@ -458,7 +453,7 @@ def freshness_lag(cfg: Config, *, now: datetime | None = None) -> dict:
     bound = cfg.freshness.max_lag_minutes
     lags, behind = {}, []
     for src in cfg.sources:
-        state = mixpanel.read_watermark(lake, src.name)
+        state = canonical.intraday_state(lake, src.name)
         if "fetched_at" not in state:
             lags[src.name] = "no intraday run yet"
             continue

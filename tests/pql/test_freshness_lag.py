@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pql import config, pipeline
-from pql.events import mixpanel
+from pql.events.canonical import intraday_state_path
 from pql.lake import Lake
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +24,7 @@ def _cfg(tmp_path) -> config.Config:
 
 
 def _fetched(lake: Lake, minutes_ago: float) -> None:
-    path = mixpanel.watermark_path(lake, "mixpanel")
+    path = intraday_state_path(lake, "mixpanel")
     path.parent.mkdir(parents=True, exist_ok=True)
     at = NOW - timedelta(minutes=minutes_ago)
     path.write_text(json.dumps({"watermark_ms": 1, "fetched_at": at.isoformat()}))

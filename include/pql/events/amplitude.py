@@ -3,7 +3,9 @@
 Amplitude selects by upload hour (server_upload_time, UTC) and makes an hour exportable about two
 hours after it ends. So a run exports whole upload days, never an hour younger than the
 configured delay, and re-reads the look-back days each run; canonical partitions are upload days,
-each replaced whole, so late data is picked up and nothing is counted twice.
+each replaced whole, so late data is picked up and nothing is counted twice. The intraday
+runs (README, "Speed to lead") add each hour as soon as it is exportable. Long because it holds
+the client, the parser and both ways of asking.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import gzip
 import hashlib
 import json
 import logging
+import shutil
 import time
+import uuid
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -24,7 +28,19 @@ import requests
 from pql import http
 from pql.config import AmplitudeSource
 from pql.events import ExportError, IncompleteExport
-from pql.events.canonical import Counts, Quarantine, RowBuffer, finish, first_value, split_by_day
+from pql.events.canonical import (
+    INTRADAY_PREFIX,
+    Counts,
+    Quarantine,
+    RowBuffer,
+    append_new,
+    finish,
+    first_value,
+    intraday_state,
+    reconcile,
+    save_intraday_state,
+    split_by_day,
+)
 from pql.http import Budget, CredentialsError, transient
 from pql.lake import Lake, atomic_dir
 
@@ -258,7 +274,9 @@ def extract_window(session: requests.Session, lake: Lake, src: AmplitudeSource, 
             f"{src.availability_delay_hours} h after an hour ends"
         )
     fetches: list[dict] = []
-    with atomic_dir(lake.raw(src.name, last)) as raw_dir, \
+    # An intraday run adding to one of these days waits, and so do we for one under way.
+    with lake.lock(f"events-{src.name}"), \
+         atomic_dir(lake.raw(src.name, last)) as raw_dir, \
          atomic_dir(lake.quarantine(src.name, last)) as q_dir:  # fmt: skip
         zips = download(session, base, start, end, raw_dir, conn_id=src.connection_id,
                         attempts=src.fetch_attempts, sleep=sleep, budget=budget,
@@ -273,6 +291,15 @@ def extract_window(session: requests.Session, lake: Lake, src: AmplitudeSource, 
             email_properties=email_properties,
             account_properties=account_properties,
         )
+        intraday = {}
+        if (staged / "part-0.parquet").exists():
+            day = first
+            while day <= last:  # before the partitions are replaced: the intraday batches
+                got = reconcile(staged / "part-0.parquet", lake, src.name, day, DEDUP_KEY,
+                                day_of="received_at")  # fmt: skip
+                if got:
+                    intraday[day.isoformat()] = got
+                day += timedelta(days=1)
         per_day = split_by_day(
             staged / "part-0.parquet", lake, src.name, first, last, day_of="received_at"
         )
@@ -289,7 +316,11 @@ def extract_window(session: requests.Session, lake: Lake, src: AmplitudeSource, 
             "fetches": fetches,
             "per_day": {d.isoformat(): n for d, n in per_day.items()},
         }
+        if intraday:
+            manifest["intraday"] = intraday
         (raw_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        for d in intraday:  # the daily export supersedes those days' intraday raw batches
+            shutil.rmtree(lake.root / "raw" / src.name / "intraday" / f"date={d}", True)
     log.info(
         "%s %s..%s (hours %s..%s): %s raw lines = %s canonical + %s duplicates + %s quarantined",
         src.name,
@@ -315,3 +346,86 @@ def extract_window(session: requests.Session, lake: Lake, src: AmplitudeSource, 
         "fetch_retries": sum(f["attempts"] - 1 for f in fetches),
         "raw_path": str(lake.raw(src.name, last)),
     }
+
+
+def extract_fresh(
+    session: requests.Session,
+    lake: Lake,
+    src: AmplitudeSource,
+    *,
+    base: str,
+    now: datetime,
+    email_properties: list[str],
+    account_properties: list[str],
+    budget: Budget | None = None,
+    max_wait: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    **_ignored,
+) -> dict:
+    """Bring the upload hours that became exportable since the last intraday run into their
+    days' partitions (Amplitude serves an hour `availability_delay_hours` after it ends:
+    docs/amplitude.md). One export call for all of them, none when no new hour is ready; the
+    first run starts at today's first hour. Events a partition holds already (the dedup key)
+    are left out, the rest added as one file (canonical.append_new)."""
+    state = intraday_state(lake, src.name)
+    today = datetime.combine(now.astimezone(UTC).date(), datetime.min.time(), UTC)
+    start = (
+        datetime.strptime(state["next_hour"], "%Y%m%dT%H").replace(tzinfo=UTC)
+        if ("next_hour" in state)
+        else today
+    )
+    ready = (now - timedelta(hours=src.availability_delay_hours)).replace(
+        minute=0, second=0, microsecond=0
+    ) - timedelta(hours=1)
+    batch = f"{int(now.timestamp() * 1000)}-{uuid.uuid4().hex[:6]}"
+    result = {"source": src.name, "raw": 0, "canonical": 0, "duplicates": 0, "quarantined": 0,
+              "added": 0, "held_already": 0, "fetch_retries": 0, "files": []}  # fmt: skip
+    with lake.lock(f"events-{src.name}"):
+        if ready >= start:
+            if budget is not None:
+                budget.acquire(max_wait)
+            raw_dir = lake.root / "raw" / src.name / "intraday" / f"date={ready:%Y-%m-%d}"
+            raw_dir = raw_dir / f"batch-{batch}"
+            raw_dir.mkdir(parents=True, exist_ok=True)
+            fetches: list[dict] = []
+            zips = download(session, base, start, ready, raw_dir, conn_id=src.connection_id,
+                            attempts=src.fetch_attempts, sleep=sleep, budget=budget,
+                            fetches=fetches)  # fmt: skip
+            staged = raw_dir / "_staged"
+            staged.mkdir()
+            q_dir = lake.root / "quarantine" / src.name / "intraday" / f"batch-{batch}"
+            q_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                counts = to_canonical(zips, staged, q_dir, source=src.name,
+                                      email_properties=email_properties,
+                                      account_properties=account_properties)  # fmt: skip
+                part, per_day = staged / "part-0.parquet", {}
+                if part.exists():
+                    per_day = append_new(part, lake, src.name, start.date(), ready.date(),
+                                         batch, DEDUP_KEY, day_of="received_at")  # fmt: skip
+            finally:
+                shutil.rmtree(staged, ignore_errors=True)
+            if not any(q_dir.glob("*")):
+                shutil.rmtree(q_dir, ignore_errors=True)
+            if counts.raw and counts.quarantined / counts.raw > src.bad_line_threshold:
+                raise ExportError(
+                    f"{src.name} hours {_hour(start)}..{_hour(ready)}: {counts.quarantined} of "
+                    f"{counts.raw} lines could not be parsed (over bad_line_threshold "
+                    f"{src.bad_line_threshold:.1%}); the lines are kept in {q_dir}"
+                )
+            added = sum(d["added"] for d in per_day.values())
+            result.update(counts.as_dict(), added=added, held_already=counts.canonical - added,
+                          fetch_retries=sum(f["attempts"] - 1 for f in fetches),
+                          hours=[_hour(start), _hour(ready)])  # fmt: skip
+            result["files"] = [
+                str(lake.events(src.name, d) / f"{INTRADAY_PREFIX}{batch}.parquet")
+                for d, n in per_day.items()
+                if n["added"]
+            ]
+            start = ready + timedelta(hours=1)
+        save_intraday_state(lake, src.name, {
+            "next_hour": _hour(start), "fetched_at": now.astimezone(UTC).isoformat(),
+            "batches": state.get("batches", 0) + 1})  # fmt: skip
+    log.info("%s intraday: hours up to %s exportable; %s raw lines, %s new events",
+             src.name, _hour(ready), result["raw"], result["added"])  # fmt: skip
+    return result

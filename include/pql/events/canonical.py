@@ -13,7 +13,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pql.lake import Lake, atomic_dir
+from pql.lake import Lake, atomic_dir, atomic_file
 
 SCHEMA = pa.schema(
     [
@@ -199,6 +199,24 @@ def split_by_day(
 
 
 INTRADAY_PREFIX = "intraday-"
+
+
+def intraday_state_path(lake: Lake, source: str) -> Path:
+    """Where a source's intraday state (its watermark) is kept."""
+    return lake.live() / "sources" / f"{source}.json"
+
+
+def intraday_state(lake: Lake, source: str) -> dict:
+    """A source's intraday state: its watermark (Mixpanel: watermark_ms, the newest processing
+    time fetched; Amplitude: next_hour, the first upload hour not fetched yet), fetched_at
+    (when the last intraday run asked) and batches; {} before the first run."""
+    path = intraday_state_path(lake, source)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def save_intraday_state(lake: Lake, source: str, state: dict) -> None:
+    with atomic_file(intraday_state_path(lake, source), "w") as f:
+        f.write(json.dumps(state, indent=2))
 
 
 def append_new(

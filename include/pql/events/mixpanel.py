@@ -26,10 +26,18 @@ import requests
 from pql import http
 from pql.config import MixpanelSource
 from pql.events import ExportError, IncompleteExport, mixpanel_duckdb
-from pql.events.canonical import INTRADAY_PREFIX, Counts, append_new, reconcile, split_by_day
+from pql.events.canonical import (
+    INTRADAY_PREFIX,
+    Counts,
+    append_new,
+    intraday_state,
+    reconcile,
+    save_intraday_state,
+    split_by_day,
+)
 from pql.events.mixpanel_lines import TRUNCATED_MARKER
 from pql.http import Budget, CredentialsError, transient
-from pql.lake import Lake, atomic_dir, atomic_file
+from pql.lake import Lake, atomic_dir
 
 __all__ = ["CredentialsError", "ExportError", "IncompleteExport", "extract_window"]
 
@@ -308,18 +316,6 @@ def _fail_if_too_bad(counts: Counts, threshold: float, q_dir: Path, day: date) -
 KEY = ["event_name", "user_key", "ts", "event_id"]
 
 
-def watermark_path(lake: Lake, source: str) -> Path:
-    """Where a source's intraday watermark is kept."""
-    return lake.live() / "sources" / f"{source}.json"
-
-
-def read_watermark(lake: Lake, source: str) -> dict:
-    """The source's intraday state: watermark_ms (the newest processing time fetched),
-    fetched_at (when the last intraday export was asked for); {} before the first run."""
-    path = watermark_path(lake, source)
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
 def extract_fresh(
     session: requests.Session,
     lake: Lake,
@@ -343,7 +339,7 @@ def extract_fresh(
     asks for all of today. Late events of older days are the daily run's look-back. Returns
     counts, the new watermark and the batch's files (for the scoring of touched users).
     """
-    state = read_watermark(lake, src.name)
+    state = intraday_state(lake, src.name)
     zone = ZoneInfo(src.project_timezone if src.local_time else "UTC")
     today = now.astimezone(zone).date()
     mark = state.get("watermark_ms")
@@ -401,8 +397,7 @@ def extract_fresh(
             "last_batch": batch,
             "batches": state.get("batches", 0) + 1,
         }
-        with atomic_file(watermark_path(lake, src.name), "w") as f:
-            f.write(json.dumps(new_state, indent=2))
+        save_intraday_state(lake, src.name, new_state)
     log.info(
         "%s intraday %s..%s%s: %s raw lines = %s canonical (%s new, %s held already) + %s "
         "duplicates + %s quarantined; watermark %s",

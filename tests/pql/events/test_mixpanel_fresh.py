@@ -12,6 +12,7 @@ import requests
 
 from pql.config import MixpanelSource
 from pql.events import mixpanel as mp
+from pql.events.canonical import intraday_state
 from pql.lake import Lake
 from sandbox.mixpanel import DayWriter
 
@@ -69,7 +70,7 @@ def test_batches_add_only_new_events_and_the_daily_run_reconciles(sandbox, tmp_p
     held = pd.read_parquet(part)
     assert len(held) == 65 and held["event_id"].is_unique
     assert len(list(part.glob("intraday-*.parquet"))) == 2
-    state = mp.read_watermark(lake, src.name)
+    state = intraday_state(lake, src.name)
     assert state["batches"] == 3 and state["watermark_ms"] == r2["watermark_ms"]
 
     # The daily run: the day's canonical events are the union of its batches.
