@@ -263,6 +263,7 @@ def append_new(
             added = pq.read_metadata(tmp).num_rows
             if added:
                 os.replace(tmp, part / f"{INTRADAY_PREFIX}{batch}.parquet")
+                _compact(con, part, batch)
             else:
                 tmp.unlink()
             out[day] = {"added": added, "held": total - added}
@@ -270,6 +271,29 @@ def append_new(
         return out
     finally:
         con.close()
+
+
+#: More intraday files than this in a partition are merged into one: readers open every file
+#: of the lake on each run, and a day of 5-minute batches is 288 of them.
+MAX_INTRADAY_FILES = 12
+
+
+def _compact(con: duckdb.DuckDBPyConnection, part: Path, batch: str) -> None:
+    """Merge a partition's intraday files into one, swapping the partition whole (readers see
+    the files before or after, never both)."""
+    files = sorted(part.glob(f"{INTRADAY_PREFIX}*.parquet"))
+    if len(files) <= MAX_INTRADAY_FILES:
+        return
+    with atomic_dir(part) as tmp:
+        for f in part.glob("*.parquet"):
+            if not f.name.startswith(INTRADAY_PREFIX):
+                os.link(f, tmp / f.name)  # the daily file, as it is
+        merged = tmp / f"{INTRADAY_PREFIX}{batch}-merged.parquet"
+        con.execute(
+            f"COPY (SELECT * FROM read_parquet({[str(f) for f in files]!r}, "
+            f"hive_partitioning = false) ORDER BY ts) TO '{merged}' "
+            "(FORMAT parquet, COMPRESSION zstd)"
+        )
 
 
 def reconcile(
@@ -303,7 +327,7 @@ def reconcile(
         ).fetchone()
         n_daily = con.execute(f"SELECT count(*) FROM {daily}").fetchone()[0]
         return {
-            "batches": len(files),
+            "intraday_files": len(files),
             "intraday_events": n_fresh,
             "in_daily": in_daily,
             "not_in_daily": n_fresh - in_daily,

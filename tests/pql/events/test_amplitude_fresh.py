@@ -67,7 +67,7 @@ def test_each_hour_once_as_soon_as_it_is_exportable(sandbox, tmp_path):
     assert daily["canonical"] == 4
     manifest = json.loads((lake.raw(src.name, DAY) / "manifest.json").read_text())
     assert manifest["intraday"][DAY.isoformat()] == {
-        "batches": 3, "intraday_events": 4, "in_daily": 4, "not_in_daily": 0,
+        "intraday_files": 3, "intraday_events": 4, "in_daily": 4, "not_in_daily": 0,
         "daily_events": 4, "daily_only": 0,
     }  # fmt: skip
     assert [p.name for p in lake.events(src.name, DAY).glob("*.parquet")] == ["part-0.parquet"]

@@ -80,7 +80,7 @@ def test_batches_add_only_new_events_and_the_daily_run_reconciles(sandbox, tmp_p
     assert daily["canonical"] == 65
     manifest = json.loads((lake.raw(src.name, day0.date()) / "manifest.json").read_text())
     assert manifest["intraday"][day0.date().isoformat()] == {
-        "batches": 2, "intraday_events": 65, "in_daily": 65, "not_in_daily": 0,
+        "intraday_files": 2, "intraday_events": 65, "in_daily": 65, "not_in_daily": 0,
         "daily_events": 65, "daily_only": 0,
     }  # fmt: skip
     assert sorted(p.name for p in part.glob("*.parquet")) == ["part-0.parquet"]
@@ -89,3 +89,27 @@ def test_batches_add_only_new_events_and_the_daily_run_reconciles(sandbox, tmp_p
         pd.read_parquet(part).sort_values("event_id").reset_index(drop=True)[["event_id", "ts"]],
         held.sort_values("event_id").reset_index(drop=True)[["event_id", "ts"]],
     )
+
+
+def test_many_batches_are_merged_into_one_file(sandbox, tmp_path, monkeypatch):
+    from pql.events import canonical
+
+    monkeypatch.setattr(canonical, "MAX_INTRADAY_FILES", 2)
+    now = datetime.now(UTC).replace(microsecond=0)
+    day0 = datetime(now.year, now.month, now.day, tzinfo=UTC)
+    lake = Lake(tmp_path / "lake")
+    src = MixpanelSource(kind="mixpanel", project_id=sandbox.credentials["mixpanel"]["project_id"],
+                         time_mode="utc")  # fmt: skip
+    kw = dict(base=sandbox.base_url, overlap=OVERLAP, email_properties=["$email"],
+              account_properties=["company_id"], sleep=lambda s: None)  # fmt: skip
+    part = lake.events(src.name, day0.date())
+    for batch in range(3):
+        t = day0 + (now - day0) * (batch + 1) / 4
+        with DayWriter(sandbox, append=batch > 0) as w:
+            for k in range(5):
+                w.write(_line(f"u{batch}-{k}", t, f"{batch}-{k}", t))
+        assert mp.extract_fresh(_session(sandbox), lake, src, now=now, **kw)["added"] == 5
+    files = sorted(p.name for p in part.glob("*.parquet"))
+    assert len(files) == 1 and files[0].endswith("-merged.parquet")
+    held = pd.read_parquet(part)
+    assert len(held) == 15 and held["event_id"].is_unique
