@@ -175,7 +175,7 @@ def run(
     mine = ledger[among(ledger["email"], emails)] if ledger is not None else None
     known = set(mine["email"].tolist()) - moved if mine is not None else set()
     held = {e: r for e, r in records(mine).items() if e in known and not r.startswith(MERGED)}
-    located = {e: recent.located[e] for e in emails & moved if e in recent.located}
+    located = {e: f for e, f in recent.located.items() if e in emails}  # found by `recent`
     need = set()
     if crm.writes_by_record:  # where the ledger names the record, it is written there directly
         parents = column(mine, "parent", held)
@@ -187,12 +187,11 @@ def run(
         # An edit made any time since we wrote a record survives: read the records about to
         # be written (by the record the ledger names, else found); a record new to a person
         # holds nobody's edit.
-        need |= known - set(held)
-    found = crm.locate(sorted(need), scores) if need else {}
-    located |= found
+        need |= known - set(held) - set(located)
+    located |= crm.locate(sorted(need), scores) if need else {}
     if ledger is not None and target.on_manual_edit == "keep":
         current = {e: _values(v) for e, v in (crm.read(held) if held else {}).items()}
-        current |= {e: found[e].values for e in known if e in found}
+        current |= {e: located[e].values for e in known - set(held) if e in located}
         todo, kept = apply_manual_edits(todo, desired, ledger, current, "keep")
         counts.update(kept)
     missing = pd.Series(False, index=todo.index)
