@@ -334,6 +334,8 @@ def weekly_report(cfg: Config, week: date, crm: Crm, *, full_pull: bool = False)
     if not taken:
         raise LookupError(f"no scores snapshot before {until:%Y-%m-%d}: run the scoring first")
     users = pd.read_parquet(taken[-1] / "scores.parquet")
+    from pql.crm import ledger
+
     rule = cfg.outcomes
     rep = weekly.compute(
         users, meetings, won, week=week, window_days=rule.attribution_window_days, tasks=tasks,
@@ -342,6 +344,8 @@ def weekly_report(cfg: Config, week: date, crm: Crm, *, full_pull: bool = False)
         versions=metrics.qualifying_versions(metrics.scores_glob(lake.root / "scores")),
         pqa=metrics.qualifying_accounts(str(lake.root / "scores" / "date=*" / "accounts.parquet")),
         models=predictive.versions(lake.models()),
+        # When each PQL's flag reached the CRM: the pipeline's own latency, beside first touch.
+        flagged=ledger.flag_times(lake, crm.kind),
     )  # fmt: skip
     html = weekly.write(lake, rep, generated_at=datetime.now(UTC))
     return {

@@ -37,7 +37,7 @@ from pql.lake import Lake, atomic_dir
 # with its own clock, and HubSpot's search index lags writes by "a few moments".
 CLOCK_SKEW = timedelta(minutes=5)
 # The ledger's columns besides the key and the fields.
-META = ("digest", "synced_at", "record", "modified_at", "parent")
+META = ("digest", "synced_at", "record", "modified_at", "parent", "flagged_at")
 MODIFIED = "modified_at"  # a read's key for the record's modification time (CRM clock)
 MERGED = "merged:"  # record prefix of an email whose contact was merged into another's record
 # A run writing fewer records is simply read again by the next search (part of one page), which
@@ -322,6 +322,17 @@ def load_ledger(lake: Lake, name: str = "ledger", crm: str = "hubspot") -> pd.Da
     return out.assign(digest=digest, synced_at=frame["synced_at"])
 
 
+def flag_times(lake: Lake, crm: str) -> pd.Series:
+    """email → when the CRM first held the person's current flag 'true' (flagged_at); empty
+    before any sync recorded it."""
+    ledger = load_ledger(lake, crm=crm)
+    if ledger is None or "flagged_at" not in ledger.columns:
+        return pd.Series(dtype="datetime64[us, UTC]")
+    held = ledger[ledger["flagged_at"].notna()]
+    return pd.Series(pd.to_datetime(held["flagged_at"], utc=True).to_numpy(),
+                     index=held["email"].to_numpy())  # fmt: skip
+
+
 def edits_since(lake: Lake, name: str = "ledger", crm: str = "hubspot") -> datetime | None:
     """From when the next run looks for hand edits (the last run's start), or None if never."""
     since = watermark(lake, name, crm)
@@ -377,15 +388,19 @@ def merged_ledger(
     key: str = "email",
     where: dict[str, str] | None = None,
     columns: dict[str, dict[str, str]] | None = None,
+    flag: str | None = None,
 ) -> pd.DataFrame:
     """The ledger with `written` rows (key and field values) as the CRM's values; `where`
     gives the record (key → "Object/id") each was written to, or a merged-away marker;
-    `columns` other META columns of the written rows (name → key → value)."""
+    `columns` other META columns of the written rows (name → key → value); `flag` the flag
+    field, whose rows get `flagged_at` (flagged_at)."""
     fresh = written.assign(digest=digests(written, key), synced_at=datetime.now(UTC))
     if where:
         fresh = fresh.assign(record=fresh[key].map(where))
     for name, values in (columns or {}).items():
         fresh[name] = fresh[key].map(values).astype(object)
+    if flag and flag in fresh.columns:
+        fresh["flagged_at"] = flagged_at(ledger, fresh, key, flag)
     merged = pd.concat([ledger, fresh]) if ledger is not None else fresh
     merged = merged.drop_duplicates(key, keep="last")  # this run's entry wins
     if where and ledger is not None:  # records of keys not written this run (merged away)
@@ -395,6 +410,29 @@ def merged_ledger(
             hit = among(merged[key], rest)
             merged.loc[hit, "record"] = merged.loc[hit, key].map(rest)
     return merged
+
+
+def flagged_at(ledger: pd.DataFrame | None, fresh: pd.DataFrame, key: str, flag: str) -> pd.Series:
+    """When the CRM first held each written person's current flag 'true': kept from the
+    ledger while they stay flagged, this write's time (the CRM's modification time when
+    known) when it flags them, none when they are not flagged. How long new PQLs wait for
+    their flag is counted from it (the weekly report)."""
+    now = pd.to_datetime(fresh["synced_at"], utc=True).astype("datetime64[us, UTC]")
+    if "modified_at" in fresh.columns:
+        crm_time = pd.to_datetime(fresh["modified_at"], utc=True, errors="coerce", format="mixed")
+        now = crm_time.astype("datetime64[us, UTC]").fillna(now)
+    was = pd.Series(pd.NaT, index=fresh.index, dtype="datetime64[us, UTC]")
+    if ledger is not None and "flagged_at" in ledger.columns and flag in ledger.columns:
+        old = ledger.drop_duplicates(key, keep="last").set_index(key)
+        held = old.loc[(old[flag] == "true") & old["flagged_at"].notna(), "flagged_at"]
+        if len(held):  # (pandas cannot map through an empty series of times)
+            was = pd.to_datetime(fresh[key].map(held.to_dict()), utc=True, format="mixed")
+            was = was.astype("datetime64[us, UTC]")
+    on = fresh[flag] == "true"
+    out = was.where(on & was.notna(), now.astype("datetime64[us, UTC]")).where(on)
+    # Text, as the CRM's own times in the ledger (a ledger is read back whatever its age).
+    text = [t.isoformat() if pd.notna(t) else None for t in out]
+    return pd.Series(text, index=fresh.index, dtype=object)
 
 
 def save_ledger(

@@ -29,6 +29,8 @@ SOURCES = {
     "bands": "Lead-scoring practice: the top score band should convert many times the bottom band",
     "first_touch": "HBR 'The Short Life of Online Sales Leads' (2011): contacted within an hour, "
     "leads were 7x likelier to qualify than after an hour, 60x than after a day",
+    "flag_latency": "Speed to lead: leads contacted within an hour convert at about 53%, after a "
+    "day at about 17%; a PQL must reach its rep in minutes (README, Speed to lead)",
 }
 ADVICE = {
     ("pql_share", "low"): "few sign-ups qualify: the definition may be too tight; lower the "
@@ -44,7 +46,11 @@ ADVICE = {
     ("bands", "low"): "scores barely separate buyers: re-weight the signals or retrain",
     ("first_touch", "high"): "sales reaches new PQLs slowly: route them to a rep within the hour "
     "(config routing)",
+    ("flag_latency", "high"): "new PQLs reach the CRM late: turn on the intraday runs (config "
+    "freshness) or check that the pql_fresh DAG keeps up",
 }
+#: Minutes from qualifying to the CRM flag that pass (the intraday runs' goal at p95).
+FLAG_MINUTES = 15
 
 
 def checks(
@@ -54,6 +60,7 @@ def checks(
     until: datetime,
     window_days: int,
     min_conversions: int,
+    flagged: pd.Series | None = None,
 ) -> list[dict]:
     """The health checks of a weekly report ending at `until`.
 
@@ -106,6 +113,8 @@ def checks(
 
     out.append(_bands(u, enough))
     out.append(_first_touch(u, enough))
+    if flagged is not None:
+        out.append(_flag_latency(u, flagged, enough))
     return out
 
 
@@ -197,6 +206,42 @@ def _first_touch(u: pd.DataFrame, enough: int) -> dict:
     return _row(f"median hours from qualifying to first sales touch ({kinds})", "first_touch",
                 value, n, n, None, text, "within 1 hour", status, detail, advice, trend,
                 unit="hours")  # fmt: skip
+
+
+def _flag_latency(u: pd.DataFrame, flagged: pd.Series, enough: int) -> dict:
+    """Minutes from qualifying (the crossing event) to the flag in the CRM: the pipeline's own
+    part of speed to lead, median and p95, and how many within FLAG_MINUTES."""
+    at = pd.DataFrame({"email": flagged.index.astype(str).str.lower(),
+                       "flagged_at": pd.to_datetime(flagged.to_numpy(), utc=True)})  # fmt: skip
+    at = at.dropna().drop_duplicates("email")
+    u = u.assign(email=u["email"].str.lower()).merge(at, on="email", how="left")
+
+    def minutes(f) -> pd.Series:
+        p = f[f["is_pql"] & f["flagged_at"].notna() & (f["flagged_at"] >= f["qualified_at"])]
+        return (p["flagged_at"] - p["qualified_at"]).dt.total_seconds() / 60
+
+    m = minutes(u)
+    n, k = len(m), int((m <= FLAG_MINUTES).sum())
+    value = float(np.percentile(m, 95)) if n else None
+    if not n:
+        status, detail, text = TOO_EARLY, "too early: no PQL flagged in the CRM yet", "no flags"
+    else:
+        text = (f"median {np.median(m):.0f} min, p95 {value:.0f} min; {k:,} of {n:,} PQLs "
+                f"flagged within {FLAG_MINUTES} minutes")  # fmt: skip
+        if n < enough:
+            status = NOT_ENOUGH
+            detail = f"not enough data to judge: {n} flagged PQLs of {enough} needed"
+        else:
+            status = "pass" if value <= FLAG_MINUTES else ("warn" if value <= 60 else "fail")
+            detail = ""
+    trend = []
+    for _, f in _weeks(u, "cohort_week"):
+        w = minutes(f)
+        trend.append(f"p95 {np.percentile(w, 95):.0f} min ({len(w)})" if len(w) else "no flags")
+    advice = ADVICE[("flag_latency", "high")] if status in ("warn", "fail") else ""
+    return _row("minutes from qualifying to the PQL flag in the CRM (p95)", "flag_latency", value,
+                k, n, None, text, f"within {FLAG_MINUTES} minutes", status, detail, advice,
+                trend, unit="minutes")  # fmt: skip
 
 
 def _weeks(u: pd.DataFrame, week_col: str):

@@ -63,9 +63,11 @@ def compute(
     versions: pd.DataFrame | None = None,
     pqa: pd.DataFrame | None = None,
     models: list[dict] | None = None,
+    flagged: pd.Series | None = None,
 ) -> Weekly:
     """The report of the week starting Monday `week`, from the users' snapshot at its end and
-    the CRM's outcomes up to then (outcomes.as_of)."""
+    the CRM's outcomes up to then (outcomes.as_of); `flagged`: email → when the CRM first held
+    the PQL's flag (crm.ledger.flag_times), for the pipeline's own latency."""
     until = datetime.combine(week + timedelta(days=7), datetime.min.time(), UTC)
     seen = outcomes.as_of(  # nothing after the week's end, whatever the caller passed
         {"meetings": meetings, "won": won, **({"tasks": tasks} if tasks is not None else {})},
@@ -83,7 +85,7 @@ def compute(
         metrics.segmented(per_user, users, versions), list(segments), accounts=accounts
     )
     checks = health.checks(per_user, users, until=until, window_days=window_days,
-                           min_conversions=min_conversions)  # fmt: skip
+                           min_conversions=min_conversions, flagged=flagged)  # fmt: skip
     drawn = charts.build(breakdowns, per_user, users)
     summary = headline(per_user, breakdowns, checks, week, until, window_days)
     return Weekly(week, until, window_days, per_user, breakdowns, checks, drawn, summary,

@@ -60,3 +60,20 @@ def test_a_frequent_run_writes_flag_flips_and_large_moves_only():
     assert list(later["email"]) == ["a@x.io", "c@x.io"]
     write, later = material(now, None, target, 10)  # no ledger: everyone is new
     assert list(later["email"]) == ["c@x.io"]
+
+
+def test_flagged_at_is_when_the_crm_first_held_the_flag():
+    """Kept while a person stays flagged, the write's CRM time when it flags them, none when
+    not flagged: the weekly report counts the pipeline's latency from it."""
+    from pql.crm.ledger import flagged_at
+
+    before = pd.DataFrame({"email": ["kept@a.io", "new@a.io", "gone@a.io"],
+                           "pql_flag": ["true", "false", "true"],
+                           "flagged_at": [_at(-60).isoformat(), None,
+                                          _at(-30).isoformat()]})  # fmt: skip
+    fresh = pd.DataFrame({"email": ["kept@a.io", "new@a.io", "gone@a.io", "first@a.io"],
+                          "pql_flag": ["true", "true", "false", "true"],
+                          "synced_at": _at(1), "modified_at": [None, _at(0).isoformat(), None,
+                                                               None]})  # fmt: skip
+    got = flagged_at(before, fresh, "email", "pql_flag")
+    assert list(got) == [_at(-60).isoformat(), _at(0).isoformat(), None, _at(1).isoformat()]

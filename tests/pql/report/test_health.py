@@ -278,3 +278,33 @@ def test_health_rows_say_everything_in_words():
     for c in _weekly(week=date(2026, 9, 28), window=90).health:
         assert c["status"] in ("pass", "warn", "fail", health.TOO_EARLY, health.NOT_ENOUGH)
         assert c["text"] and c["trend"] and c["source"]
+
+
+def test_the_pipelines_own_latency_to_the_crm_flag():
+    """Minutes from qualifying to the flag in the CRM: p95 and k of n within 15 minutes; a
+    flag older than the qualification (flagged before, still flagged) does not count."""
+    users, meetings, won = _world()
+    late = [4, 6, 8, 10, 12, 14, 30, 120]  # minutes, for the first 8 PQLs
+    users["flagged_at"] = pd.Series(pd.NaT, index=users.index, dtype="datetime64[ns, UTC]")
+    for i, m in enumerate(late):
+        users.loc[i, "flagged_at"] = users.loc[i, "qualified_at"] + pd.Timedelta(minutes=m)
+    users.loc[8, "flagged_at"] = users.loc[8, "qualified_at"] - pd.Timedelta(days=3)
+
+    def flag(users) -> pd.Series:
+        return pd.Series(users["flagged_at"].to_numpy(), index=users["email"]).dropna()
+
+    rep = weekly.compute(users, meetings, won, week=LATE, window_days=30, min_conversions=3,
+                         flagged=flag(users))  # fmt: skip
+    got = _checks(rep)["flag_latency"]
+    assert (got["k"], got["n"], got["status"]) == (6, 8, "fail")
+    assert got["text"] == "median 11 min, p95 88 min; 6 of 8 PQLs flagged within 15 minutes"
+    assert "freshness" in got["advice"]
+    users["flagged_at"] = users["qualified_at"] + pd.Timedelta(minutes=5)
+    kw = dict(week=LATE, window_days=30, min_conversions=3)
+    fast = _checks(weekly.compute(users, meetings, won, flagged=flag(users), **kw))
+    fast = fast["flag_latency"]
+    assert (fast["k"], fast["n"], fast["status"]) == (10, 10, "pass")
+    users["flagged_at"] = pd.Series(pd.NaT, index=users.index, dtype="datetime64[ns, UTC]")
+    none = _checks(weekly.compute(users, meetings, won, flagged=flag(users), **kw))
+    none = none["flag_latency"]
+    assert none["status"] == "too early" and none["text"] == "no flags"
