@@ -27,6 +27,10 @@ from pql.scoring.features import DEVICE
 
 log = logging.getLogger(__name__)
 
+# What a run reads of the touched users' previous rows, and of their accounts' members.
+PREVIOUS = ["flag", "qualified_at", "account_key"]
+ROLLUP = ["account_key", "days_since_last_seen", "flag", "score", "employees", "industry"]
+
 
 def touched_users(lake: Lake, files: Sequence[str]) -> list[str]:
     """The users whose scores the events in `files` can change."""
@@ -60,11 +64,15 @@ def rescore(
     counts: touched, rescored, new_pqls, unflagged, and the view's users and PQLs."""
     started = time.perf_counter()
     users = touched_users(lake, files)
-    previous = snapshots.view(lake)
     counts = {"touched": len(users), "rescored": 0, "new_pqls": 0, "unflagged": 0}
     if users:
-        rows = snapshots.score_users(cfg, lake, as_of, accounts, previous, users=users)
-        rows = rows[snapshots.SNAPSHOT_COLUMNS]
+        # Only the touched users' rows are read: the run's cost follows them, not everyone.
+        previous = snapshots.view(lake, where=("user_key", users), columns=PREVIOUS)
+        snaps = lake.partitions("scores")
+        since = snapshots.snapshot_as_of(snaps[-1][0]) if snaps else None
+        rows = snapshots.score_users(
+            cfg, lake, as_of, accounts, previous, users=users, since=since
+        )[snapshots.SNAPSHOT_COLUMNS]
         was = (
             previous.set_index("user_key")["flag"].astype(bool)
             if previous is not None
@@ -76,16 +84,16 @@ def rescore(
             rescored=len(rows), new_pqls=int((now & ~before).sum()),
             unflagged=int((before & ~now).sum()),
         )  # fmt: skip
-        _save_live(lake, rows)
-        current = snapshots.view(lake)
+        _save_live(lake, rows, since)
         touched = set(rows["account_key"].dropna())
         if previous is not None:
-            touched |= set(previous.loc[previous["user_key"].isin(users), "account_key"].dropna())
-        _save_accounts(lake, cfg, current, touched)
-    else:
-        current = previous
-    counts["users"] = 0 if current is None else len(current)
-    counts["pqls"] = 0 if current is None else int(current["flag"].sum())
+            touched |= set(previous["account_key"].dropna())
+        if touched:
+            members = snapshots.view(lake, where=("account_key", touched), columns=ROLLUP)
+            _save_accounts(lake, cfg, members, touched)
+    flags = snapshots.view(lake, columns=["flag"])
+    counts["users"] = 0 if flags is None else len(flags)
+    counts["pqls"] = 0 if flags is None else int(flags["flag"].sum())
     log.info(
         "intraday rescore as of %s: %s users touched, %s rescored, %s new PQLs, %s un-flagged "
         "(%s PQLs of %s users now; %.2f s)",
@@ -95,16 +103,14 @@ def rescore(
     return counts
 
 
-def _save_live(lake: Lake, rows: pd.DataFrame) -> None:
-    """The live rows with `rows` in place of theirs; rows a newer snapshot covers are dropped."""
+def _save_live(lake: Lake, rows: pd.DataFrame, covered) -> None:
+    """The live rows with `rows` in place of theirs; rows the latest snapshot covers (as of
+    `covered` or before) are dropped."""
     old = snapshots.live_rows(lake)
-    snaps = lake.partitions("scores")
     if old is not None:
         old = old[~old["user_key"].isin(rows["user_key"])]
-        if snaps:
-            covered = pd.read_parquet(snaps[-1][1] / "scores.parquet", columns=["as_of"])
-            if len(covered):
-                old = old[old["as_of"] > covered["as_of"].max()]
+        if covered is not None:
+            old = old[old["as_of"] > covered]
         rows = pd.concat([old, rows], ignore_index=True)
     with atomic_file(lake.live() / "scores.parquet") as f:
         rows.to_parquet(f, index=False)

@@ -96,25 +96,42 @@ def features_at(
     return firmographics.join(feats, accounts)
 
 
-def live_rows(lake: Lake) -> pd.DataFrame | None:
+def live_rows(lake: Lake, *, filters=None, columns=None) -> pd.DataFrame | None:
     """The users the intraday runs rescored since the latest snapshot (each as of its own
     `as_of`), if any (README, "Speed to lead")."""
     path = lake.live() / "scores.parquet"
-    return pd.read_parquet(path) if path.exists() else None
+    return pd.read_parquet(path, filters=filters, columns=columns) if path.exists() else None
 
 
-def view(lake: Lake, before: date | None = None, *, until=None) -> pd.DataFrame | None:
+def snapshot_as_of(day: date) -> pd.Timestamp:
+    """The moment a day's snapshot scores as of: the end of the day."""
+    return pd.Timestamp(day + timedelta(days=1), tz="UTC")
+
+
+def view(
+    lake: Lake,
+    before: date | None = None,
+    *,
+    until=None,
+    where: tuple[str, Sequence[str]] | None = None,
+    columns: list[str] | None = None,
+) -> pd.DataFrame | None:
     """Every user's latest scores: the latest snapshot (strictly before `before`, if given)
     with the rows the intraday runs rescored after it (up to `until`, if given) in place of
-    theirs. None when there is neither."""
-    snaps = [p for d, p in lake.partitions("scores") if before is None or d < before]
-    base = pd.read_parquet(snaps[-1] / "scores.parquet") if snaps else None
-    live = live_rows(lake)
+    theirs. None when there is neither. `where` (column, values) and `columns` read only
+    those rows and columns (an intraday run reads its touched users, not everyone)."""
+    snaps = [(d, p) for d, p in lake.partitions("scores") if before is None or d < before]
+    filters = [(where[0], "in", list(where[1]))] if where else None
+    if columns is not None:
+        columns = list(dict.fromkeys(["user_key", "as_of", *columns]))
+    base = None
+    if snaps:
+        base = pd.read_parquet(snaps[-1][1] / "scores.parquet", filters=filters, columns=columns)
+    live = live_rows(lake, filters=filters, columns=columns)
     if live is not None:
-        after = base["as_of"].max() if base is not None and len(base) else None
         keep = pd.Series(True, index=live.index)
-        if after is not None:
-            keep &= live["as_of"] > after
+        if snaps:
+            keep &= live["as_of"] > snapshot_as_of(snaps[-1][0])
         if until is not None:
             keep &= live["as_of"] <= pd.Timestamp(until)
         live = live[keep]
@@ -134,15 +151,17 @@ def score_users(
     previous: pd.DataFrame | None,
     *,
     users: Sequence[str] | None = None,
+    since=None,
     spark_submit=None,
 ) -> pd.DataFrame:
     """Scores as of `as_of` of every user (or of `users`: the same rows as in the whole
     frame), with qualified_at against `previous` (each user's last scores): kept once set; a
-    new PQL's is the moment they crossed the line since their previous row's as_of."""
+    new PQL's is the moment they crossed the line since their previous row's as_of, or since
+    `since` (default: the earliest as_of in `previous`) for a user it has no row of."""
     feats = features_at(cfg, lake, as_of, accounts, spark_submit=spark_submit, users=users)
     scored = pd.concat([feats, scoring.score(feats, cfg, lake.models())], axis=1)
     scored["as_of"] = as_of
-    moments = qualifying_moments(cfg, lake, accounts, _candidates(scored, previous, as_of))
+    moments = qualifying_moments(cfg, lake, accounts, _candidates(scored, previous, as_of, since))
     scored["qualified_at"] = _qualified_at(scored, previous, as_of, moments)
     return scored
 
@@ -184,18 +203,22 @@ def score_day(cfg: Config, day: date, accounts: pd.DataFrame, *, spark_submit=No
     }
 
 
-def _candidates(scored: pd.DataFrame, previous: pd.DataFrame | None, as_of) -> pd.DataFrame:
+def _candidates(
+    scored: pd.DataFrame, previous: pd.DataFrame | None, as_of, since=None
+) -> pd.DataFrame:
     """New PQLs (flagged, not qualified in their previous row) with the span to search: since
-    their previous row's as_of, else since the previous rows' latest as_of (a user first seen
-    since), NaT (the beginning of time) when there are none."""
+    their previous row's as_of, else since `since` or the previous rows' earliest as_of (a
+    user first seen since), NaT (the beginning of time) when there are none."""
     new = scored["flag"].astype(bool)
     after = pd.Series(pd.NaT, index=scored.index, dtype="datetime64[us, UTC]")
+    if since is not None:
+        after[:] = pd.Timestamp(since)
     if previous is not None and len(previous):
         known = previous.loc[previous["qualified_at"].notna(), "user_key"]
         new &= ~scored["user_key"].isin(known)
         last = pd.to_datetime(previous.set_index("user_key")["as_of"], utc=True)
         seen = scored["user_key"].map(last).astype("datetime64[us, UTC]")
-        after = seen.fillna(last.min())
+        after = seen.fillna(pd.Timestamp(since) if since is not None else last.min())
     return pd.DataFrame(
         {
             "user_key": scored.loc[new, "user_key"],
