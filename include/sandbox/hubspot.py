@@ -32,6 +32,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
+from sandbox import hubspot_store
 from sandbox.hubspot_store import (
     ASSOCIATION_TYPES,
     ASSOCIATIONS_PAGE,
@@ -141,6 +142,7 @@ class _Gate:
         self, request: Request, handler: Callable[[Request], Awaitable[Response]], search: bool
     ) -> Response:
         correlation_id = str(uuid.uuid4())
+        hubspot_store.clock_offset_s = self.state.clock_offset_s
         await self.state.latency("hubspot")
         fault = self.state.take_fault("hubspot")
         if fault is not None:

@@ -32,7 +32,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -252,8 +252,13 @@ def epoch_ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
+#: The sandbox clock's lead over the real time (SandboxState.now), in seconds: the router sets
+#: it on each request, so records are stamped on the clock every emulator shares.
+clock_offset_s = 0.0
+
+
 def now_iso() -> str:
-    return iso_ms(datetime.now(UTC))
+    return iso_ms(datetime.now(UTC) + timedelta(seconds=clock_offset_s))
 
 
 # ---------------------------------------------------------------- property definitions

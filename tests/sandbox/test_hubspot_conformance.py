@@ -712,3 +712,28 @@ def test_store_seeding_api(sandbox):
     with pytest.raises(HubSpotError):
         store.associate("deals", deal_id, "contacts", "1")  # no such contact
     assert store.get_by("contacts", "email", "new@acme.io") is None
+
+
+def test_records_are_stamped_on_the_sandbox_clock(sandbox):
+    """A replayed day moves the sandbox clock: HubSpot's updatedAt and lastmodifieddate follow
+    it, as Mixpanel's and Amplitude's clocks do (one clock for every emulator)."""
+    import requests
+    from hubspot.crm.contacts import (
+        BatchInputSimplePublicObjectBatchInputForCreate,
+        SimplePublicObjectInputForCreate,
+    )
+
+    ahead = 3 * 86400
+    requests.post(f"{sandbox.base_url}/_sandbox/settings", json={"clock_offset_s": ahead},
+                  timeout=10).raise_for_status()  # fmt: skip
+    made = (
+        sdk(sandbox)
+        .crm.contacts.batch_api.create(
+            BatchInputSimplePublicObjectBatchInputForCreate(
+                inputs=[SimplePublicObjectInputForCreate(properties={"email": "clock@acme.io"})]
+            )
+        )
+        .results[0]
+    )
+    expected = datetime.now(UTC) + timedelta(seconds=ahead)
+    assert abs((made.updated_at - expected).total_seconds()) < 60
