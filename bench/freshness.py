@@ -271,8 +271,13 @@ def main() -> None:
                 print(f"  {t:%H:%M}: {run['touched']:,} touched, {run['seconds']:.1f} s a run; "
                       f"{len(seen_flag):,} flagged so far", flush=True)  # fmt: skip
             t += timedelta(minutes=EVERY)
-        _report(cfg, lake, state, runs, seen_flag, seen_alert, crossers, today, args)
+        targets = _report(cfg, lake, state, runs, seen_flag, seen_alert, crossers, today, args)
         _touched_cost(cfg, lake, adapter, today, args.users)
+        print("\ntargets:")
+        for what, ok in targets:
+            status = ok if isinstance(ok, str) and ok.startswith("not run") else (
+                "met" if ok else "not met")  # fmt: skip
+            print(f"  {what}: {status}")
     finally:
         server.stop(root)
 
@@ -318,7 +323,8 @@ def _cycle(cfg, exports, adapter, slack, t: datetime) -> dict:
     }  # fmt: skip
 
 
-def _report(cfg, lake, state, runs, seen_flag, seen_alert, crossers, today, args) -> None:
+def _report(cfg, lake, state, runs, seen_flag, seen_alert, crossers, today, args) -> list:
+    """Prints the day's figures; returns the targets as (what, met)."""
     view = snapshots.view(lake)
     q = pd.to_datetime(view["qualified_at"], utc=True)
     day0 = pd.Timestamp(today, tz="UTC")
@@ -370,19 +376,30 @@ def _report(cfg, lake, state, runs, seen_flag, seen_alert, crossers, today, args
         f"CRM; {len(set(qual) & set(mentions.index)):,} of {len(qual):,} routed; "
         f"{len(twice)} routed more than once" + (f"; missing e.g. {lost[:3]}" if lost else "")
     )
-    _daily_reconciles(cfg, lake, state, today, args.hours)
-    met = bool(to_flag) and pct(to_flag, 95) <= GOAL_P95_MIN and not lost and not len(twice)
-    print(
-        f"  target p95 ≤ {GOAL_P95_MIN} min, nothing lost, none twice: "
-        + ("met" if met else "not met")
-    )
+    daily = _daily_reconciles(cfg, lake, state, today, args.hours)
+    p95 = pct(to_flag, 95) if to_flag else None
+    most = int(quiet.max()) if len(quiet) else 0
+    calls = int(frame["export_calls"].sum())
+    return [
+        (f"p95 qualifying event → CRM flag ≤ {GOAL_P95_MIN} min "
+         f"({'no PQLs' if p95 is None else f'{p95:.1f} min'})",
+         p95 is not None and p95 <= GOAL_P95_MIN),
+        (f"new PQLs flagged in the CRM ({len(qual) - len(lost):,} of {len(qual):,})", not lost),
+        (f"new PQLs routed exactly once ({len(set(qual) & set(mentions.index)) - len(twice):,} "
+         f"of {len(qual):,})", set(qual) <= set(mentions.index) and not len(twice)),
+        (f"one export call per run ({calls} calls in {len(frame)} runs)", calls == len(frame)),
+        (f"runs that wrote nothing made at most 2 CRM calls (at most {most})", most <= 2),
+        ("daily export equals the intraday batches"
+         + (f" ({daily})" if isinstance(daily, str) and not daily.startswith("not run") else ""),
+         daily),
+    ]  # fmt: skip
 
 
 def _daily_reconciles(cfg, lake, state, today, hours) -> None:
     """The daily export of the day, after it ends, against its intraday batches."""
     if hours < 24:
         print("  daily reconciliation: not run (a partial day)")
-        return
+        return "not run: a partial day"
     at = datetime.combine(today + timedelta(days=1), datetime.min.time(), UTC) + timedelta(hours=3)
     set_clock(state, at)
     src = cfg.intraday_sources()[0]
@@ -391,6 +408,10 @@ def _daily_reconciles(cfg, lake, state, today, hours) -> None:
     manifest = json.loads((lake.raw(src.name, today) / "manifest.json").read_text())
     r = manifest.get("intraday", {}).get(today.isoformat())
     print(f"  daily reconciliation of {today}: {r}")
+    if not r:
+        return False
+    exact = r["in_daily"] == r["intraday_events"] == r["daily_events"]
+    return exact and f"{r['in_daily']:,} of {r['daily_events']:,} events"
 
 
 def _touched_cost(cfg, lake, adapter, today, users: int) -> None:

@@ -40,3 +40,13 @@ def test_crm_sync_benchmark_meets_its_targets(script, args, applies):
     targets = _targets(_bench(script, *args))
     checked = {k: v for k, v in targets.items() if any(a in k for a in applies)}
     assert checked and all(v == "met" for v in checked.values()), targets
+
+
+def test_freshness_benchmark_meets_its_targets():
+    """An hour of the simulated day on a small base: flags within the goal, nothing lost,
+    one export call per run, quiet runs at most 2 CRM calls."""
+    lines = _bench("freshness.py", "--users", "3000", "--hours", "1", "--crossers", "40")
+    targets = _targets(lines)
+    assert any(k.startswith("daily export") for k in targets)  # not run on a partial day
+    judged = {k: v for k, v in targets.items() if not k.startswith("daily export")}
+    assert len(judged) == 5 and all(v == "met" for v in judged.values()), targets

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import duckdb
 import pandas as pd
@@ -416,13 +417,21 @@ def export_budget(
     return Budget([(per_hour, 3600.0), (3, 1.0)], shared=shared, clock=clock)
 
 
-def rescore_fresh(cfg: Config, files: list[str], *, now: datetime | None = None) -> dict:
-    """Rescore, as of `now`, the users the new events in `files` touched."""
+def rescore_fresh(cfg: Config, files: list[str] | None = None, *, now=None) -> dict:
+    """Rescore, as of `now`, the users the intraday batches touched: `files` (what the run's
+    extraction noted) and any batch an earlier run noted but did not get to rescore; each
+    note is removed once its users are rescored."""
     from pql.scoring import intraday
 
     lake = Lake(cfg.lake.root)
     now = now or datetime.now(UTC)
-    return intraday.rescore(cfg, lake, files, now, firmographics.read(lake))
+    notes = sorted({*(files or ()), *map(str, (lake.live() / "touched").glob("*.parquet"))})
+    notes = [f for f in notes if Path(f).exists()]
+    with lake.lock("live-scores"):  # two runs never rescore over each other
+        result = intraday.rescore(cfg, lake, notes, now, firmographics.read(lake))
+    for f in notes:
+        Path(f).unlink(missing_ok=True)
+    return {**result, "batches": len(notes)}
 
 
 def sync_fresh(cfg: Config, crm: Crm) -> dict:

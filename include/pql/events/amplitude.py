@@ -29,7 +29,6 @@ from pql import http
 from pql.config import AmplitudeSource
 from pql.events import ExportError, IncompleteExport
 from pql.events.canonical import (
-    INTRADAY_PREFIX,
     Counts,
     Quarantine,
     RowBuffer,
@@ -40,6 +39,7 @@ from pql.events.canonical import (
     reconcile,
     save_intraday_state,
     split_by_day,
+    touched_path,
 )
 from pql.http import Budget, CredentialsError, transient
 from pql.lake import Lake, atomic_dir
@@ -402,7 +402,8 @@ def extract_fresh(
                 part, per_day = staged / "part-0.parquet", {}
                 if part.exists():
                     per_day = append_new(part, lake, src.name, start.date(), ready.date(),
-                                         batch, DEDUP_KEY, day_of="received_at")  # fmt: skip
+                                         batch, DEDUP_KEY, day_of="received_at",
+                                         touched=touched_path(lake, src.name, batch))  # fmt: skip
             finally:
                 shutil.rmtree(staged, ignore_errors=True)
             if not any(q_dir.glob("*")):
@@ -417,11 +418,7 @@ def extract_fresh(
             result.update(counts.as_dict(), added=added, held_already=counts.canonical - added,
                           fetch_retries=sum(f["attempts"] - 1 for f in fetches),
                           hours=[_hour(start), _hour(ready)])  # fmt: skip
-            result["files"] = [
-                str(lake.events(src.name, d) / f"{INTRADAY_PREFIX}{batch}.parquet")
-                for d, n in per_day.items()
-                if n["added"]
-            ]
+            result["files"] = [str(touched_path(lake, src.name, batch))] if added else []
             start = ready + timedelta(hours=1)
         save_intraday_state(lake, src.name, {
             "next_hour": _hour(start), "fetched_at": now.astimezone(UTC).isoformat(),

@@ -201,6 +201,12 @@ def split_by_day(
 INTRADAY_PREFIX = "intraday-"
 
 
+def touched_path(lake: Lake, source: str, batch: str) -> Path:
+    """Where an intraday batch notes the users (and devices) it brought events for, until a
+    rescoring has taken them (pipeline.rescore_fresh)."""
+    return lake.live() / "touched" / f"{source}-{batch}.parquet"
+
+
 def intraday_state_path(lake: Lake, source: str) -> Path:
     """Where a source's intraday state (its watermark) is kept."""
     return lake.live() / "sources" / f"{source}.json"
@@ -230,6 +236,7 @@ def append_new(
     *,
     day_of: str = "ts",
     local_zone: str | None = None,
+    touched: Path | None = None,
 ) -> dict[date, dict[str, int]]:
     """Add the staged events that a day's partition does not hold yet, as one more file.
 
@@ -237,7 +244,9 @@ def append_new(
     little before its watermark): events whose `key` the partition holds are left out, the
     rest land in `intraday-<batch>.parquet`, renamed into place whole, so readers never see
     half a file and the daily run can still replace the partition whole. Returns, per day,
-    the events `added` and those `held` already.
+    the events `added` and those `held` already. `touched`: where to write the added events'
+    user_key and device_id (what the scoring of touched users reads: the partition's files
+    may be merged before it runs).
     """
     con = duckdb.connect()
     try:
@@ -245,7 +254,7 @@ def append_new(
         rel = f"read_parquet('{staged}', hive_partitioning = false)"
         ts = f"timezone('{local_zone}', CAST(ts AS TIMESTAMP))" if local_zone else "ts"
         on = " AND ".join(f"n.{k} IS NOT DISTINCT FROM o.{k}" for k in key)
-        out, day = {}, first
+        out, day, keys = {}, first, []
         while day <= last:
             part = lake.events(source, day)
             part.mkdir(parents=True, exist_ok=True)
@@ -262,12 +271,18 @@ def append_new(
             )
             added = pq.read_metadata(tmp).num_rows
             if added:
+                keys.append(con.execute(
+                    f"SELECT DISTINCT user_key, device_id FROM read_parquet('{tmp}')"
+                ).to_arrow_table())  # fmt: skip
                 os.replace(tmp, part / f"{INTRADAY_PREFIX}{batch}.parquet")
                 _compact(con, part, batch)
             else:
                 tmp.unlink()
             out[day] = {"added": added, "held": total - added}
             day += timedelta(days=1)
+        if touched is not None and keys:
+            with atomic_file(touched) as f:
+                pq.write_table(pa.concat_tables(keys), f)
         return out
     finally:
         con.close()

@@ -27,13 +27,13 @@ from pql import http
 from pql.config import MixpanelSource
 from pql.events import ExportError, IncompleteExport, mixpanel_duckdb
 from pql.events.canonical import (
-    INTRADAY_PREFIX,
     Counts,
     append_new,
     intraday_state,
     reconcile,
     save_intraday_state,
     split_by_day,
+    touched_path,
 )
 from pql.events.mixpanel_lines import TRUNCATED_MARKER
 from pql.http import Budget, CredentialsError, transient
@@ -378,6 +378,7 @@ def extract_fresh(
                 per_day = append_new(
                     part, lake, src.name, first, today, batch, KEY,
                     local_zone=src.project_timezone if src.local_time else None,
+                    touched=touched_path(lake, src.name, batch),
                 )  # fmt: skip
                 newest = _newest_processing_ms(part, mark)
         finally:
@@ -386,11 +387,7 @@ def extract_fresh(
             shutil.rmtree(q_dir, ignore_errors=True)
         _fail_if_too_bad(counts, src.bad_line_threshold, q_dir, today)
         added = sum(d["added"] for d in per_day.values())
-        files = [
-            str(lake.events(src.name, d) / f"{INTRADAY_PREFIX}{batch}.parquet")
-            for d, n in per_day.items()
-            if n["added"]
-        ]
+        files = [str(touched_path(lake, src.name, batch))] if added else []
         new_state = {
             "watermark_ms": newest,
             "fetched_at": now.astimezone(UTC).isoformat(),
