@@ -66,15 +66,13 @@ def build(every: int, max_lag: int, sources: list[tuple[str, str, str]]):
         def route(synced: dict) -> dict:
             """After the sync, so a newly created contact exists for its follow-up task."""
             from pql import pipeline
-            from pql_airflow.hooks import CrmHook, SlackWebhookHook
+            from pql_airflow.hooks import routing_clients
 
             cfg = load()
-            rule = cfg.routing
-            if not (rule.crm_task or rule.slack):
+            clients = routing_clients(cfg)
+            if clients is None:
                 return {"routing": "off"}
-            crm = CrmHook(cfg).get_conn() if rule.crm_task else None
-            slack = SlackWebhookHook(rule.slack_connection_id).get_conn() if rule.slack else None
-            return pipeline.route_fresh(cfg, crm, slack)
+            return pipeline.route_fresh(cfg, *clients)
 
         @task(trigger_rule="all_done", retries=0)
         def lag() -> dict:

@@ -86,15 +86,13 @@ def pql_score_sync():
         from datetime import date
 
         from pql import pipeline
-        from pql_airflow.hooks import CrmHook, SlackWebhookHook
+        from pql_airflow.hooks import routing_clients
 
         cfg = load()
-        rule = cfg.routing
-        if not (rule.crm_task or rule.slack):
+        clients = routing_clients(cfg)
+        if clients is None:
             return {"routing": "off"}
-        crm = CrmHook(cfg).get_conn() if rule.crm_task else None
-        slack = SlackWebhookHook(rule.slack_connection_id).get_conn() if rule.slack else None
-        return pipeline.route(cfg, date.fromisoformat(scored["day"]), crm, slack)
+        return pipeline.route(cfg, date.fromisoformat(scored["day"]), *clients)
 
     scored = score(enrich())
     route(scored, sync(scored))

@@ -137,3 +137,14 @@ def smtp_sender(conn_id: str = "smtp_default") -> Callable[[Email], None]:
                 )
 
     return send
+
+
+def routing_clients(cfg) -> tuple | None:
+    """The clients config `routing` needs, (CRM adapter or None, Slack webhook or None), from
+    their connections; None when routing is off. The daily and intraday DAGs alike."""
+    rule = cfg.routing
+    if not (rule.crm_task or rule.slack):
+        return None
+    crm = CrmHook(cfg).get_conn() if rule.crm_task else None
+    slack = SlackWebhookHook(rule.slack_connection_id).get_conn() if rule.slack else None
+    return crm, slack
