@@ -271,7 +271,7 @@ def append_new(
             )
             added = pq.read_metadata(tmp).num_rows
             if added:
-                keys.append(con.execute(
+                keys.append(con.sql(
                     f"SELECT DISTINCT user_key, device_id FROM read_parquet('{tmp}')"
                 ).to_arrow_table())  # fmt: skip
                 os.replace(tmp, part / f"{INTRADAY_PREFIX}{batch}.parquet")
