@@ -389,18 +389,19 @@ def merged_ledger(
     where: dict[str, str] | None = None,
     columns: dict[str, dict[str, str]] | None = None,
     flag: str | None = None,
+    qualified: str | None = None,
 ) -> pd.DataFrame:
     """The ledger with `written` rows (key and field values) as the CRM's values; `where`
     gives the record (key → "Object/id") each was written to, or a merged-away marker;
-    `columns` other META columns of the written rows (name → key → value); `flag` the flag
-    field, whose rows get `flagged_at` (flagged_at)."""
+    `columns` other META columns of the written rows (name → key → value); `flag` and
+    `qualified` the flag and qualified-at fields, for `flagged_at` (flagged_at)."""
     fresh = written.assign(digest=digests(written, key), synced_at=datetime.now(UTC))
     if where:
         fresh = fresh.assign(record=fresh[key].map(where))
     for name, values in (columns or {}).items():
         fresh[name] = fresh[key].map(values).astype(object)
     if flag and flag in fresh.columns:
-        fresh["flagged_at"] = flagged_at(ledger, fresh, key, flag)
+        fresh["flagged_at"] = flagged_at(ledger, fresh, key, flag, qualified)
     merged = pd.concat([ledger, fresh]) if ledger is not None else fresh
     merged = merged.drop_duplicates(key, keep="last")  # this run's entry wins
     if where and ledger is not None:  # records of keys not written this run (merged away)
@@ -412,11 +413,18 @@ def merged_ledger(
     return merged
 
 
-def flagged_at(ledger: pd.DataFrame | None, fresh: pd.DataFrame, key: str, flag: str) -> pd.Series:
-    """When the CRM first held each written person's current flag 'true': kept from the
-    ledger while they stay flagged, this write's time (the CRM's modification time when
-    known) when it flags them, none when they are not flagged. How long new PQLs wait for
-    their flag is counted from it (the weekly report)."""
+def flagged_at(
+    ledger: pd.DataFrame | None,
+    fresh: pd.DataFrame,
+    key: str,
+    flag: str,
+    qualified: str | None = None,
+) -> pd.Series:
+    """When the CRM first held each written person's current qualification flagged: kept
+    from the ledger while the qualification (the `qualified` field's value) is the same one,
+    even through an un-flag; this write's time (the CRM's modification time when known) when
+    it flags a qualification for the first time; none for who never was. How long new PQLs
+    wait for their flag is counted from it (the weekly report)."""
     now = pd.to_datetime(fresh["synced_at"], utc=True).astype("datetime64[us, UTC]")
     if "modified_at" in fresh.columns:
         crm_time = pd.to_datetime(fresh["modified_at"], utc=True, errors="coerce", format="mixed")
@@ -424,12 +432,18 @@ def flagged_at(ledger: pd.DataFrame | None, fresh: pd.DataFrame, key: str, flag:
     was = pd.Series(pd.NaT, index=fresh.index, dtype="datetime64[us, UTC]")
     if ledger is not None and "flagged_at" in ledger.columns and flag in ledger.columns:
         old = ledger.drop_duplicates(key, keep="last").set_index(key)
-        held = old.loc[(old[flag] == "true") & old["flagged_at"].notna(), "flagged_at"]
+        kept = old["flagged_at"].notna()
+        if qualified and qualified in old.columns and qualified in fresh.columns:
+            same = fresh[key].map(old[qualified].to_dict()) == fresh[qualified]
+        else:  # without the qualification's moment: the flag must have stayed on
+            kept &= old[flag] == "true"
+            same = pd.Series(True, index=fresh.index)
+        held = old.loc[kept, "flagged_at"]
         if len(held):  # (pandas cannot map through an empty series of times)
             was = pd.to_datetime(fresh[key].map(held.to_dict()), utc=True, format="mixed")
-            was = was.astype("datetime64[us, UTC]")
+            was = was.astype("datetime64[us, UTC]").where(same)
     on = fresh[flag] == "true"
-    out = was.where(on & was.notna(), now.astype("datetime64[us, UTC]")).where(on)
+    out = was.where(was.notna(), now.where(on))
     # Text, as the CRM's own times in the ledger (a ledger is read back whatever its age).
     text = [t.isoformat() if pd.notna(t) else None for t in out]
     return pd.Series(text, index=fresh.index, dtype=object)

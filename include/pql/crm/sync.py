@@ -211,7 +211,8 @@ def run(
         # The read-back waits for the rate window: the new ledger is built meanwhile.
         back = pool.submit(crm.read, {e: where[e] for e in checked}) if checked else None
         merged = merged_ledger(ledger, todo[among(todo["email"], ok["email"])], where=where,
-                               columns=columns, flag=target.fields.flag)  # fmt: skip
+                               columns=columns, flag=target.fields.flag,
+                               qualified=target.fields.qualified_at)  # fmt: skip
         if back is not None:
             holds = back.result()
             results = unverified(results, todo, holds, checked)
@@ -225,7 +226,8 @@ def run(
         where = {e: r for e, r in where.items() if e not in lost}
         columns["modified_at"] = {**columns["modified_at"], **read_at}
         merged = merged_ledger(ledger, todo[among(todo["email"], written["email"])],
-                               where=where, columns=columns, flag=target.fields.flag)  # fmt: skip
+                               where=where, columns=columns, flag=target.fields.flag,
+                               qualified=target.fields.qualified_at)  # fmt: skip
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     run_dir = lake.sync(kind) / f"run={run_id}"
     with atomic_dir(run_dir) as tmp:

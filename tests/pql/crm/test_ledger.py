@@ -62,18 +62,24 @@ def test_a_frequent_run_writes_flag_flips_and_large_moves_only():
     assert list(later["email"]) == ["c@x.io"]
 
 
-def test_flagged_at_is_when_the_crm_first_held_the_flag():
-    """Kept while a person stays flagged, the write's CRM time when it flags them, none when
-    not flagged: the weekly report counts the pipeline's latency from it."""
+def test_flagged_at_is_when_the_crm_first_held_the_qualification_flagged():
+    """Kept for the same qualification (even through an un-flag), the write's CRM time when
+    it first flags a qualification, none for who never was: the weekly report counts the
+    pipeline's latency from it."""
     from pql.crm.ledger import flagged_at
 
-    before = pd.DataFrame({"email": ["kept@a.io", "new@a.io", "gone@a.io"],
-                           "pql_flag": ["true", "false", "true"],
-                           "flagged_at": [_at(-60).isoformat(), None,
-                                          _at(-30).isoformat()]})  # fmt: skip
-    fresh = pd.DataFrame({"email": ["kept@a.io", "new@a.io", "gone@a.io", "first@a.io"],
-                          "pql_flag": ["true", "true", "false", "true"],
+    q1, q2 = _at(-90).isoformat(), _at(-5).isoformat()
+    before = pd.DataFrame({"email": ["kept@a.io", "new@a.io", "off@a.io", "again@a.io"],
+                           "pql_flag": ["true", "false", "true", "false"],
+                           "pql_qualified_at": [q1, "", q1, q1],
+                           "flagged_at": [_at(-60).isoformat(), None, _at(-30).isoformat(),
+                                          _at(-80).isoformat()]})  # fmt: skip
+    fresh = pd.DataFrame({"email": ["kept@a.io", "new@a.io", "off@a.io", "again@a.io",
+                                    "first@a.io"],
+                          "pql_flag": ["true", "true", "false", "true", "true"],
+                          "pql_qualified_at": [q1, q2, q1, q2, q2],
                           "synced_at": _at(1), "modified_at": [None, _at(0).isoformat(), None,
-                                                               None]})  # fmt: skip
-    got = flagged_at(before, fresh, "email", "pql_flag")
-    assert list(got) == [_at(-60).isoformat(), _at(0).isoformat(), None, _at(1).isoformat()]
+                                                               None, None]})  # fmt: skip
+    got = flagged_at(before, fresh, "email", "pql_flag", "pql_qualified_at")
+    assert list(got) == [_at(-60).isoformat(), _at(0).isoformat(), _at(-30).isoformat(),
+                         _at(1).isoformat(), _at(1).isoformat()]  # fmt: skip
