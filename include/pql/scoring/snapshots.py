@@ -1,4 +1,8 @@
-"""Score every user as of a moment and keep a snapshot per day in the lake."""
+"""Score every user as of a moment and keep a snapshot per day in the lake.
+
+Long because it holds what the daily and the intraday scoring share: the snapshot, the view
+of every user's latest row over it, and the exact search for the moment a user qualified.
+"""
 
 from __future__ import annotations
 
