@@ -705,8 +705,10 @@ def _send(call: SalesforceCrm, writes: list[dict]) -> list[dict]:
 @contextmanager
 def clock(call: SalesforceCrm) -> Iterator[list[tuple[datetime, datetime]]]:
     """Spans of Salesforce's clock holding the handling of each call made inside: its answer's
-    Date (whole seconds) less the round trip, to that Date plus a second. Salesforce does not
-    say when it saved a record; these bound it without a query."""
+    Date (whole seconds) less the round trip, to that Date. Salesforce does not say when it
+    saved a record; these bound it without a query. The second of the Date itself stays
+    searched (a search bound is a whole second), so an edit made right after our write, in
+    that second, is found: records we wrote in it are read again, and hold our values."""
     spans: list[tuple[datetime, datetime]] = []
 
     def hook(response, *args, **kwargs) -> None:
@@ -714,7 +716,7 @@ def clock(call: SalesforceCrm) -> Iterator[list[tuple[datetime, datetime]]]:
             at = parsedate_to_datetime(response.headers["Date"])
         except (KeyError, TypeError, ValueError):
             return
-        spans.append((at - response.elapsed, at + timedelta(seconds=1)))
+        spans.append((at - response.elapsed, at))
 
     session = call(lambda sf: sf.session)
     session.hooks["response"].append(hook)

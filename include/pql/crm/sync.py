@@ -44,6 +44,8 @@ from pql.crm.ledger import (
     apply_manual_edits,
     column,
     diff_sample,
+    differing,
+    last_values,
     load_ledger,
     material,
     merged_ledger,
@@ -307,9 +309,13 @@ def _span(ok: pd.DataFrame) -> tuple[datetime, datetime] | None:
 
 def _own_writes(recent: Recent, ledger: pd.DataFrame | None) -> Recent:
     """`recent` less the values of records whose modification time is the one our write left
-    (found again at a span's edge, or written by a run too small to search around)."""
+    (found again at a span's edge, or written by a run too small to search around) and that
+    still hold what we wrote: a clock of whole seconds gives a rep's edit in the second of
+    our write the same time, and the values tell it apart."""
     stamps = column(ledger, "modified_at", recent.modified)
     ours = {e for e, t in recent.modified.items() if e in stamps and same_value(stamps[e], t)}
+    if ours:
+        ours -= set(differing(recent.values, last_values(ledger, ours)))
     if not ours:
         return recent
     values = {e: v for e, v in recent.values.items() if e not in ours}
