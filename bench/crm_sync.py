@@ -13,7 +13,16 @@ straight into its store, and the sync ledger to match). Then:
    check (remembered for a day) and a change search that goes around the records the last run
    wrote instead of reading them all again;
 3. the naive way, one request per changed record, on a sample of the same changes
-   (extrapolated per record), in the same process.
+   (extrapolated per record), in the same process;
+4. the competent way without this project, "batch-upsert everything, no diff": every
+   contact's values sent each run as batch upserts by email, 100 a call, through the same client
+   and its budget, measured in full (1,000 calls at 100,000: about 100 s) on the same changed
+   world (the CRM put back as yesterday's run left it, no API call), then again unchanged,
+   where it still sends everything. Each baseline starts on a window clear of earlier calls, as
+   the sync did.
+
+Printed side by side at the end: the sync's time and calls, each baseline's, and the ratios
+(baseline over sync) for the changed run and the unchanged re-run.
 
 Targets: write calls = ceil(changed / 100) plus a small constant; zero writes and at most 2
 calls when unchanged; throughput at least 90% of what the limit allows (the least time a
@@ -64,11 +73,7 @@ def scores(n: int, changed: int = 0) -> pd.DataFrame:
 def seed(state, hs, lake: Lake, target: HubSpotTarget, frame: pd.DataFrame) -> None:
     """The CRM and the ledger as yesterday's sync of `frame` left them."""
     crm.ensure_properties(hs, target)
-    desired = ledger.desired_values(frame, target)
-    store = HubSpotStore(state)
-    rows = desired.to_dict("records")
-    for start in range(0, len(rows), 5000):
-        store.upsert("contacts", rows[start : start + 5000], id_property="email")
+    desired = put(state, target, frame)
     yesterday = datetime.now(UTC) - timedelta(days=1)
     # Loaded two days ago, yesterday's run changed nothing: the run's hand-edit search finds
     # only what changed since, as in production, not the whole seed.
@@ -81,6 +86,16 @@ def seed(state, hs, lake: Lake, target: HubSpotTarget, frame: pd.DataFrame) -> N
             (stamp, stamp),
         )
     ledger.update_ledger(lake, None, desired, run_started=yesterday)
+
+
+def put(state, target: HubSpotTarget, frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame`'s values into the CRM's store (no API call) -> its desired values."""
+    desired = ledger.desired_values(frame, target)
+    store = HubSpotStore(state)
+    rows = desired.to_dict("records")
+    for start in range(0, len(rows), 5000):
+        store.upsert("contacts", rows[start : start + 5000], id_property="email")
+    return desired
 
 
 def counters(base_url: str) -> dict:
@@ -112,6 +127,31 @@ def naive(hs, frame: pd.DataFrame, target: HubSpotTarget) -> float:
     for _, row in desired.iterrows():
         list(crm.upsert_contacts(hs, row.to_frame().T))
     return time.perf_counter() - started
+
+
+def batch_everything(hs, frame: pd.DataFrame, target: HubSpotTarget) -> tuple[float, int]:
+    """Every contact's values, no diff: batch upserts by email, 100 a call, paced by the same
+    client budget (and as many in flight) -> seconds, records written."""
+    started = time.perf_counter()
+    desired = ledger.desired_values(frame, target)
+    written = sum(r["status"] == "written" for r in crm.upsert_contacts(hs, desired))
+    return time.perf_counter() - started, written
+
+
+def ratio(x: float, of: float) -> str:
+    return f"{x / of:,.1f}x" if of else "n/a"
+
+
+def side_by_side(title: str, rows: list[tuple[str, float, int, str]]) -> None:
+    """rows: (who, seconds, calls, note), the project's first; the others with their ratios to
+    it (time, calls)."""
+    print(f"\n{title}")
+    _, base_s, base_calls, _ = rows[0]
+    for i, (who, seconds, made, note) in enumerate(rows):
+        against = ""
+        if i and made:
+            against = f"  {ratio(seconds, base_s)} the time, {ratio(made, base_calls)} the calls"
+        print(f"  {who:<46}{seconds:>9,.1f} s {made:>8,} calls{against}{note}")
 
 
 def main() -> None:
@@ -176,8 +216,40 @@ def main() -> None:
                   f"{naive_s:,.0f} s extrapolated from {len(sample)} "
                   f"({changed / naive_s:,.1f} records/s); the batched sync is "
                   f"{naive_s / seconds:,.0f}x faster")  # fmt: skip
+
+            # Batch-upsert everything, no diff: on the world the sync found (the CRM put back
+            # as yesterday's run left it), then again with nothing changed.
+            put(state, target, scores(n).head(max(changed, len(sample))))
+            everything = []
+            for what in (f"{changed:,} of {n:,} changed", "unchanged re-run"):
+                time.sleep(crm.WINDOW_S)  # a window clear of earlier calls, as the sync had
+                before = counters(base)
+                every_s, every_written = batch_everything(hs, today, target)
+                every = calls(base, before)
+                every_calls = every["write"] + every["read"] + every["search"] + every["other"]
+                everything.append((every_s, every_calls))
+                print(f"\nbatch-upsert everything, no diff, {what}: {every_written:,} of {n:,} "
+                      f"written in {every_s:.1f} s ({every_written / every_s:,.0f} records/s), "
+                      f"{every_calls} calls: {every['write']} batch upserts, "
+                      f"{every['429']} answered 429")  # fmt: skip
         finally:
             server.stop(root)
+
+    per_record = naive_s / changed  # seconds a record, one request each
+    everyone = made + run["search"]
+    side_by_side(f"side by side, {changed:,} of {n:,} changed (ratios: baseline over the sync):", [
+        ("the sync (diff, batches of changes)", seconds, everyone, ""),
+        ("per-record, one upsert per change", naive_s, changed,
+         f" (extrapolated from {len(sample)})"),
+        ("batch-upsert everything, 100 a call", everything[0][0], everything[0][1], ""),
+    ])  # fmt: skip
+    side_by_side("side by side, unchanged re-run (batch-everything still sends everything):", [
+        ("the sync", local, quiet, ""),
+        ("per-record, handed the (empty) diff", 0.0, 0, " (nothing to send)"),
+        ("per-record, no diff: one upsert per contact", per_record * n, n,
+         " (extrapolated)"),
+        ("batch-upsert everything, 100 a call", everything[1][0], everything[1][1], ""),
+    ])  # fmt: skip
 
     expected = math.ceil(changed / crm.BATCH)
     print("\ntargets:")
