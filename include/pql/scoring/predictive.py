@@ -2,7 +2,7 @@
 
 Trained on (user, moment) rows labelled "converted within the horizon", evaluated on the latest
 moments only (held out in time), saved as versions under the models folder and promoted only when
-it beats the current version on the same held-out rows.
+it beats the current version on the same held-out rows beyond noise (pql.scoring.auc).
 
 Long because training, calibration, evaluation and the version store share one row shape.
 """
@@ -27,7 +27,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from pql.lake import atomic_dir, atomic_file
-from pql.scoring import NoTrainedModel
+from pql.scoring import NoTrainedModel, auc
 
 UNKNOWN = "unknown"
 CALIBRATION_SHARE = 0.25  # the latest quarter of training moments calibrates the probabilities
@@ -297,44 +297,51 @@ def versions(models_dir: Path) -> list[dict]:
 def promote(
     models_dir: Path, candidate: Trained, holdout: pd.DataFrame, *, label: str = "label"
 ) -> tuple[bool, dict]:
-    """Make `candidate` current if it beats the current version's AUC on the same held-out rows.
+    """Make `candidate` current only if it beats the current version beyond noise.
 
-    A current version that cannot score these rows (missing features, unreadable) loses.
+    Both versions score the same held-out rows; the candidate wins when the 95% interval of the
+    paired AUC difference (DeLong, correlated ROC curves) lies wholly above 0. A higher AUC by a
+    hair keeps the current version. A current version that cannot score these rows (missing
+    features, unreadable) loses; with no current version the candidate is promoted.
     """
     y = np.asarray(holdout[label], dtype=bool) if label in holdout else np.array([], bool)
     _two_classes(y, "held-out rows to compare models on")
     models_dir = Path(models_dir)
     if not (models_dir / candidate.version / "model.joblib").exists():
         save(candidate, models_dir)
-    cand_auc = float(roc_auc_score(y, predict(candidate, holdout)))
+    p_cand = predict(candidate, holdout)
+    cand = auc.interval(y, p_cand)
     cur = current_version(models_dir)
     out = {
         "candidate": candidate.version,
-        "candidate_auc": cand_auc,
+        "candidate_auc": cand.auc,
+        "candidate_auc_ci": [cand.low, cand.high],
         "current": cur,
         "current_auc": None,
         "holdout_rows": len(holdout),
+        "holdout_positives": int(y.sum()),
     }
+    rows = f"{len(y):,} held-out rows ({int(y.sum()):,} positives)"
     if cur is None:
-        better, reason = True, f"promoted {candidate.version}: no current model"
+        better = True
+        reason = f"promoted {candidate.version}: no current model (AUC {cand} on {rows})"
     elif cur == candidate.version:
         better, reason = False, f"{candidate.version} is already the current model"
     else:
-        cur_auc, problem = _current_auc(models_dir, cur, holdout, y)
-        out["current_auc"] = cur_auc
+        p_cur, problem = _current_scores(models_dir, cur, holdout)
         if problem:
             better, reason = True, f"promoted {candidate.version}: current {cur} {problem}"
-        elif cand_auc > cur_auc:
-            better = True
-            reason = f"promoted {candidate.version}: AUC {cand_auc:.4f} > {cur_auc:.4f} ({cur})"
         else:
-            better = False
-            reason = f"kept {cur}: AUC {cur_auc:.4f} ≥ {cand_auc:.4f} ({candidate.version})"
+            d = auc.difference(y, p_cand, p_cur)
+            out.update(current_auc=d.current, difference=d.difference,
+                       difference_ci=[d.low, d.high], p_value=d.p_value)  # fmt: skip
+            better = bool(d.better)
+            reason = f"{'promoted ' + candidate.version if better else 'kept ' + cur}: {d}"
     if better:
         record = {
             "version": candidate.version,
             "promoted_at": pd.Timestamp.now(tz="UTC").floor("s").isoformat(),
-            "holdout_auc": cand_auc,
+            "holdout_auc": cand.auc,
             "previous": cur,
         }
         with atomic_file(models_dir / "current.json", "w") as f:
@@ -343,10 +350,10 @@ def promote(
     return better, out
 
 
-def _current_auc(
-    models_dir: Path, version: str, holdout: pd.DataFrame, y: np.ndarray
-) -> tuple[float | None, str | None]:
-    """The current version's AUC on the holdout, or why it cannot be scored."""
+def _current_scores(
+    models_dir: Path, version: str, holdout: pd.DataFrame
+) -> tuple[np.ndarray | None, str | None]:
+    """The current version's probabilities on the holdout, or why it cannot score them."""
     try:
         current = load(models_dir, version)
     except Exception as e:  # any unreadable version (gone, corrupt, other sklearn) cannot serve
@@ -354,7 +361,7 @@ def _current_auc(
     gone = [c for c in current.features if c not in holdout.columns]
     if gone:
         return None, f"needs features no longer produced: {', '.join(gone)}"
-    return float(roc_auc_score(y, predict(current, holdout))), None
+    return predict(current, holdout), None
 
 
 def _calibration_method(pipe: Pipeline, cal: pd.DataFrame, y: np.ndarray, when: np.ndarray) -> str:

@@ -254,3 +254,49 @@ def test_new_version():
     assert predictive.new_version("predictive", datetime(2026, 11, 23, 14, 15, 59, tzinfo=UTC)) == (
         "predictive-20261123-141559"
     )
+
+
+def test_a_retrain_better_by_a_hair_does_not_replace_the_current_model(frame, tmp_path):
+    # Two retrains on resampled draws of the same training rows: equal models up to noise. (The
+    # paired test is conditional on these held-out rows: some other pairs of draws do differ by
+    # a real 0.001 on them, and then the better one is promoted.)
+    h = holdout(frame)
+    past = frame[frame["moment"] < HOLDOUT_FROM]
+    retrains = []
+    for seed in (12, 13):
+        rows = past.sample(frac=1.0, replace=True, random_state=seed).sort_values("moment")
+        variant = pd.concat([rows, h], ignore_index=True)
+        retrains.append(
+            predictive.train(variant, NUMERIC, TEXT, holdout_from=HOLDOUT_FROM, version=f"r{seed}")
+        )
+    low, high = sorted(retrains, key=lambda t: t.metrics["auc"])
+    assert high.metrics["auc"] > low.metrics["auc"]  # the old rule would have promoted `high`
+    assert high.metrics["auc"] - low.metrics["auc"] < 0.01
+    assert predictive.promote(tmp_path, low, h)[0]
+    before = (tmp_path / "current.json").read_bytes()
+    promoted, cmp = predictive.promote(tmp_path, high, h)
+    assert not promoted and (tmp_path / "current.json").read_bytes() == before
+    assert cmp["candidate_auc"] > cmp["current_auc"]
+    low_ci, high_ci = cmp["difference_ci"]
+    assert low_ci < 0 < high_ci and cmp["difference"] == pytest.approx(
+        cmp["candidate_auc"] - cmp["current_auc"]
+    )
+    assert cmp["reason"].startswith(f"kept {low.version}: new AUC ")
+    assert "on the same 21,000 held-out rows" in cmp["reason"]
+    assert f"({int(h['label'].sum()):,} positives)" in cmp["reason"]
+    assert cmp["reason"].endswith("includes 0")
+
+
+def test_a_clearly_better_model_is_promoted_with_its_numbers(frame, full, tmp_path):
+    h = holdout(frame)
+    weak = predictive.train(
+        frame, ["active_days_30d", "noise_count"], [], holdout_from=HOLDOUT_FROM, version="p-weak"
+    )
+    predictive.promote(tmp_path, weak, h)
+    promoted, cmp = predictive.promote(tmp_path, full, h)
+    assert promoted and predictive.current_version(tmp_path) == "p-full"
+    assert cmp["difference_ci"][0] > 0 and cmp["p_value"] < 0.001
+    assert cmp["reason"].startswith("promoted p-full: new AUC ")
+    assert cmp["reason"].endswith("excludes 0")
+    lo, hi = cmp["candidate_auc_ci"]
+    assert lo < cmp["candidate_auc"] < hi and cmp["holdout_positives"] == int(h["label"].sum())
