@@ -10,10 +10,13 @@ straight into a lake (events, weekly outcome pulls, firmographics). Then:
    period, exactly as `pql train` does;
 2. on the held-out moments (point-in-time features of users still open, labelled "won within
    30 days"), scores every user with the weighted (config/pql.yaml), threshold
-   (config/examples/threshold.yaml) and predictive models and prints ROC AUC, the share flagged,
-   recall of conversions at that share, and the predictive model's expected calibration error;
+   (config/examples/threshold.yaml) and predictive models and prints ROC AUC with its 95%
+   interval (DeLong, pql.scoring.auc) and k of n positives, the paired AUC difference against
+   the weighted model on the same rows, the share flagged, recall of conversions at that share,
+   and the predictive model's expected calibration error; also the promotion decision;
 3. scores 1,000,000 users (held-out rows resampled) with each kind and prints users per second,
-   with the ratio against a row-at-a-time baseline (pandas apply) run in the same process.
+   with the ratio against a hand-written vectorised pandas implementation of the same weighted
+   rules (score and flag, no reasons) run in the same process on the same rows.
 
 Targets: predictive AUC > weighted AUC on held-out time; ECE < 0.05; 1M users in seconds.
 """
@@ -27,12 +30,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
 
 from pql import config, scoring
+from pql.config import (
+    ActiveDaysSignal,
+    DormantSignal,
+    EventSignal,
+    FirmographicSignal,
+    FreeEmailSignal,
+)
 from pql.enrich import firmographics
 from pql.lake import Lake
-from pql.scoring import labels, predictive, snapshots, training
+from pql.scoring import auc, labels, predictive, snapshots, training, weighted
 from sandbox import lakegen, world
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,37 +92,62 @@ def quality(name: str, scored: pd.DataFrame, y: np.ndarray) -> dict:
     ranking = scored["probability"] if "probability" in scored else scored["score"]
     return {
         "model": name,
-        "auc": roc_auc_score(y, ranking),
+        "auc": auc.interval(y, ranking),
+        "ranking": ranking.to_numpy(float),
         "flagged_share": flagged.mean(),
         "recall_at_flagged": flagged[y].mean() if y.any() else float("nan"),
         "pql_win_rate": y[flagged].mean() if flagged.any() else float("nan"),
     }
 
 
-def throughput(cfg: config.Config, lake: Lake, rows: pd.DataFrame, n: int) -> tuple[float, int]:
-    big = rows.sample(n=n, replace=True, random_state=0).reset_index(drop=True)
+def throughput(cfg: config.Config, lake: Lake, big: pd.DataFrame) -> tuple[float, pd.DataFrame]:
+    return timed(scoring.score, big, cfg, lake.models())
+
+
+def pandas_baseline(rows: pd.DataFrame, model: config.WeightedModel) -> pd.DataFrame:
+    """Baseline: the weighted rules as a good engineer would write them, vectorised in pandas.
+
+    Per signal: count × points_each capped at max_points (events, active days), points when a
+    firmographic matches, negative points for free email or dormancy; total clipped to 0-100.
+    Score and flag only: no reasons (the project also writes plain-word reasons per user).
+    """
+    total = np.zeros(len(rows))
+    for i, s in enumerate(model.signals):
+        col = f"s{i}"
+        if isinstance(s, EventSignal | ActiveDaysSignal):
+            pts = rows[col].fillna(0).to_numpy(float) * s.points_each
+            total += pts if s.max_points is None else np.minimum(pts, s.max_points)
+        elif isinstance(s, FirmographicSignal) and s.field in rows:
+            if s.at_least is not None:
+                hit = pd.to_numeric(rows[s.field], errors="coerce").to_numpy(float) >= s.at_least
+            else:
+                allowed = [v.lower() for v in s.one_of]
+                hit = rows[s.field].fillna("").astype(str).str.lower().isin(allowed).to_numpy()
+            total += np.where(hit, s.points, 0.0)
+        elif isinstance(s, FreeEmailSignal):
+            total += np.where(rows["free_email"].fillna(False).to_numpy(bool), s.points, 0.0)
+        elif isinstance(s, DormantSignal):
+            idle = pd.to_numeric(rows["days_since_last_seen"], errors="coerce").fillna(0)
+            total += np.where(idle.to_numpy(float) >= s.days, s.points, 0.0)
+    score = np.rint(np.clip(total, 0, 100)).astype(int)
+    return pd.DataFrame({"score": score, "flag": score >= model.threshold}, index=rows.index)
+
+
+def score_and_flag(rows: pd.DataFrame, model: config.WeightedModel) -> pd.DataFrame:
+    """The project's weighted points (weighted.contributions) to score and flag, no reasons."""
+    score = weighted.contributions(rows, model).sum(axis=1).clip(0, 100).round().astype(int)
+    return pd.DataFrame({"score": score, "flag": score >= model.threshold}, index=rows.index)
+
+
+def best_of(k: int, fn, *args) -> tuple[float, object]:
+    runs = [timed(fn, *args) for _ in range(k)]
+    return min(r[0] for r in runs), runs[0][1]
+
+
+def timed(fn, *args) -> tuple[float, object]:
     started = time.perf_counter()
-    out = scoring.score(big, cfg, lake.models())
-    return time.perf_counter() - started, len(out)
-
-
-def row_at_a_time(cfg: config.Config, rows: pd.DataFrame, n: int) -> float:
-    """Baseline: the weighted points computed one user at a time with DataFrame.apply."""
-    model = cfg.model
-    sample = rows.sample(n=n, replace=True, random_state=1).reset_index(drop=True)
-
-    def one(row):
-        return weighted_one(row, model)
-
-    started = time.perf_counter()
-    sample.apply(one, axis=1)
-    return time.perf_counter() - started
-
-
-def weighted_one(row: pd.Series, model: config.WeightedModel) -> int:
-    from pql.scoring import weighted
-
-    return int(weighted.score(row.to_frame().T, model)["score"].iloc[0])
+    out = fn(*args)
+    return time.perf_counter() - started, out
 
 
 def main() -> None:
@@ -133,7 +167,8 @@ def main() -> None:
     started = time.perf_counter()
     trained = training.train(pred, end, firmographics.read(lake))
     print(f"\ntrained {trained['version']} on {trained['rows']:,} user-moments in "
-          f"{time.perf_counter() - started:.0f} s; promoted: {trained['promoted']}")  # fmt: skip
+          f"{time.perf_counter() - started:.0f} s; promoted: {trained['promoted']}\n"
+          f"  {trained['comparison']['reason']}")  # fmt: skip
 
     rows = signal_columns(weighted_cfg, lake, holdout_rows(pred, lake, end))
     y = rows["label"].to_numpy(bool)
@@ -149,40 +184,66 @@ def main() -> None:
     p = scoring.score(rows, pred, lake.models())["probability"].to_numpy()
     ece = predictive.expected_calibration_error(y, p)
 
-    print(f"{'model':12s} {'ROC AUC':>8s} {'flagged':>8s} {'recall':>8s} {'PQL win':>8s}")
+    head = f"{'model':12s} {'ROC AUC (95% CI)':>22s} {'positives':>16s} "
+    print(head + f"{'vs weighted (95% CI)':>28s} {'flagged':>8s} {'recall':>8s} {'PQL win':>8s}")
+    base = results[0]["ranking"]
     for r in results:
-        print(f"{r['model']:12s} {r['auc']:8.3f} {r['flagged_share']:8.1%} "
+        a = r["auc"]
+        if r["model"] == "weighted":
+            vs = "-"
+        else:
+            d = auc.difference(y, r["ranking"], base)
+            vs = f"{d.difference:+.3f} ({d.low:+.3f} to {d.high:+.3f})"
+        print(f"{r['model']:12s} {a.auc:8.3f} ({a.low:.3f}-{a.high:.3f}) "
+              f"{f'{a.positives:,} of {a.rows:,}':>16s} {vs:>28s} {r['flagged_share']:8.1%} "
               f"{r['recall_at_flagged']:8.1%} {r['pql_win_rate']:8.1%}")  # fmt: skip
     print(f"\npredictive expected calibration error: {ece:.4f} (mean p {p.mean():.3f}, "
           f"observed {y.mean():.3f})")  # fmt: skip
 
-    print(f"\nscoring {args.score_users:,} users:")
-    baseline_n = 2_000
-    base_s = row_at_a_time(weighted_cfg, rows, baseline_n)
-    base_rate = baseline_n / base_s
-    print(f"  {'row-at-a-time baseline':26s} {base_rate:12,.0f} users/s (on {baseline_n:,})")
+    n = args.score_users
+    big = rows.sample(n=n, replace=True, random_state=0).reset_index(drop=True)
+    print(f"\nscoring {n:,} users (held-out rows resampled), all in this process:")
+    # Best of 3 for the quick ones: the first call pays one-off costs (caches, allocation).
+    base_s, base_out = best_of(3, pandas_baseline, big, weighted_cfg.model)
+    base_rate = n / base_s
+    print(f"  {'pandas baseline (weighted)':30s} {base_rate:12,.0f} users/s ({base_s:.2f} s; "
+          "score and flag, no reasons)")  # fmt: skip
+    bare_s, bare_out = best_of(3, score_and_flag, big, weighted_cfg.model)
+    print(f"  {'project weighted, no reasons':30s} {n / bare_s:12,.0f} users/s ({bare_s:.2f} s; "
+          f"{base_s / bare_s:.2f}x the baseline; score and flag)")  # fmt: skip
     speeds = {}
     for name, cfg in (
         ("weighted", weighted_cfg),
         ("threshold", threshold_cfg),
         ("predictive", pred),
     ):
-        seconds, n = throughput(cfg, lake, rows, args.score_users)
+        seconds, out = throughput(cfg, lake, big)
         speeds[name] = n / seconds
-        print(f"  {name:26s} {n / seconds:12,.0f} users/s ({seconds:.1f} s; "
-              f"{n / seconds / base_rate:,.0f}x the baseline)")  # fmt: skip
+        print(f"  {name:30s} {n / seconds:12,.0f} users/s ({seconds:.2f} s; "
+              f"{base_s / seconds:.2f}x the baseline; with reasons)")  # fmt: skip
+        if name == "weighted":
+            same = out["score"].to_numpy().astype(int) == base_out["score"].to_numpy()
+            also = bare_out["score"].to_numpy() == base_out["score"].to_numpy()
+            print(f"  {'':30s} baseline scores equal the project's on {same.mean():.2%} "
+                  f"of rows ({also.mean():.2%} without reasons)")  # fmt: skip
+    print(
+        "  (footnote: the old row-at-a-time baseline, the vectorised scorer called on one-row "
+        "frames, is gone: it measured per-call overhead, not a way anyone would score)"
+    )
 
-    auc = {r["model"]: r["auc"] for r in results}
+    aucs = {r["model"]: r["auc"] for r in results}
+    d = auc.difference(y, results[2]["ranking"], base)
     print("\ntargets:")
     print(
-        f"  predictive AUC {auc['predictive']:.3f} > weighted {auc['weighted']:.3f}: "
-        + ("met" if auc["predictive"] > auc["weighted"] else "NOT met")
+        f"  predictive AUC {aucs['predictive'].auc:.3f} > weighted {aucs['weighted'].auc:.3f}, "
+        f"paired 95% CI of the difference {d.low:+.3f} to {d.high:+.3f}: "
+        + ("met" if d.better else "NOT met beyond noise")
     )
     print(f"  calibration error {ece:.4f} < 0.05: " + ("met" if ece < 0.05 else "NOT met"))
     slowest = min(speeds.values())
     print(
-        f"  1M users in {args.score_users / slowest:.1f} s at the slowest kind: "
-        + ("met (seconds)" if args.score_users / slowest < 60 else "NOT met")
+        f"  1M users in {1_000_000 / slowest:.1f} s at the slowest kind: "
+        + ("met (seconds)" if 1_000_000 / slowest < 60 else "NOT met")
     )
 
 

@@ -324,7 +324,8 @@ def promote(
     rows = f"{len(y):,} held-out rows ({int(y.sum()):,} positives)"
     if cur is None:
         better = True
-        reason = f"promoted {candidate.version}: no current model (AUC {cand} on {rows})"
+        reason = (f"promoted {candidate.version}: no current model (held-out AUC {cand.auc:.3f}, "
+                  f"95% CI {cand.low:.3f}-{cand.high:.3f}, on {rows})")  # fmt: skip
     elif cur == candidate.version:
         better, reason = False, f"{candidate.version} is already the current model"
     else:
