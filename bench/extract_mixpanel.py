@@ -134,8 +134,11 @@ def child(kind: str, raw: Path, work: Path, threads: int | None, memory_limit: s
     if kind in ("fastpath", "python"):
         from pql.events import mixpanel_duckdb, mixpanel_lines
 
-        kw = {"threads": threads, "memory_limit": memory_limit} if kind == "fastpath" else {}
+        stages: dict[str, float] = {}
+        kw = {"threads": threads, "memory_limit": memory_limit, "stage_seconds": stages}
         module = mixpanel_duckdb if kind == "fastpath" else mixpanel_lines
+        if kind == "python":
+            kw = {}
         started = time.perf_counter()
         counts = module.to_canonical(
             raw,
@@ -147,7 +150,9 @@ def child(kind: str, raw: Path, work: Path, threads: int | None, memory_limit: s
             **kw,
         )
         seconds = time.perf_counter() - started
-        return {"seconds": seconds, "events": counts.raw, "detail": counts.as_dict()}
+        return {
+            "seconds": seconds, "events": counts.raw, "detail": counts.as_dict(), "stages": stages
+        }  # fmt: skip
     if kind == "floor":
         import duckdb
 
@@ -159,6 +164,8 @@ def child(kind: str, raw: Path, work: Path, threads: int | None, memory_limit: s
                     auto_detect = false, strict_mode = false, compression = 'gzip')"""
         ).fetchone()
         return {"seconds": time.perf_counter() - started, "events": lines}
+    if kind == "competent":
+        return competent_baseline(raw, work / "competent.parquet")
     if kind == "pandas":
         import pandas as pd
 
@@ -170,6 +177,74 @@ def child(kind: str, raw: Path, work: Path, threads: int | None, memory_limit: s
         flat.to_parquet(work / "pandas.parquet", compression="zstd")
         return {"seconds": time.perf_counter() - started, "events": len(df), "kept": len(flat)}
     raise ValueError(kind)
+
+
+def competent_baseline(raw: Path, out: Path) -> dict:
+    """The transform as a competent engineer writes it in plain Python and pandas.
+
+    Streams the gzip (ISA-L, as the fast path), parses each line once with orjson, keeps the
+    canonical fields, re-serialises the remaining properties with orjson, builds the frame
+    (through Arrow, which converts Python strings several times faster than pandas does),
+    keeps the latest processing time per Mixpanel key and writes zstd Parquet. Lines it cannot
+    use are only counted (the fast path also writes them, with reasons, to the quarantine).
+    """
+    import hashlib
+
+    import orjson
+    import pandas as pd
+    import pyarrow as pa
+    from isal import igzip
+
+    loads, dumps = orjson.loads, orjson.dumps
+    cols: dict[str, list] = {k: [] for k in (
+        "event_name", "user_key", "time", "event_id", "proc", "device_id", "email", "account_key",
+        "properties")}  # fmt: skip
+    (event_name, user_key, times, event_id, proc, device_id, email, account_key, props) = (
+        cols.values()
+    )
+    started = time.perf_counter()
+    lines = bad = 0
+    with igzip.open(raw, "rb") as f:
+        for line in f:
+            lines += 1
+            try:
+                obj = loads(line)
+                p = obj["properties"]
+                name, t, uid = obj["event"], p.pop("time"), p.pop("distinct_id")
+            except (ValueError, KeyError, TypeError, AttributeError):
+                bad += 1
+                continue
+            if not name or not uid or not isinstance(t, int | float):
+                bad += 1
+                continue
+            ins = p.pop("$insert_id", None)
+            event_name.append(name)
+            user_key.append(str(uid))
+            times.append(t / 1000 if t > 1e10 else t)
+            event_id.append(str(ins) if ins else hashlib.sha1(line).hexdigest())
+            proc.append(p.get("mp_processing_time_ms"))
+            device_id.append(p.get("$device_id"))
+            email.append(p.get("$email") or p.get("email"))
+            account_key.append(p.get("company_id"))
+            props.append(dumps(p).decode())
+    parsed = time.perf_counter()
+    df = pa.table({k: pa.array(v) for k, v in cols.items()}).to_pandas()  # faster than from lists
+    del cols, event_name, user_key, times, event_id, proc, device_id, email, account_key, props
+    df["ts"] = pd.to_datetime(df.pop("time"), unit="s", utc=True)
+    df["received_at"] = pd.to_datetime(df.pop("proc"), unit="ms", utc=True)
+    df["email"] = df["email"].str.strip().str.lower()
+    df["account_key"] = df["account_key"].astype("string")
+    df.insert(0, "source", "mixpanel")
+    df = df.sort_values("received_at", kind="stable").drop_duplicates(
+        subset=["event_name", "user_key", "ts", "event_id"], keep="last"
+    )
+    framed = time.perf_counter()
+    df.to_parquet(out, compression="zstd", index=False)
+    done = time.perf_counter()
+    stages = {"inflate + parse + pick (orjson)": parsed - started,
+              "frame + drop_duplicates": framed - parsed, "to_parquet": done - framed}  # fmt: skip
+    return {"seconds": done - started, "events": lines, "kept": len(df), "bad": bad,
+            "stages": stages}  # fmt: skip
 
 
 def measure(kind: str, raw: Path, args) -> dict:
@@ -193,16 +268,24 @@ def measure(kind: str, raw: Path, args) -> dict:
     return result
 
 
-def best(kind: str, raw: Path, args) -> dict:
+def best(kind: str, raw: Path, args, repeat: int | None = None) -> dict:
     """The fastest of `--repeat` runs (noise only ever adds time), with the highest peak RSS."""
-    runs = [measure(kind, raw, args) for _ in range(args.repeat)]
+    runs = [measure(kind, raw, args) for _ in range(repeat or args.repeat)]
     return {**min(runs, key=lambda r: r["seconds"]), "rss": max(r["rss"] for r in runs)}
 
 
 # --- report ----------------------------------------------------------------------------------
 
 
-def report(events: int, fast: dict, floor: dict, pandas: dict, python: dict, rss: dict) -> None:
+def report(
+    events: int,
+    fast: dict,
+    floor: dict,
+    competent: dict,
+    pandas: dict | None,
+    python: dict,
+    rss: dict,
+) -> None:
     def per_event(r):
         return r["seconds"] / r["events"]
 
@@ -210,7 +293,8 @@ def report(events: int, fast: dict, floor: dict, pandas: dict, python: dict, rss
         (f"fastpath, {events:,} events", fast),
         (f"floor: DuckDB counts the lines, {events:,}", floor),
         (f"fastpath, {rss[1_000_000]['events']:,} events", rss[1_000_000]),
-        (f"pandas baseline, {pandas['events']:,} events", pandas),
+        (f"competent baseline, {competent['events']:,} events", competent),
+        *([(f"straw-man pandas, {pandas['events']:,} events", pandas)] if pandas else []),
         (f"pure-Python path, {python['events']:,} events", python),
     ]
     print()
@@ -220,8 +304,16 @@ def report(events: int, fast: dict, floor: dict, pandas: dict, python: dict, rss
             f"{name:46s} {r['seconds']:9.2f} {r['events'] / r['seconds']:12,.0f} "
             f"{r['rss'] / 2**20:7,.0f} MiB"
         )
-    speedup = per_event(pandas) / per_event(fast)
-    speedup_1m = per_event(pandas) / per_event(rss[1_000_000])
+    print()
+    print("seconds per million events, by stage:")
+    for name, r in (("fastpath", fast), ("competent baseline", competent)):
+        print(f"  {name}, {r['events']:,} events:")
+        for stage, seconds in r["stages"].items():
+            print(f"    {stage:40s} {seconds / r['events'] * 1e6:6.2f}")
+    print(f"  floor (inflate + count lines)              {per_event(floor) * 1e6:6.2f}")
+    speedup = per_event(competent) / per_event(fast)
+    speedup_1m = per_event(competent) / per_event(rss[1_000_000])
+    competent_floor = per_event(competent) / per_event(floor)
     vs_floor = fast["seconds"] / floor["seconds"]
     vs_python = per_event(python) / per_event(fast)
     peak = fast["rss"]
@@ -233,17 +325,20 @@ def report(events: int, fast: dict, floor: dict, pandas: dict, python: dict, rss
 
     by_size = ", ".join(f"{n:,}: {rss[n]['rss'] / 2**20:,.0f} MiB" for n in sizes)
     lines = [
-        ("speed-up per event vs pandas", f"{speedup:.1f}x at {events:,} events, "
-         f"{speedup_1m:.1f}x on the same 1M slice", "target >= 20x: " + verdict(speedup >= 20)),
-        ("time vs the floor", f"{vs_floor:.2f}x", "target <= 2x: " + verdict(vs_floor <= 2)),
+        ("speed-up per event vs the competent baseline", f"{speedup:.1f}x at {events:,} events, "
+         f"{speedup_1m:.1f}x on the same 1M slice", ""),
+        ("competent baseline vs the floor, per event", f"{competent_floor:.1f}x", ""),
+        *([("speed-up per event vs straw-man pandas",
+            f"{per_event(pandas) / per_event(fast):.1f}x", "")] if pandas else []),
+        ("fastpath time vs the floor", f"{vs_floor:.2f}x", "goal <= 4x: " + verdict(vs_floor <= 4)),
         (f"peak RSS at {events:,} events", f"{peak / GB:.2f} GB",
-         "target < 2 GB: " + verdict(peak < 2 * GB)),
+         "goal <= 1 GB: " + verdict(peak <= GB)),
         ("peak RSS by input size", f"{by_size} ({flat:.2f}x smallest to largest)", ""),
         ("speed-up per event vs the pure-Python path", f"{vs_python:.1f}x", ""),
     ]  # fmt: skip
     print()
     for name, value, target in lines:
-        print(f"{name + ':':44s} {value}   {target}".rstrip())
+        print(f"{name + ':':46s} {value}   {target}".rstrip())
 
 
 def main() -> None:
@@ -253,6 +348,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: cores)")
     ap.add_argument("--memory-limit", default="1GB", help="DuckDB memory_limit for the fast path")
     ap.add_argument("--repeat", type=int, default=2, help="runs of the fast path and the floor")
+    ap.add_argument(
+        "--straw-man",
+        action="store_true",
+        help="also run the old read_json/json_normalize baseline",
+    )
     ap.add_argument("--cache", type=Path, default=ROOT / "var" / "bench")
     ap.add_argument("--child", nargs=3, metavar=("KIND", "RAW", "WORK"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -266,6 +366,7 @@ def main() -> None:
     small = [n for n in (1_000_000, 3_000_000) if n < args.events]
     slices = {n: slice_export(args.cache, full, n) for n in small}
     one_m = slices.get(1_000_000, full)
+    print(f"load average before the runs: {os.getloadavg()[0]:.2f} (1 min)")
     print(f"\nmeasuring on {full.name} ({full.stat().st_size / 2**20:,.0f} MiB gzip), "
           f"{os.cpu_count()} cores", flush=True)  # fmt: skip
     fast = best("fastpath", full, args)
@@ -273,10 +374,12 @@ def main() -> None:
     rss = {fast["events"]: fast}
     for n, path in slices.items():
         rss[n] = best("fastpath", path, args)
-    pandas = measure("pandas", one_m, args)
+    competent = best("competent", one_m, args)
+    pandas = measure("pandas", one_m, args) if args.straw_man else None
     python = measure("python", one_m, args)
     rss.setdefault(1_000_000, rss[min(rss)])
-    report(fast["events"], fast, floor, pandas, python, rss)
+    print(f"load average after the runs: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} cores")
+    report(fast["events"], fast, floor, competent, pandas, python, rss)
 
 
 if __name__ == "__main__":

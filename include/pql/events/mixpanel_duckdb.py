@@ -38,6 +38,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -103,13 +104,16 @@ def to_canonical(
     memory_limit: str = "1GB",
     threads: int | None = None,
     max_line_bytes: int = MAX_LINE_BYTES,
+    stage_seconds: dict[str, float] | None = None,
 ) -> Counts:
     """Parse a raw export into deduplicated canonical Parquet in `out_dir`; returns the counts.
 
     Writes `out_dir/part-0.parquet` when any event survives and `quarantine_dir/lines.jsonl.gz`
     when any line is quarantined. Raises `IncompleteExport` on the server's
     'terminated early' line. `memory_limit` bounds DuckDB (it spills to a folder in `out_dir`).
+    `stage_seconds`, when given, receives the wall time of each stage (for the benchmark).
     """
+    clock = _Clock(stage_seconds)
     received = datetime.now(UTC)
     out_dir.mkdir(parents=True, exist_ok=True)
     quarantine_dir.mkdir(parents=True, exist_ok=True)
@@ -122,8 +126,10 @@ def to_canonical(
         staged = work / "staged.parquet"
         con.execute(f"COPY ({sql}) TO '{_sql_path(staged)}' (FORMAT parquet, {_ZSTD})")
         con.unregister("lines")
+        clock.lap("read, classify, convert, stage")
         rel = f"read_parquet('{_sql_path(staged)}')"
         reasons = dict(con.execute(f"SELECT reason, count(*) FROM {rel} GROUP BY ALL").fetchall())
+        clock.lap("count reasons")
         if lines.broken:
             n, error = lines.broken
             raise IncompleteExport(
@@ -137,15 +143,29 @@ def to_canonical(
         counts = Counts(raw=good + sum(reasons.values()), reasons=dict(sorted(reasons.items())))
         counts.quarantined = sum(reasons.values())
         if good:
-            counts.canonical = _dedupe(con, rel, good, out_dir / "part-0.parquet")
+            counts.canonical = _dedupe(con, rel, good, out_dir / "part-0.parquet", clock)
         counts.duplicates = good - counts.canonical
         if counts.quarantined:
             _write_quarantine(con, rel, quarantine_dir / "lines.jsonl.gz")
+            clock.lap("write quarantine")
         counts.check()
         return counts
     finally:
         con.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+class _Clock:
+    """Wall seconds per named stage into `into` (nothing when it is None)."""
+
+    def __init__(self, into: dict[str, float] | None):
+        self.into, self.last = into, time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        if self.into is not None:
+            self.into[stage] = self.into.get(stage, 0.0) + now - self.last
+        self.last = now
 
 
 def _connect(work: Path, memory_limit: str, threads: int | None) -> duckdb.DuckDBPyConnection:
@@ -450,7 +470,9 @@ _KEY = "event_name, user_key, ts, event_id"
 _HASHES_PER_PASS = 2_000_000  # about 100 MB of hash table per pass
 
 
-def _dedupe(con: duckdb.DuckDBPyConnection, staged: str, good: int, out: Path) -> int:
+def _dedupe(
+    con: duckdb.DuckDBPyConnection, staged: str, good: int, out: Path, clock: _Clock
+) -> int:
     """Write one row per dedup key (latest received, then latest line); returns rows written."""
     # Only keys whose hash repeats can hold duplicates. Their hashes are found a slice of the
     # hash space at a time, so that memory does not grow with the export; then only their rows
@@ -462,18 +484,21 @@ def _dedupe(con: duckdb.DuckDBPyConnection, staged: str, good: int, out: Path) -
             INSERT INTO repeated SELECT h FROM {staged}
             WHERE reason IS NULL AND h % {slices} = {k} GROUP BY h HAVING count(*) > 1
         """)
+    clock.lap("dedup: repeated key hashes")
     con.execute(f"""
         CREATE TEMP TABLE losers AS
         SELECT n FROM {staged} SEMI JOIN repeated USING (h)
         WHERE reason IS NULL
         QUALIFY row_number() OVER (PARTITION BY {_KEY} ORDER BY received_at DESC, n DESC) > 1
     """)
+    clock.lap("dedup: rank repeated keys")
     con.execute(f"""
         COPY (SELECT {_COLUMNS} FROM {staged} ANTI JOIN losers USING (n) WHERE reason IS NULL)
         TO '{_sql_path(out)}' (FORMAT parquet, {_ZSTD})
     """)
     written = con.execute(f"SELECT count(*) FROM read_parquet('{_sql_path(out)}')").fetchone()[0]
     con.execute("DROP TABLE losers; DROP TABLE repeated")
+    clock.lap("dedup: write part-0.parquet")
     return written
 
 

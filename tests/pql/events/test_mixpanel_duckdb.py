@@ -272,6 +272,19 @@ def test_no_email_or_account_properties_configured(tmp_path):
     assert counts.canonical == 1 and row["email"] is None and row["account_key"] is None
 
 
+def test_stage_seconds_are_reported_without_changing_the_result(tmp_path):
+    """The benchmark's per-stage timings: every stage that ran, and the same output."""
+    raw = write(tmp_path / "raw.jsonl.gz", [ev(), ev(), ev(user="u2", insert_id="i2"), "{"])
+    stages: dict[str, float] = {}
+    old, fast = compare(raw, tmp_path, stage_seconds=stages)
+    assert fast.counts.duplicates == 1 and fast.counts.quarantined == 1
+    assert set(stages) == {
+        "read, classify, convert, stage", "count reasons", "dedup: repeated key hashes",
+        "dedup: rank repeated keys", "dedup: write part-0.parquet", "write quarantine",
+    }  # fmt: skip
+    assert all(seconds >= 0 for seconds in stages.values())
+
+
 def test_terminated_early_raises_like_the_python_path(tmp_path):
     raw = write(tmp_path / "raw.jsonl.gz", [ev(), "terminated early"])
     with pytest.raises(mixpanel_lines.IncompleteExport):
