@@ -47,13 +47,17 @@ from sandbox import lakegen, world
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def build(cache: Path, seed: int, users: int, days: int) -> tuple[Lake, datetime]:
+def build(
+    cache: Path, seed: int, users: int, days: int, buyers: str = "mirror"
+) -> tuple[Lake, datetime]:
     spec = world.WorldSpec(seed=seed, start=date(2025, 6, 2), days=days, users=users,
-                           accounts=max(300, users // 8))  # fmt: skip
-    lake = Lake(cache / f"quality_seed{seed}_{users}u_{days}d")
+                           accounts=max(300, users // 8), buyers=buyers)  # fmt: skip
+    tail = "" if buyers == "mirror" else f"_{buyers}"
+    lake = Lake(cache / f"quality_seed{seed}_{users}u_{days}d{tail}")
     if not (lake.root / "done").exists():
         started = time.perf_counter()
-        print(f"writing the world ({users:,} users, {days} days) into {lake.root} …", flush=True)
+        print(f"writing the {buyers} world ({users:,} users, {days} days) into {lake.root} …",
+              flush=True)  # fmt: skip
         counts = lakegen.write(spec, lake, progress=lambda k: print(f"  {k:,} users", flush=True))
         (lake.root / "done").write_text(str(counts))
         print(f"  {counts} in {time.perf_counter() - started:.0f} s", flush=True)
@@ -157,9 +161,20 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=180)
     ap.add_argument("--score-users", type=int, default=1_000_000)
     ap.add_argument("--cache", type=Path, default=ROOT / "var" / "bench")
+    ap.add_argument("--world", choices=["mirror", "hidden", "both"], default="both",
+                    help="mirror: buyers show intent through the default config's signals; "
+                    "hidden: through others, plus noise converters (sandbox.world)")  # fmt: skip
     args = ap.parse_args()
 
-    lake, end = build(args.cache, args.seed, args.users, args.days)
+    worlds = ["mirror", "hidden"] if args.world == "both" else [args.world]
+    for k, buyers in enumerate(worlds):
+        print(f"\n=== the {buyers} world ===", flush=True)
+        run(args, buyers, speed=k == 0)
+
+
+def run(args: argparse.Namespace, buyers: str, speed: bool) -> None:
+    """Quality of every model kind on one world; scoring speed too when `speed`."""
+    lake, end = build(args.cache, args.seed, args.users, args.days, buyers)
     pred = load(ROOT / "config" / "examples" / "predictive.yaml", lake)
     weighted_cfg = load(ROOT / "config" / "pql.yaml", lake)
     threshold_cfg = load(ROOT / "config" / "examples" / "threshold.yaml", lake)
@@ -200,46 +215,50 @@ def main() -> None:
     print(f"\npredictive expected calibration error: {ece:.4f} (mean p {p.mean():.3f}, "
           f"observed {y.mean():.3f})")  # fmt: skip
 
-    n = args.score_users
-    big = rows.sample(n=n, replace=True, random_state=0).reset_index(drop=True)
-    print(f"\nscoring {n:,} users (held-out rows resampled), all in this process:")
-    # Best of 3 for the quick ones: the first call pays one-off costs (caches, allocation).
-    base_s, base_out = best_of(3, pandas_baseline, big, weighted_cfg.model)
-    base_rate = n / base_s
-    print(f"  {'pandas baseline (weighted)':30s} {base_rate:12,.0f} users/s ({base_s:.2f} s; "
-          "score and flag, no reasons)")  # fmt: skip
-    bare_s, bare_out = best_of(3, score_and_flag, big, weighted_cfg.model)
-    print(f"  {'project weighted, no reasons':30s} {n / bare_s:12,.0f} users/s ({bare_s:.2f} s; "
-          f"{base_s / bare_s:.2f}x the baseline; score and flag)")  # fmt: skip
     speeds = {}
-    for name, cfg in (
-        ("weighted", weighted_cfg),
-        ("threshold", threshold_cfg),
-        ("predictive", pred),
-    ):
-        seconds, out = throughput(cfg, lake, big)
-        speeds[name] = n / seconds
-        print(f"  {name:30s} {n / seconds:12,.0f} users/s ({seconds:.2f} s; "
-              f"{base_s / seconds:.2f}x the baseline; with reasons)")  # fmt: skip
-        if name == "weighted":
-            same = out["score"].to_numpy().astype(int) == base_out["score"].to_numpy()
-            also = bare_out["score"].to_numpy() == base_out["score"].to_numpy()
-            print(f"  {'':30s} baseline scores equal the project's on {same.mean():.2%} "
-                  f"of rows ({also.mean():.2%} without reasons)")  # fmt: skip
-    print(
-        "  (footnote: the old row-at-a-time baseline, the vectorised scorer called on one-row "
-        "frames, is gone: it measured per-call overhead, not a way anyone would score)"
-    )
+    if speed:
+        n = args.score_users
+        big = rows.sample(n=n, replace=True, random_state=0).reset_index(drop=True)
+        print(f"\nscoring {n:,} users (held-out rows resampled), all in this process:")
+        # Best of 3 for the quick ones: the first call pays one-off costs (caches, allocation).
+        base_s, base_out = best_of(3, pandas_baseline, big, weighted_cfg.model)
+        base_rate = n / base_s
+        print(f"  {'pandas baseline (weighted)':30s} {base_rate:12,.0f} users/s ({base_s:.2f} s; "
+              "score and flag, no reasons)")  # fmt: skip
+        bare_s, bare_out = best_of(3, score_and_flag, big, weighted_cfg.model)
+        label = "project weighted, no reasons"
+        print(f"  {label:30s} {n / bare_s:12,.0f} users/s ({bare_s:.2f} s; "
+              f"{base_s / bare_s:.2f}x the baseline; score and flag)")  # fmt: skip
+        for name, cfg in (
+            ("weighted", weighted_cfg),
+            ("threshold", threshold_cfg),
+            ("predictive", pred),
+        ):
+            seconds, out = throughput(cfg, lake, big)
+            speeds[name] = n / seconds
+            print(f"  {name:30s} {n / seconds:12,.0f} users/s ({seconds:.2f} s; "
+                  f"{base_s / seconds:.2f}x the baseline; with reasons)")  # fmt: skip
+            if name == "weighted":
+                same = out["score"].to_numpy().astype(int) == base_out["score"].to_numpy()
+                also = bare_out["score"].to_numpy() == base_out["score"].to_numpy()
+                print(f"  {'':30s} baseline scores equal the project's on {same.mean():.2%} "
+                      f"of rows ({also.mean():.2%} without reasons)")  # fmt: skip
+        print(
+            "  (footnote: the old row-at-a-time baseline, the vectorised scorer called on one-row "
+            "frames, is gone: it measured per-call overhead, not a way anyone would score)"
+        )
 
     aucs = {r["model"]: r["auc"] for r in results}
     d = auc.difference(y, results[2]["ranking"], base)
-    print("\ntargets:")
+    print(f"\ntargets ({buyers} world):")
     print(
         f"  predictive AUC {aucs['predictive'].auc:.3f} > weighted {aucs['weighted'].auc:.3f}, "
         f"paired 95% CI of the difference {d.low:+.3f} to {d.high:+.3f}: "
         + ("met" if d.better else "NOT met beyond noise")
     )
     print(f"  calibration error {ece:.4f} < 0.05: " + ("met" if ece < 0.05 else "NOT met"))
+    if not speeds:
+        return
     slowest = min(speeds.values())
     print(
         f"  1M users in {1_000_000 / slowest:.1f} s at the slowest kind: "

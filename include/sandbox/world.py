@@ -146,6 +146,20 @@ class WorldSpec:
     # Another product: the demo's event names renamed, e.g. (("Core Feature Used",
     # "Dashboard Built"), ...); buyers behave the same, under the other names.
     event_names: tuple[tuple[str, str], ...] = ()
+    # "mirror": buyers show intent through the very signals config/pql.yaml weighs (invites,
+    # integrations, pricing views, heavy use). "hidden": buyers use the product no more than
+    # anyone, invite, connect and view pricing at everyone's rate, and show intent through
+    # reports, projects and billing views (signals the default config does not name); company
+    # size matters, industry does not; and some users with no intent convert anyway.
+    buyers: str = "mirror"
+
+    def __post_init__(self):
+        if self.buyers not in ("mirror", "hidden"):
+            raise ValueError(f"buyers must be 'mirror' or 'hidden', got {self.buyers!r}")
+
+    @property
+    def hidden(self) -> bool:
+        return self.buyers == "hidden"
 
     @property
     def end(self) -> datetime:
@@ -237,10 +251,12 @@ def users(spec: WorldSpec, accts: list[Account] | None = None) -> Iterator[User]
         free = rng.random() < spec.free_email_share
         domain = rng.choice(FREE_DOMAINS) if free else acct.domain
         email = f"{first}.{last}{i}@{domain}"
-        p_buyer = (0.03 + 0.16 * acct.fit) * (0.5 if free else 1.0)
+        fit = _size(acct) if spec.hidden else acct.fit
+        p_buyer = (0.03 + 0.16 * fit) * (0.5 if free else 1.0)
         buyer = rng.random() < p_buyer
         # Some non-buyers are power users without budget: they make PQL precision realistic.
-        if buyer:
+        # (Hidden-world buyers use the product exactly as users without intent do.)
+        if buyer and not spec.hidden:
             engagement = rng.uniform(0.9, 2.4)
         elif rng.random() < 0.07:
             engagement = rng.uniform(0.8, 1.8)
@@ -264,8 +280,12 @@ def users(spec: WorldSpec, accts: list[Account] | None = None) -> Iterator[User]
 def outcome(spec: WorldSpec, user: User) -> Outcome:
     """The user's true sales outcome from intent, engagement and fit (future dates included)."""
     rng = rng_for(spec, "outcome", user.user_id)
-    fit = user.account.fit
-    if user.buyer:
+    fit = _size(user.account) if spec.hidden else user.account.fit
+    if spec.hidden and not user.buyer:
+        # Noise converters: a flat chance, whatever they do in the product.
+        p_meeting, p_won = 0.03, 0.25
+        delay = 2 + rng.uniform(0, spec.days)
+    elif user.buyer:
         p_meeting = (0.45 + 0.4 * fit) * (0.6 if user.free_email else 1.0)
         p_won = 0.45 + 0.35 * fit
         delay = 4 + rng.gammavariate(2.0, 5.0)
@@ -284,6 +304,11 @@ def outcome(spec: WorldSpec, user: User) -> Outcome:
         )
     seats = max(3, min(user.account.employees, 500) // rng.choice((2, 3, 5)))
     return Outcome(user.user_id, meeting_at, deal_created_at, won_at, float(seats * 240))
+
+
+def _size(account: Account) -> float:
+    """0..1 by company size alone (the hidden world's fit: industry does not matter)."""
+    return min(1.0, max(0.0, (math.log10(account.employees) - 1.0) / 2.0))
 
 
 def _business_time(rng: random.Random, t: datetime) -> datetime:
@@ -335,24 +360,29 @@ def _events(spec: WorldSpec, user: User) -> Iterator[dict]:
         if d > 0 and rng.random() >= min(p_active, 0.97):
             continue
         t = max(day + timedelta(hours=rng.uniform(7, 21)), user.signup_at + timedelta(minutes=1))
-        for name, props in _day_events(rng, user, d):
+        for name, props in _day_events(rng, user, d, spec.hidden):
             t += timedelta(seconds=rng.randrange(5, 900))
             if t >= end:
                 return
             yield _line(rng, name, t, base, props)
 
 
-def _day_events(rng: random.Random, user: User, d: int) -> list[tuple[str, dict]]:
-    e, buyer = user.engagement, user.buyer
+def _day_events(
+    rng: random.Random, user: User, d: int, hidden: bool = False
+) -> list[tuple[str, dict]]:
+    e = user.engagement
+    # In the hidden world the default config's signals carry no intent: buyers look like others.
+    buyer = user.buyer and not hidden
+    quiet = user.buyer and hidden  # intent shows only in reports, projects and billing views
     out: list[tuple[str, dict]] = [("Logged In", {})]
     if d <= 2 and rng.random() < (0.8 if buyer else 0.45) / 2:
         out.append(("Onboarding Completed", {}))
     out += [("Page Viewed", {})] * _poisson(rng, 2)
     core = _poisson(rng, 0.6 + 2.2 * e)
     out += [("Core Feature Used", {"feature": rng.choice(FEATURES)})] * core
-    if rng.random() < 0.05 + 0.05 * e:
+    if rng.random() < 0.05 + 0.05 * e + (0.15 if quiet else 0.0):
         out.append(("Project Created", {}))
-    if rng.random() < 0.04 + 0.06 * e:
+    if rng.random() < 0.04 + 0.06 * e + (0.20 if quiet else 0.0):
         out.append(("Report Exported", {"format": rng.choice(("pdf", "csv"))}))
     if rng.random() < 0.12:
         out.append(("Help Article Viewed", {}))
@@ -365,7 +395,7 @@ def _day_events(rng: random.Random, user: User, d: int) -> list[tuple[str, dict]
         out.append(("Integration Connected", {"integration": rng.choice(INTEGRATIONS)}))
     if rng.random() < (0.14 if buyer else 0.01):
         out.append(("Pricing Page Viewed", {"$current_url": "https://example.app/pricing"}))
-    if buyer and rng.random() < 0.05:
+    if (buyer or hidden) and rng.random() < (0.10 if quiet else 0.01 if hidden else 0.05):
         out.append(("Billing Page Viewed", {}))
     if core >= 5 and rng.random() < 0.35:
         out.append(("Usage Limit Hit", {"limit": "projects"}))

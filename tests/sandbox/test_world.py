@@ -122,3 +122,52 @@ def test_calibrated_to_plg_benchmarks(sandbox, tmp_path):
     assert 0.15 <= pql_won <= 0.30, pql_won
     assert other_won < pql_won / 5, (other_won, pql_won)
     assert len(final) == spec.users  # every sign-up scored, no anonymous visitor
+
+
+def _per_user(spec, names):
+    """Mean events per user of each name, for buyers and for everyone else."""
+    rows = []
+    for u in world.users(spec):
+        counts = dict.fromkeys(names, 0)
+        for line in world.events(spec, u):
+            if line["event"] in counts:
+                counts[line["event"]] += 1
+        rows.append({"buyer": u.buyer, **counts})
+    return pd.DataFrame(rows).groupby("buyer").mean()
+
+
+def test_hidden_buyers_show_intent_where_the_default_config_does_not_look():
+    named = [
+        "Teammate Invited",
+        "Integration Connected",
+        "Pricing Page Viewed",
+        "Core Feature Used",
+    ]
+    unnamed = ["Report Exported", "Billing Page Viewed", "Project Created"]
+    kw = {"seed": 3, "start": date(2026, 6, 1), "days": 30, "users": 1500, "accounts": 200}
+    mirror = _per_user(world.WorldSpec(**kw), named + unnamed)
+    hidden = _per_user(world.WorldSpec(**kw, buyers="hidden"), named + unnamed)
+    lift_mirror = mirror.loc[True] / mirror.loc[False]
+    lift_hidden = hidden.loc[True] / hidden.loc[False]
+    assert (lift_mirror[named] > 2).all()
+    assert (lift_hidden[named] < 1.5).all()  # buyers invite, connect, view pricing like anyone
+    assert (lift_hidden[unnamed] > 2).all() and (hidden.loc[False, unnamed] > 0).all()
+    spec = world.WorldSpec(**kw, buyers="hidden")
+    won = [(u.buyer, world.outcome(spec, u).won_at is not None) for u in world.users(spec)]
+    noise = sum(w and not b for b, w in won)
+    assert 0.1 < noise / sum(w for _, w in won) < 0.5  # converters with no intent at all
+
+
+def test_the_mirror_world_is_the_default_and_buyers_is_checked():
+    a = world.WorldSpec(seed=5, start=date(2026, 6, 1), days=14, users=50)
+    b = world.WorldSpec(seed=5, start=date(2026, 6, 1), days=14, users=50, buyers="mirror")
+    assert _first_lines(a) == _first_lines(b)
+    assert _first_lines(a) != _first_lines(
+        world.WorldSpec(seed=5, start=date(2026, 6, 1), days=14, users=50, buyers="hidden")
+    )
+    try:
+        world.WorldSpec(buyers="other")
+    except ValueError as e:
+        assert "mirror" in str(e)
+    else:
+        raise AssertionError("an unknown buyers value must fail")
