@@ -1,4 +1,4 @@
-"""Train, evaluate and (only if better on held-out time) promote a predictive model version."""
+"""Train, evaluate and (only if better beyond noise on held-out time) promote a model version."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def training_frame(
 
 
 def train(cfg: Config, until: datetime, accounts: pd.DataFrame) -> dict:
-    """Train a new version on the lake's history up to `until`; promote it only if better."""
+    """Train a new version on the history up to `until`; promote it only if better beyond noise."""
     from pql.scoring import predictive
 
     model = cfg.model
