@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import importlib
 import json
 import multiprocessing
 import os
@@ -128,6 +129,14 @@ def _peak_rss() -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process, all its threads (robust to a busy machine)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def child(kind: str, raw: Path, work: Path, threads: int | None, memory_limit: str) -> dict:
@@ -262,7 +271,8 @@ def measure(kind: str, raw: Path, args) -> dict:
         result = json.loads(done.stdout.strip().splitlines()[-1])
     print(
         f"  {kind:9s} {result['events']:>12,} events {result['seconds']:8.2f} s "
-        f"{result['events'] / result['seconds']:>12,.0f} ev/s {result['rss'] / 2**20:8,.0f} MiB",
+        f"{result['events'] / result['seconds']:>12,.0f} ev/s {result['cpu']:8.2f} s CPU "
+        f"{result['rss'] / 2**20:8,.0f} MiB",
         flush=True,
     )
     return result
@@ -271,7 +281,11 @@ def measure(kind: str, raw: Path, args) -> dict:
 def best(kind: str, raw: Path, args, repeat: int | None = None) -> dict:
     """The fastest of `--repeat` runs (noise only ever adds time), with the highest peak RSS."""
     runs = [measure(kind, raw, args) for _ in range(repeat or args.repeat)]
-    return {**min(runs, key=lambda r: r["seconds"]), "rss": max(r["rss"] for r in runs)}
+    return {
+        **min(runs, key=lambda r: r["seconds"]),
+        "cpu": min(r["cpu"] for r in runs),
+        "rss": max(r["rss"] for r in runs),
+    }
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -298,11 +312,11 @@ def report(
         (f"pure-Python path, {python['events']:,} events", python),
     ]
     print()
-    print(f"{'measurement':46s} {'seconds':>9s} {'events/s':>12s} {'peak RSS':>10s}")
+    print(f"{'measurement':46s} {'seconds':>9s} {'events/s':>12s} {'CPU s':>7s} {'peak RSS':>10s}")
     for name, r in rows:
         print(
             f"{name:46s} {r['seconds']:9.2f} {r['events'] / r['seconds']:12,.0f} "
-            f"{r['rss'] / 2**20:7,.0f} MiB"
+            f"{r['cpu']:7.2f} {r['rss'] / 2**20:7,.0f} MiB"
         )
     print()
     print("seconds per million events, by stage:")
@@ -313,6 +327,8 @@ def report(
     print(f"  floor (inflate + count lines)              {per_event(floor) * 1e6:6.2f}")
     speedup = per_event(competent) / per_event(fast)
     speedup_1m = per_event(competent) / per_event(rss[1_000_000])
+    cpu_ratio = competent["cpu"] / competent["events"] / (fast["cpu"] / fast["events"])
+    cpu_floor = fast["cpu"] / floor["cpu"]
     competent_floor = per_event(competent) / per_event(floor)
     vs_floor = fast["seconds"] / floor["seconds"]
     vs_python = per_event(python) / per_event(fast)
@@ -327,10 +343,12 @@ def report(
     lines = [
         ("speed-up per event vs the competent baseline", f"{speedup:.1f}x at {events:,} events, "
          f"{speedup_1m:.1f}x on the same 1M slice", ""),
+        ("CPU per event, competent baseline / fastpath", f"{cpu_ratio:.1f}x", ""),
         ("competent baseline vs the floor, per event", f"{competent_floor:.1f}x", ""),
         *([("speed-up per event vs straw-man pandas",
             f"{per_event(pandas) / per_event(fast):.1f}x", "")] if pandas else []),
         ("fastpath time vs the floor", f"{vs_floor:.2f}x", "goal <= 4x: " + verdict(vs_floor <= 4)),
+        ("fastpath CPU vs the floor's CPU", f"{cpu_floor:.2f}x", ""),
         (f"peak RSS at {events:,} events", f"{peak / GB:.2f} GB",
          "goal <= 1 GB: " + verdict(peak <= GB)),
         ("peak RSS by input size", f"{by_size} ({flat:.2f}x smallest to largest)", ""),
@@ -358,8 +376,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         kind, raw, work = args.child
+        for module in ("duckdb", "orjson", "pandas", "pyarrow", "pql.events.mixpanel_duckdb"):
+            importlib.import_module(module)  # imports are not measured
+        cpu = _cpu_seconds()
         result = child(kind, Path(raw), Path(work), args.threads, args.memory_limit)
-        print(json.dumps({**result, "rss": _peak_rss()}))
+        print(json.dumps({**result, "cpu": _cpu_seconds() - cpu, "rss": _peak_rss()}))
         return
 
     full = build_export(args.cache, args.events, args.seed)
