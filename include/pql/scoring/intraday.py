@@ -21,15 +21,13 @@ import pandas as pd
 
 from pql.config import Config
 from pql.lake import Lake, atomic_file
-from pql.scoring import accounts as pqa
 from pql.scoring import snapshots
 from pql.scoring.features import DEVICE
 
 log = logging.getLogger(__name__)
 
-# What a run reads of the touched users' previous rows, and of their accounts' members.
-PREVIOUS = ["flag", "qualified_at", "account_key"]
-ROLLUP = ["account_key", "days_since_last_seen", "flag", "score", "employees", "industry"]
+# What a run reads of the touched users' previous rows.
+PREVIOUS = ["flag", "qualified_at"]
 
 
 def touched_users(lake: Lake, files: Sequence[str]) -> list[str]:
@@ -42,15 +40,14 @@ def touched_users(lake: Lake, files: Sequence[str]) -> list[str]:
         everything = (
             f"read_parquet('{lake.events_glob()}', hive_partitioning = false, union_by_name = true)"
         )
-        rows = con.execute(
-            f"""
-            SELECT DISTINCT user_key FROM {new} WHERE user_key NOT LIKE '{DEVICE}'
-            UNION
-            SELECT DISTINCT e.user_key FROM {everything} e
-            WHERE e.user_key NOT LIKE '{DEVICE}' AND e.device_id IN (
-                SELECT DISTINCT device_id FROM {new} WHERE device_id IS NOT NULL)
-            """
-        ).fetchall()
+        own = f"SELECT DISTINCT user_key FROM {new} WHERE user_key NOT LIKE '{DEVICE}'"
+        devices = f"SELECT DISTINCT device_id FROM {new} WHERE device_id IS NOT NULL"
+        sql = own
+        if con.execute(f"SELECT count(*) FROM ({devices})").fetchone()[0]:
+            # Only then is the whole lake read: who else was identified on those devices.
+            sql += f""" UNION SELECT DISTINCT e.user_key FROM {everything} e
+                WHERE e.user_key NOT LIKE '{DEVICE}' AND e.device_id IN ({devices})"""
+        rows = con.execute(sql).fetchall()
     finally:
         con.close()
     return sorted(r[0] for r in rows if r[0] is not None)
@@ -60,8 +57,9 @@ def rescore(
     cfg: Config, lake: Lake, files: Sequence[str], as_of: datetime, accounts: pd.DataFrame
 ) -> dict:
     """Rescore the users the new events in `files` touched as of `as_of` into the live rows
-    (lake.live()/scores.parquet); their accounts' rollup into live/accounts.parquet. Returns
-    counts: touched, rescored, new_pqls, unflagged, and the view's users and PQLs."""
+    (lake.live()/scores.parquet). Returns counts: touched, rescored, new_pqls, unflagged, and
+    the view's users and PQLs. Accounts (PQA) are rolled up by the daily run, which is also
+    the one that writes them to the CRM."""
     started = time.perf_counter()
     users = touched_users(lake, files)
     counts = {"touched": len(users), "rescored": 0, "new_pqls": 0, "unflagged": 0}
@@ -85,12 +83,6 @@ def rescore(
             unflagged=int((before & ~now).sum()),
         )  # fmt: skip
         _save_live(lake, rows, since)
-        touched = set(rows["account_key"].dropna())
-        if previous is not None:
-            touched |= set(previous["account_key"].dropna())
-        if touched:
-            members = snapshots.view(lake, where=("account_key", touched), columns=ROLLUP)
-            _save_accounts(lake, cfg, members, touched)
     flags = snapshots.view(lake, columns=["flag"])
     counts["users"] = 0 if flags is None else len(flags)
     counts["pqls"] = 0 if flags is None else int(flags["flag"].sum())
@@ -114,17 +106,3 @@ def _save_live(lake: Lake, rows: pd.DataFrame, covered) -> None:
         rows = pd.concat([old, rows], ignore_index=True)
     with atomic_file(lake.live() / "scores.parquet") as f:
         rows.to_parquet(f, index=False)
-
-
-def _save_accounts(lake: Lake, cfg: Config, current: pd.DataFrame, touched: set[str]) -> None:
-    """The rollup of the touched accounts over every user's latest row."""
-    rolled = pqa.rollup(
-        current[current["account_key"].isin(touched)], cfg.accounts,
-        cfg.features.active_window_days,
-    )  # fmt: skip
-    path = lake.live() / "accounts.parquet"
-    if path.exists():
-        old = pd.read_parquet(path)
-        rolled = pd.concat([old[~old["account_key"].isin(touched)], rolled], ignore_index=True)
-    with atomic_file(path) as f:
-        rolled.to_parquet(f, index=False)
