@@ -333,12 +333,7 @@ def extract_window(session: requests.Session, lake: Lake, src: AmplitudeSource, 
         counts.duplicates,
         counts.quarantined,
     )
-    if counts.raw and counts.quarantined / counts.raw > src.bad_line_threshold:
-        raise ExportError(
-            f"{src.name} {first}..{last}: {counts.quarantined} of {counts.raw} lines could not "
-            f"be parsed (over bad_line_threshold {src.bad_line_threshold:.1%}); reasons: "
-            f"{counts.reasons}. The lines are kept in {lake.quarantine(src.name, last)}."
-        )
+    _fail_if_too_bad(counts, src, f"{first}..{last}", lake.quarantine(src.name, last))
     return {
         "first": first.isoformat(),
         "last": last.isoformat(),
@@ -346,6 +341,15 @@ def extract_window(session: requests.Session, lake: Lake, src: AmplitudeSource, 
         "fetch_retries": sum(f["attempts"] - 1 for f in fetches),
         "raw_path": str(lake.raw(src.name, last)),
     }
+
+
+def _fail_if_too_bad(counts: Counts, src: AmplitudeSource, window: str, kept: Path) -> None:
+    if counts.raw and counts.quarantined / counts.raw > src.bad_line_threshold:
+        raise ExportError(
+            f"{src.name} {window}: {counts.quarantined} of {counts.raw} lines could not be "
+            f"parsed (over bad_line_threshold {src.bad_line_threshold:.1%}); reasons: "
+            f"{counts.reasons}. The lines are kept in {kept}."
+        )
 
 
 def extract_fresh(
@@ -408,12 +412,7 @@ def extract_fresh(
                 shutil.rmtree(staged, ignore_errors=True)
             if not any(q_dir.glob("*")):
                 shutil.rmtree(q_dir, ignore_errors=True)
-            if counts.raw and counts.quarantined / counts.raw > src.bad_line_threshold:
-                raise ExportError(
-                    f"{src.name} hours {_hour(start)}..{_hour(ready)}: {counts.quarantined} of "
-                    f"{counts.raw} lines could not be parsed (over bad_line_threshold "
-                    f"{src.bad_line_threshold:.1%}); the lines are kept in {q_dir}"
-                )
+            _fail_if_too_bad(counts, src, f"hours {_hour(start)}..{_hour(ready)}", q_dir)
             added = sum(d["added"] for d in per_day.values())
             result.update(counts.as_dict(), added=added, held_already=counts.canonical - added,
                           fetch_retries=sum(f["attempts"] - 1 for f in fetches),
