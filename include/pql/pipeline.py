@@ -240,14 +240,9 @@ def new_pqls(cfg: Config, day: date, sample: int = 10) -> tuple[int, pd.DataFram
 
 def sync(cfg: Config, day: date, crm: Crm, *, dry_run: bool = False) -> dict:
     """Write the day's changed scores into the CRM (`crm`: its adapter, pql.crm.connect)."""
-    path = Lake(cfg.lake.root).scores(day) / "scores.parquet"
-    if not path.exists():
-        raise FileNotFoundError(
-            f"no scores for {day} at {path}: run `pql score --day {day}` (or the score DAG) first"
-        )
     lake = Lake(cfg.lake.root)
-    accounts = path.parent / "accounts.parquet"
-    scores = _with_fresher_rows(cfg, lake, day, pd.read_parquet(path))
+    accounts = lake.scores(day) / "accounts.parquet"
+    scores = _day_scores(cfg, lake, day)
     with lake.lock(f"sync-{crm.kind}"):  # an intraday sync saves the same ledger
         result = crm.sync(lake, scores, dry_run=dry_run)
     if cfg.crm.sync_accounts and accounts.exists() and not dry_run:
@@ -263,24 +258,24 @@ def route(cfg: Config, day: date, crm: Crm | None, slack=None) -> dict:
     """
     from pql.crm import routing
 
-    path = Lake(cfg.lake.root).scores(day) / "scores.parquet"
-    if not path.exists():
-        raise FileNotFoundError(
-            f"no scores for {day} at {path}: run `pql score --day {day}` (or the score DAG) first"
-        )
     lake = Lake(cfg.lake.root)
-    scores = _with_fresher_rows(cfg, lake, day, pd.read_parquet(path))
+    scores = _day_scores(cfg, lake, day)
     with lake.lock("routing"):
         return routing.route(lake, cfg.routing, scores, crm=crm, slack=slack)
 
 
-def _with_fresher_rows(cfg: Config, lake: Lake, day: date, scores: pd.DataFrame) -> pd.DataFrame:
-    """The day's snapshot, with the rows intraday runs rescored since in place of theirs when
-    it is the newest snapshot: a daily sync never writes older values over fresher ones."""
-    newest = lake.partitions("scores")
-    if not cfg.freshness.enabled or not newest or newest[-1][0] != day:
-        return scores
-    return snapshots.view(lake)
+def _day_scores(cfg: Config, lake: Lake, day: date) -> pd.DataFrame:
+    """The day's snapshot, or, when it is the newest and intraday runs are on, every user's
+    latest row over it: a daily sync never writes older values over fresher ones."""
+    path = lake.scores(day) / "scores.parquet"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no scores for {day} at {path}: run `pql score --day {day}` (or the score DAG) first"
+        )
+    newest = lake.partitions("scores")[-1][0]
+    if cfg.freshness.enabled and newest == day:
+        return snapshots.view(lake)
+    return pd.read_parquet(path)
 
 
 def retrain(cfg: Config, day: date) -> dict:
@@ -438,9 +433,7 @@ def sync_fresh(cfg: Config, crm: Crm) -> dict:
     """Write what moved the flag (or the score by at least freshness.min_score_change) in the
     latest scores to the CRM; smaller changes wait for the daily sync."""
     lake = Lake(cfg.lake.root)
-    current = snapshots.view(lake)
-    if current is None:
-        raise LookupError(f"no scores in {lake.root}: run the scoring first")
+    current = _latest_scores(lake)
     with lake.lock(f"sync-{crm.kind}"):
         return crm.sync(lake, current, min_score_change=cfg.freshness.min_score_change)
 
@@ -451,11 +444,17 @@ def route_fresh(cfg: Config, crm: Crm | None, slack=None) -> dict:
     from pql.crm import routing
 
     lake = Lake(cfg.lake.root)
+    current = _latest_scores(lake)
+    with lake.lock("routing"):
+        return routing.route(lake, cfg.routing, current, crm=crm, slack=slack)
+
+
+def _latest_scores(lake: Lake) -> pd.DataFrame:
+    """Every user's latest row (intraday rows over the newest snapshot)."""
     current = snapshots.view(lake)
     if current is None:
         raise LookupError(f"no scores in {lake.root}: run the scoring first")
-    with lake.lock("routing"):
-        return routing.route(lake, cfg.routing, current, crm=crm, slack=slack)
+    return current
 
 
 def freshness_lag(cfg: Config, *, now: datetime | None = None) -> dict:
